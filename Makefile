@@ -1,0 +1,27 @@
+# docpipe: the two set-up commands are `make demo` and `make test` (see README.md).
+# Everything native the project needs is installed by the scripts under scripts/ into .cache/.
+
+CARGO ?= cargo
+PDFIUM_LIB_FILE := .cache/pdfium/libpdfium.so
+
+.PHONY: demo test setup fmt lint
+
+## Run the main job on the embedded default: fixtures, tiny model, CPU, local output folder.
+demo: setup
+	$(CARGO) run --bin docpipe -- render fixtures/pdfs --out out/demo
+
+## Run the whole test suite (this is what .ci/run calls).
+test: setup
+	$(CARGO) test --workspace
+
+setup: $(PDFIUM_LIB_FILE)
+
+$(PDFIUM_LIB_FILE): scripts/fetch-pdfium.sh
+	bash scripts/fetch-pdfium.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

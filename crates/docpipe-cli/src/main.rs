@@ -1,0 +1,44 @@
+//! `docpipe`: a batch document-understanding pipeline.
+//!
+//! Each subcommand lives in its own module under `commands/`; this file only parses the command
+//! line, sets up logging and turns results into the documented exit codes.
+
+mod commands;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "docpipe", version, about, long_about = None)]
+#[command(after_help = "Exit codes: 0 all succeeded, 1 finished with some failures, \
+2 usage or configuration error, 3 the run could not finish (rerun resumes).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Render(commands::render::RenderArgs),
+    /// Internal: a render worker process, driven over stdin/stdout by the render pool.
+    #[command(hide = true)]
+    RenderWorker(commands::render::WorkerArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DOCPIPE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Render(args) => commands::render::run(args),
+        Command::RenderWorker(args) => commands::render::worker(args),
+    };
+    ExitCode::from(code)
+}

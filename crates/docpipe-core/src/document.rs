@@ -1,0 +1,47 @@
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A question asked about a document, with the identifier the caller uses to match the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Question {
+    pub id: String,
+    pub text: String,
+}
+
+/// One document to process, as listed by a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentRef {
+    /// Where the document lives: a local path or an object-store URL.
+    pub uri: String,
+    /// The etag or sha256 of the bytes; resume matches committed documents on `uri` + `version`.
+    pub version: Option<String>,
+    /// Size in bytes when the source knows it.
+    pub size: Option<u64>,
+    /// Per-document questions (from a manifest); merged with the pipeline's own tasks.
+    #[serde(default)]
+    pub questions: Vec<Question>,
+}
+
+impl DocumentRef {
+    pub fn new(uri: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            version: None,
+            size: None,
+            questions: Vec::new(),
+        }
+    }
+}
+
+/// A rendered page: RGB pixels plus what pdfium knows about the page.
+#[derive(Debug, Clone)]
+pub struct PageImage {
+    pub doc: Arc<DocumentRef>,
+    /// 1-based page number.
+    pub page: u32,
+    pub page_count: u32,
+    pub image: Arc<image::RgbImage>,
+    /// The page's text layer, empty for raster documents.
+    pub text: String,
+}

@@ -1,0 +1,61 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The pipeline stage where something went wrong; written to the `error_stage` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Source,
+    Render,
+    Prepare,
+    Infer,
+    Sink,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Source => "source",
+            Stage::Render => "render",
+            Stage::Prepare => "prepare",
+            Stage::Infer => "infer",
+            Stage::Sink => "sink",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something that prevented an answer. Failures travel down the same channels as answers so
+/// that the sink writes one row per expected key whatever happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{stage}: {doc_uri}{}: {message}", page.map(|p| format!(" page {p}")).unwrap_or_default())]
+pub struct Failure {
+    pub stage: Stage,
+    pub doc_uri: String,
+    /// 1-based page, when the failure concerns one page only.
+    pub page: Option<u32>,
+    /// A message a user can act on.
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(stage: Stage, doc_uri: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            stage,
+            doc_uri: doc_uri.into(),
+            page: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn on_page(mut self, page: u32) -> Self {
+        self.page = Some(page);
+        self
+    }
+}
