@@ -7,7 +7,9 @@
 mod chat;
 mod document;
 mod failure;
+mod model;
 
 pub use chat::{ChatMessage, ChatRequest, ContentItem, FinishReason, Generation};
 pub use document::{DocumentRef, PageImage, Question};
 pub use failure::{Failure, Stage};
+pub use model::{ModelError, RequestCost, VisionLanguageModel};
