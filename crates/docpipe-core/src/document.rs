@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,11 @@ pub struct DocumentRef {
     /// Per-document questions (from a manifest); merged with the pipeline's own tasks.
     #[serde(default)]
     pub questions: Vec<Question>,
+    /// Key columns carried from a table manifest into every output row of this document
+    /// (lake enrichment: the output table has the input's keys plus the answer columns).
+    /// A key absent here is written as null.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, String>,
 }
 
 impl DocumentRef {
@@ -30,6 +36,7 @@ impl DocumentRef {
             version: None,
             size: None,
             questions: Vec::new(),
+            keys: BTreeMap::new(),
         }
     }
 }
