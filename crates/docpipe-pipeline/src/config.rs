@@ -1,0 +1,596 @@
+//! Pipeline files (`pipelines/*.toml`): parsing, `--set` overrides and validation.
+//!
+//! Overrides are applied to the parsed `toml::Table` before deserializing, so an override goes
+//! through exactly the same checks as a key written in the file: an unknown key or a bad value
+//! fails before any work starts, with the key named.
+
+use std::fmt;
+
+use docpipe_core::Question;
+use serde::Deserialize;
+
+/// The pipeline used by `docpipe run` without a file: the demo on the repository's fixtures.
+pub const DEMO_PIPELINE: &str = include_str!("../../../pipelines/demo.toml");
+
+/// Why a pipeline file or an override was rejected. Always names the key concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}: not valid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("--set {0:?}: expected section.key=value")]
+    OverrideSyntax(String),
+    #[error("--set {key}: {message}")]
+    OverridePath { key: String, message: String },
+    #[error("{origin}: `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// A whole pipeline: what to read, how to render, which model, which tasks, where to write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub render: RenderConfig,
+    pub model: ModelConfig,
+    #[serde(rename = "task")]
+    pub tasks: Vec<TaskConfig>,
+    pub sink: SinkConfig,
+}
+
+/// Where the documents come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A folder or bucket prefix to list, or (with `manifest`) a Parquet/CSV/JSONL manifest.
+    pub uri: String,
+    /// File extensions to keep when listing a prefix (case-insensitive).
+    #[serde(default = "default_extensions")]
+    pub extensions: Vec<String>,
+    /// Read `uri` as a manifest table rather than listing it.
+    #[serde(default)]
+    pub manifest: Option<ManifestConfig>,
+    /// Process at most this many documents (after skipping committed ones).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// How to read a manifest table: which column holds the document URI, which columns are keys
+/// copied to every output row, and which column (if any) holds per-document questions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestConfig {
+    #[serde(default = "default_uri_column")]
+    pub uri_column: String,
+    #[serde(default)]
+    pub key_columns: Vec<String>,
+    #[serde(default)]
+    pub questions_column: Option<String>,
+}
+
+/// Page rendering.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderConfig {
+    /// Longest side of a rendered page in pixels. 980 is what the processor keeps anyway; 1960
+    /// lets each of the four split crops keep its native resolution.
+    #[serde(default = "default_longest_edge")]
+    pub longest_edge: u32,
+    /// Render worker processes.
+    #[serde(default = "default_render_workers")]
+    pub workers: usize,
+    /// Seconds a worker may spend on one page before it is killed and the page fails.
+    #[serde(default = "default_render_timeout")]
+    pub timeout_s: u64,
+    /// Render at most this many pages per document (the rest are not asked about).
+    #[serde(default)]
+    pub max_pages: Option<u32>,
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        Self {
+            longest_edge: default_longest_edge(),
+            workers: default_render_workers(),
+            timeout_s: default_render_timeout(),
+            max_pages: None,
+        }
+    }
+}
+
+/// The model and its inference pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A checkpoint directory in the hub layout (`config.json`, tokenizer, safetensors).
+    pub path: String,
+    /// One replica per entry: `"cpu"`, `"cuda:N"` or `"cuda:all"` (one per visible GPU).
+    #[serde(default = "default_devices")]
+    pub devices: Vec<DeviceSpec>,
+    #[serde(default)]
+    pub dtype: Dtype,
+    /// Default generation length; a task may set its own.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// A batch holds at most this many tokens (prompt plus max new tokens, summed).
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+    /// A batch holds at most this many vision patches (summed over its requests' images).
+    #[serde(default = "default_batch_patches")]
+    pub batch_patches: usize,
+    /// Prepared requests waiting for a replica; bounds memory and applies back-pressure.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+/// One inference device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    /// Every visible GPU, expanded when the model is loaded.
+    CudaAll,
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::CudaAll => f.write_str("cuda:all"),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "cuda:all" => Ok(DeviceSpec::CudaAll),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?}: expected \"cpu\", \"cuda:N\" or \"cuda:all\"")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Weights dtype.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+}
+
+/// One `[[task]]`: what to ask about every page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TaskConfig {
+    /// Transcribe each page.
+    Ocr {
+        /// The `task` column; defaults to the kind.
+        name: Option<String>,
+        #[serde(default = "default_ocr_prompt")]
+        prompt: String,
+        max_new_tokens: Option<usize>,
+    },
+    /// Questions about each page: those listed here plus the document's own (from a manifest).
+    Qa {
+        name: Option<String>,
+        /// `{question}` is replaced by the question text.
+        #[serde(default = "default_question_prompt")]
+        prompt: String,
+        #[serde(default)]
+        questions: Vec<Question>,
+        /// Also ask the questions the source attached to each document.
+        #[serde(default = "default_true")]
+        document_questions: bool,
+        max_new_tokens: Option<usize>,
+    },
+    /// Named fields, each asked as a question; the page's answers are also written together as
+    /// one JSON object in the `fields` column.
+    Fields {
+        name: Option<String>,
+        /// `{question}` is replaced by the field's question, `{field}` by its name.
+        #[serde(default = "default_question_prompt")]
+        prompt: String,
+        fields: Vec<FieldConfig>,
+        max_new_tokens: Option<usize>,
+    },
+}
+
+/// A named field of a `fields` task.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldConfig {
+    pub name: String,
+    /// Defaults to "What is the <name with spaces>?".
+    pub question: Option<String>,
+}
+
+/// Where and how the rows are written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// A folder or bucket prefix; `{date}` is replaced by the UTC date when the run starts.
+    pub uri: String,
+    /// Documents per part file (a document's rows never span two parts).
+    #[serde(default = "default_docs_per_part")]
+    pub documents_per_part: usize,
+}
+
+fn default_extensions() -> Vec<String> {
+    vec!["pdf".to_owned()]
+}
+fn default_uri_column() -> String {
+    "uri".to_owned()
+}
+fn default_longest_edge() -> u32 {
+    980
+}
+fn default_render_workers() -> usize {
+    2
+}
+fn default_render_timeout() -> u64 {
+    60
+}
+fn default_devices() -> Vec<DeviceSpec> {
+    vec![DeviceSpec::Cpu]
+}
+fn default_max_new_tokens() -> usize {
+    64
+}
+fn default_batch_tokens() -> usize {
+    16_384
+}
+fn default_batch_patches() -> usize {
+    // Five 70×70-patch images (one split page at 980 px): 24,500 patches.
+    25_000
+}
+fn default_queue() -> usize {
+    64
+}
+fn default_ocr_prompt() -> String {
+    "Transcribe all the text on this page.".to_owned()
+}
+fn default_question_prompt() -> String {
+    "{question}".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_docs_per_part() -> usize {
+    1
+}
+
+impl PipelineConfig {
+    /// Parses a pipeline file, applies `--set` overrides (`section.key=value`), then
+    /// deserializes and validates. `origin` names the file in messages.
+    pub fn load(origin: &str, text: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        let config: PipelineConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Invalid {
+                    origin: origin.to_owned(),
+                    key,
+                    message: e.into_inner().to_string(),
+                }
+            })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: String| Err((key.to_owned(), message));
+        if self.source.uri.trim().is_empty() {
+            return bad("source.uri", "must not be empty".into());
+        }
+        if self.render.longest_edge < 64 || self.render.longest_edge > 8192 {
+            return bad(
+                "render.longest_edge",
+                format!("{} is outside 64..=8192", self.render.longest_edge),
+            );
+        }
+        if self.render.workers == 0 {
+            return bad("render.workers", "must be at least 1".into());
+        }
+        if self.model.path.trim().is_empty() {
+            return bad("model.path", "must not be empty".into());
+        }
+        if self.model.devices.is_empty() {
+            return bad("model.devices", "needs at least one device".into());
+        }
+        for (key, value) in [
+            ("model.max_new_tokens", self.model.max_new_tokens),
+            ("model.batch_tokens", self.model.batch_tokens),
+            ("model.batch_patches", self.model.batch_patches),
+            ("model.queue", self.model.queue),
+            ("sink.documents_per_part", self.sink.documents_per_part),
+        ] {
+            if value == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if self.tasks.is_empty() {
+            return bad("task", "at least one [[task]] is needed".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, task) in self.tasks.iter().enumerate() {
+            let key = |k: &str| format!("task[{i}].{k}");
+            if !names.insert(task.name()) {
+                return bad(&key("name"), format!("task name {:?} is used twice", task.name()));
+            }
+            match task {
+                TaskConfig::Ocr { .. } => {}
+                TaskConfig::Qa {
+                    prompt,
+                    questions,
+                    document_questions,
+                    ..
+                } => {
+                    if questions.is_empty() && !document_questions {
+                        return bad(&key("questions"), "no questions and document_questions = false".into());
+                    }
+                    if !prompt.contains("{question}") {
+                        return bad(&key("prompt"), "must contain {question}".into());
+                    }
+                    let mut ids = std::collections::HashSet::new();
+                    if let Some(q) = questions.iter().find(|q| !ids.insert(&q.id)) {
+                        return bad(&key("questions"), format!("question id {:?} is used twice", q.id));
+                    }
+                }
+                TaskConfig::Fields { fields, .. } => {
+                    if fields.is_empty() {
+                        return bad(&key("fields"), "needs at least one field".into());
+                    }
+                    let mut seen = std::collections::HashSet::new();
+                    if let Some(f) = fields.iter().find(|f| !seen.insert(&f.name)) {
+                        return bad(&key("fields"), format!("field {:?} is listed twice", f.name));
+                    }
+                }
+            }
+            if task.max_new_tokens() == Some(0) {
+                return bad(&key("max_new_tokens"), "must be at least 1".into());
+            }
+        }
+        if self.sink.uri.trim().is_empty() {
+            return bad("sink.uri", "must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+impl TaskConfig {
+    /// The value of the `task` column.
+    pub fn name(&self) -> &str {
+        match self {
+            TaskConfig::Ocr { name, .. } => name.as_deref().unwrap_or("ocr"),
+            TaskConfig::Qa { name, .. } => name.as_deref().unwrap_or("qa"),
+            TaskConfig::Fields { name, .. } => name.as_deref().unwrap_or("fields"),
+        }
+    }
+
+    pub fn max_new_tokens(&self) -> Option<usize> {
+        match self {
+            TaskConfig::Ocr { max_new_tokens, .. }
+            | TaskConfig::Qa { max_new_tokens, .. }
+            | TaskConfig::Fields { max_new_tokens, .. } => *max_new_tokens,
+        }
+    }
+}
+
+/// Applies one `section.key=value` override. The value is read as a TOML value (`3`, `true`,
+/// `["cpu", "cpu"]`, `"x"`) and, if it is not one, taken as a plain string. A numeric path
+/// segment indexes an array of tables: `task.0.prompt=...`.
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    let (path, raw) = item
+        .split_once('=')
+        .ok_or_else(|| ConfigError::OverrideSyntax(item.to_owned()))?;
+    let path = path.trim();
+    let segments: Vec<&str> = path.split('.').collect();
+    if segments.len() < 2 || segments.iter().any(|s| s.is_empty()) {
+        return Err(ConfigError::OverrideSyntax(item.to_owned()));
+    }
+    let mut root = toml::Value::Table(std::mem::take(table));
+    let result = set_path(&mut root, &segments, parse_value(raw.trim()));
+    if let toml::Value::Table(t) = root {
+        *table = t;
+    }
+    result.map_err(|message| ConfigError::OverridePath {
+        key: path.to_owned(),
+        message,
+    })
+}
+
+fn set_path(target: &mut toml::Value, segments: &[&str], value: toml::Value) -> Result<(), String> {
+    let Some((first, rest)) = segments.split_first() else {
+        *target = value;
+        return Ok(());
+    };
+    let child = match target {
+        toml::Value::Table(t) => t
+            .entry((*first).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+        toml::Value::Array(items) => {
+            let len = items.len();
+            let index: usize = first
+                .parse()
+                .map_err(|_| format!("`{first}` must be an index into a list of {len}"))?;
+            items
+                .get_mut(index)
+                .ok_or_else(|| format!("index {index} is out of range: the list has {len} elements"))?
+        }
+        _ => return Err(format!("cannot set `{first}` inside a plain value")),
+    };
+    set_path(child, rest, value)
+}
+
+/// A TOML value when `raw` is one, else `raw` as a string (so `--set sink.uri=out/x` needs no
+/// quotes).
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .filter(|t| t.len() == 1)
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Replaces `{date}` with the UTC date (YYYY-MM-DD) of `now`.
+pub fn expand_date(uri: &str, now: std::time::SystemTime) -> String {
+    let days = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    let (y, m, d) = civil_from_days(days);
+    uri.replace("{date}", &format!("{y:04}-{m:02}-{d:02}"))
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(overrides: &[&str]) -> Result<PipelineConfig, ConfigError> {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        PipelineConfig::load("demo.toml", DEMO_PIPELINE, &overrides)
+    }
+
+    fn invalid_key(err: ConfigError) -> String {
+        match err {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("expected an invalid key, got {other}"),
+        }
+    }
+
+    #[test]
+    fn every_shipped_pipeline_parses() {
+        for (name, text) in [
+            ("demo", DEMO_PIPELINE),
+            ("nightly", include_str!("../../../pipelines/nightly-extraction.toml")),
+            ("docvqa", include_str!("../../../pipelines/docvqa-eval.toml")),
+            ("lake", include_str!("../../../pipelines/lake-enrichment.toml")),
+        ] {
+            PipelineConfig::load(name, text, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn overrides_replace_required_keys() {
+        let config = load(&[
+            "source.uri=s3://bucket/in/",
+            "model.path=/models/x",
+            "model.devices=[\"cpu\", \"cuda:1\", \"cuda:all\"]",
+            "model.dtype=bf16",
+            "sink.uri=out/elsewhere",
+            "render.longest_edge=1960",
+            "task.0.prompt=Read it.",
+        ])
+        .unwrap();
+        assert_eq!(config.source.uri, "s3://bucket/in/");
+        assert_eq!(config.model.path, "/models/x");
+        assert_eq!(
+            config.model.devices,
+            vec![DeviceSpec::Cpu, DeviceSpec::Cuda(1), DeviceSpec::CudaAll]
+        );
+        assert_eq!(config.model.dtype, Dtype::Bf16);
+        assert_eq!(config.sink.uri, "out/elsewhere");
+        assert_eq!(config.render.longest_edge, 1960);
+        match &config.tasks[0] {
+            TaskConfig::Ocr { prompt, .. } => assert_eq!(prompt, "Read it."),
+            other => panic!("task 0 is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load(&["source.bogus=1"]).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = load(&["nosuch.key=1"]).unwrap_err();
+        assert!(err.to_string().contains("nosuch"), "{err}");
+        let err = load(&["task.1.colour=red"]).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let text = DEMO_PIPELINE.replace("[render]", "[render]\nlongest_side = 3");
+        let err = PipelineConfig::load("x.toml", &text, &[]).unwrap_err();
+        assert!(err.to_string().contains("longest_side"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert_eq!(invalid_key(load(&["render.longest_edge=big"]).unwrap_err()), "render.longest_edge");
+        assert_eq!(invalid_key(load(&["render.longest_edge=0"]).unwrap_err()), "render.longest_edge");
+        assert_eq!(invalid_key(load(&["model.dtype=f64"]).unwrap_err()), "model.dtype");
+        let err = load(&["model.devices=[\"tpu\"]"]).unwrap_err();
+        assert!(err.to_string().contains("model.devices") && err.to_string().contains("tpu"), "{err}");
+        assert_eq!(invalid_key(load(&["model.devices=[]"]).unwrap_err()), "model.devices");
+        assert!(matches!(load(&["sink.uri"]).unwrap_err(), ConfigError::OverrideSyntax(_)));
+        assert!(matches!(load(&["task.9.prompt=x"]).unwrap_err(), ConfigError::OverridePath { .. }));
+    }
+
+    #[test]
+    fn override_values_fall_back_to_strings() {
+        assert_eq!(parse_value("3"), toml::Value::Integer(3));
+        assert_eq!(parse_value("\"3\""), toml::Value::String("3".into()));
+        assert_eq!(parse_value("out/x y"), toml::Value::String("out/x y".into()));
+        assert_eq!(parse_value("1\nb = 2"), toml::Value::String("1\nb = 2".into()));
+    }
+
+    #[test]
+    fn date_placeholder_is_the_utc_day() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_772_323_200 + 3_600);
+        assert_eq!(expand_date("s3://b/{date}/", t), "s3://b/2026-03-01/");
+        let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
+        assert_eq!(expand_date("{date}", leap), "2000-02-29");
+    }
+}

@@ -1,0 +1,9 @@
+//! Joins docpipe's stages into one run: source → render → prepare → batch → infer → sink.
+//!
+//! Stages talk through bounded channels, so a slow model slows the renderer instead of filling
+//! memory. CPU work runs on rayon and in the render worker processes, I/O on tokio, and model
+//! replicas each on their own thread.
+
+pub mod config;
+
+pub use config::{ConfigError, PipelineConfig};
