@@ -5,5 +5,11 @@
 //! replicas each on their own thread.
 
 pub mod config;
+pub mod pool;
+mod queue;
+#[cfg(test)]
+mod test_model;
 
 pub use config::{ConfigError, PipelineConfig};
+pub use pool::{Completed, InferencePool, Job, PoolError, Replica, ReplicaStats, Submitter};
+pub use queue::{BatchBudget, QueueClosed};
