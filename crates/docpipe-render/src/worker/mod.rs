@@ -1,0 +1,188 @@
+//! The worker process: one pdfium, one document at a time, driven over stdin/stdout by the pool.
+//! Everything that parses untrusted bytes (pdfium, image decoders) runs here, so a crash or a
+//! hang costs a process the pool replaces, never the caller.
+
+mod pdf;
+mod raster;
+
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use image::RgbImage;
+use pdfium_render::prelude::Pdfium;
+
+use crate::error::Problem;
+use crate::library;
+use crate::protocol::{read_frame, write_frame, Job, Reply};
+
+/// Test hook, read by worker processes only: `crash:NAME` makes the worker abort, `hang:NAME`
+/// makes it stop answering, when it starts a page of the document whose file name is `NAME`.
+/// It exists so the tests can exercise crash and timeout recovery with ordinary files; it has no
+/// effect unless set.
+pub const FAULT_ENV: &str = "DOCPIPE_RENDER_FAULT";
+
+/// Serves jobs from stdin until it is closed. Returns an error only when the pool side of the
+/// pipe is unusable; problems with documents are reported to the pool instead.
+pub fn run_stdio() -> io::Result<()> {
+    serve(
+        BufReader::new(io::stdin().lock()),
+        BufWriter::new(io::stdout().lock()),
+    )
+}
+
+fn serve(mut input: impl Read, mut output: impl Write) -> io::Result<()> {
+    let pdfium = match library::bind() {
+        Ok(pdfium) => pdfium,
+        Err(message) => {
+            let problem = Problem::LibraryNotFound { message };
+            return write_frame(&mut output, &Reply::Failed { problem }, &[]);
+        }
+    };
+    write_frame(&mut output, &Reply::Ready, &[])?;
+    while let Some((job, _)) = read_frame::<Job>(&mut input, 0)? {
+        render_job(&pdfium, &job, &mut output)?;
+    }
+    Ok(())
+}
+
+/// A page as the decoders produce it, before it is sent or saved.
+pub(crate) struct RgbPage {
+    pub image: RgbImage,
+    pub text: String,
+}
+
+/// An open document of either kind.
+enum Document<'a> {
+    Pdf(pdf::PdfSource<'a>),
+    Raster(raster::RasterSource),
+}
+
+impl Document<'_> {
+    fn page_count(&self) -> u32 {
+        match self {
+            Document::Pdf(doc) => doc.page_count(),
+            Document::Raster(doc) => doc.page_count(),
+        }
+    }
+
+    fn render(&mut self, page: u32, job: &Job) -> Result<RgbPage, Problem> {
+        match self {
+            Document::Pdf(doc) => doc.render(page, job.longest_edge, job.pixel_budget),
+            Document::Raster(doc) => doc.render(page, job.longest_edge, job.pixel_budget),
+        }
+    }
+}
+
+fn open<'a>(pdfium: &'a Pdfium, job: &Job) -> Result<Document<'a>, Problem> {
+    let mut head = Vec::with_capacity(1024);
+    std::fs::File::open(&job.path)
+        .and_then(|f| f.take(1024).read_to_end(&mut head))
+        .map_err(|e| Problem::Io {
+            message: format!("cannot read: {e}"),
+        })?;
+    if head.is_empty() {
+        return Err(Problem::NotADocument {
+            reason: "the file is empty".into(),
+        });
+    }
+    if head.windows(5).any(|w| w == b"%PDF-") {
+        return pdf::PdfSource::open(pdfium, &job.path, job.password.as_deref()).map(Document::Pdf);
+    }
+    match image::guess_format(&head) {
+        Ok(format) => raster::RasterSource::open(&job.path, format, job.pixel_budget)
+            .map(Document::Raster),
+        Err(_) => Err(Problem::NotADocument {
+            reason: "not a PDF, PNG, JPEG or TIFF file".into(),
+        }),
+    }
+}
+
+fn render_job(pdfium: &Pdfium, job: &Job, output: &mut impl Write) -> io::Result<()> {
+    let mut document = match open(pdfium, job) {
+        Ok(document) => document,
+        Err(problem) => return write_frame(output, &Reply::Failed { problem }, &[]),
+    };
+    let page_count = document.page_count();
+    let pages = match &job.pages {
+        Some(selection) => selection.pages(page_count),
+        None => (1..=page_count).collect(),
+    };
+    let fault = Fault::for_document(&job.path);
+    write_frame(
+        output,
+        &Reply::Opened {
+            page_count,
+            pages: pages.clone(),
+        },
+        &[],
+    )?;
+    for page in pages {
+        if let Some(fault) = fault {
+            fault.trigger();
+        }
+        match document.render(page, job).and_then(|p| deliver(page, p, job)) {
+            Ok((reply, payload)) => write_frame(output, &reply, &payload)?,
+            Err(problem) => write_frame(output, &Reply::PageFailed { problem }, &[])?,
+        }
+    }
+    write_frame(output, &Reply::Done, &[])
+}
+
+/// The reply for a rendered page: its pixels as payload, or the PNG written for it.
+fn deliver(page: u32, rendered: RgbPage, job: &Job) -> Result<(Reply, Vec<u8>), Problem> {
+    let (width, height) = rendered.image.dimensions();
+    let png = match &job.png_dir {
+        Some(dir) => {
+            let path = dir.join(crate::page::png_file_name(page));
+            std::fs::create_dir_all(dir)
+                .and_then(|()| crate::page::write_png(&rendered.image, &path))
+                .map_err(|e| Problem::Io {
+                message: format!("page {page}: cannot write {}: {e}", path.display()),
+            })?;
+            Some(path)
+        }
+        None => None,
+    };
+    let payload = match png {
+        Some(_) => Vec::new(),
+        None => rendered.image.into_raw(),
+    };
+    let reply = Reply::Page {
+        page,
+        width,
+        height,
+        text: rendered.text,
+        png,
+    };
+    Ok((reply, payload))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Crash,
+    Hang,
+}
+
+impl Fault {
+    fn for_document(path: &Path) -> Option<Fault> {
+        let setting = std::env::var(FAULT_ENV).ok()?;
+        let (kind, name) = setting.split_once(':')?;
+        if path.file_name()? != name {
+            return None;
+        }
+        match kind {
+            "crash" => Some(Fault::Crash),
+            "hang" => Some(Fault::Hang),
+            _ => None,
+        }
+    }
+
+    fn trigger(self) {
+        match self {
+            Fault::Crash => std::process::abort(),
+            Fault::Hang => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
+        }
+    }
+}
