@@ -3,6 +3,7 @@
 
 CARGO ?= cargo
 PDFIUM_LIB_FILE := .cache/pdfium/libpdfium.so
+MOTO_SERVER := .cache/moto-venv/bin/moto_server
 
 .PHONY: demo test setup fmt lint
 
@@ -14,10 +15,14 @@ demo: setup
 test: setup
 	$(CARGO) test --workspace
 
-setup: $(PDFIUM_LIB_FILE)
+setup: $(PDFIUM_LIB_FILE) $(MOTO_SERVER)
 
 $(PDFIUM_LIB_FILE): scripts/fetch-pdfium.sh
 	bash scripts/fetch-pdfium.sh
+
+## The S3 server the storage tests run against (moto, pinned; see scripts/setup-moto.sh).
+$(MOTO_SERVER): scripts/setup-moto.sh
+	bash scripts/setup-moto.sh
 
 fmt:
 	$(CARGO) fmt --all
