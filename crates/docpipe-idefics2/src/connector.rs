@@ -1,0 +1,118 @@
+//! The connector between the towers: a SwiGLU modality projection from vision width to text
+//! width, then a Perceiver resampler that turns any number of patches into `n_latents` tokens.
+
+use candle_core::{Module, Result, Tensor};
+
+use crate::config::{Idefics2Config, PerceiverConfig};
+use crate::error::LoadError;
+use crate::nn::{attention, split_heads, GatedMlp, Linear, RmsNorm};
+use crate::weights::Weights;
+
+struct PerceiverLayer {
+    latents_norm: RmsNorm,
+    context_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: RmsNorm,
+    mlp: GatedMlp,
+}
+
+pub struct Connector {
+    config: PerceiverConfig,
+    projection: GatedMlp,
+    latents: Tensor,
+    layers: Vec<PerceiverLayer>,
+    norm: RmsNorm,
+}
+
+impl Connector {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        config: &Idefics2Config,
+    ) -> std::result::Result<Self, LoadError> {
+        let pc = &config.perceiver;
+        let h = pc.hidden_size;
+        let eps = pc.rms_norm_eps;
+        let projection = GatedMlp::load(
+            w,
+            &format!("{prefix}.modality_projection"),
+            config.vision.hidden_size,
+            config.text.intermediate_size,
+            config.text.hidden_size,
+            config.text.hidden_act,
+        )?;
+        let r = format!("{prefix}.perceiver_resampler");
+        let q_dim = pc.n_heads * pc.head_dim;
+        let kv_dim = pc.num_key_value_heads * pc.head_dim;
+        let layers = (0..pc.depth)
+            .map(|i| {
+                let l = format!("{r}.layers.{i}");
+                Ok(PerceiverLayer {
+                    latents_norm: RmsNorm::load(
+                        w,
+                        &format!("{l}.input_latents_norm.weight"),
+                        h,
+                        eps,
+                    )?,
+                    context_norm: RmsNorm::load(
+                        w,
+                        &format!("{l}.input_context_norm.weight"),
+                        h,
+                        eps,
+                    )?,
+                    q: Linear::load(w, &format!("{l}.self_attn.q_proj"), h, q_dim, false)?,
+                    k: Linear::load(w, &format!("{l}.self_attn.k_proj"), h, kv_dim, false)?,
+                    v: Linear::load(w, &format!("{l}.self_attn.v_proj"), h, kv_dim, false)?,
+                    o: Linear::load(w, &format!("{l}.self_attn.o_proj"), q_dim, h, false)?,
+                    post_norm: RmsNorm::load(
+                        w,
+                        &format!("{l}.post_attention_layernorm.weight"),
+                        h,
+                        eps,
+                    )?,
+                    mlp: GatedMlp::load(w, &format!("{l}.mlp"), h, 4 * h, h, pc.hidden_act)?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, LoadError>>()?;
+        Ok(Connector {
+            config: pc.clone(),
+            projection,
+            latents: w.get(&format!("{r}.latents"), (pc.n_latents, h))?,
+            layers,
+            norm: RmsNorm::load(w, &format!("{r}.norm.weight"), h, eps)?,
+        })
+    }
+
+    /// Image features for one image's valid patches `(P, vision hidden)`: `(n_latents, text hidden)`.
+    pub fn forward(&self, patches: &Tensor) -> Result<Tensor> {
+        let pc = &self.config;
+        let context = self.projection.forward(patches)?;
+        let scale = (pc.head_dim as f64).powf(-0.5);
+        let mut latents = self.latents.clone();
+        for layer in &self.layers {
+            let ln = layer.latents_norm.forward(&latents)?;
+            let cn = layer.context_norm.forward(&context)?;
+            // Keys and values see the context first, then the latents; no mask is needed
+            // because only valid patches were encoded.
+            let kv_in = Tensor::cat(&[&cn, &ln], 0)?;
+            let q = split_heads(&layer.q.forward(&ln)?, pc.n_heads, pc.head_dim)?;
+            let k = split_heads(
+                &layer.k.forward(&kv_in)?,
+                pc.num_key_value_heads,
+                pc.head_dim,
+            )?;
+            let v = split_heads(
+                &layer.v.forward(&kv_in)?,
+                pc.num_key_value_heads,
+                pc.head_dim,
+            )?;
+            let a = attention(&q, &k, &v, scale, None)?;
+            latents = (latents + layer.o.forward(&a)?)?;
+            latents = (&latents + layer.mlp.forward(&layer.post_norm.forward(&latents)?)?)?;
+        }
+        self.norm.forward(&latents)
+    }
+}

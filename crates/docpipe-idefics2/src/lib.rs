@@ -1,0 +1,50 @@
+//! The Idefics2 model family (HuggingFaceM4/idefics2-8b and checkpoints of the same
+//! architecture) on candle, reproducing HF transformers' fp32 greedy outputs.
+//!
+//! One module per component: [`config`] (checkpoint settings), [`processor`] (images),
+//! [`prompt`] (chat template and tokens), [`vision`] (SigLIP tower), [`connector`]
+//! (modality projection and perceiver resampler), [`text`] (Mistral decoder with KV cache) and
+//! [`generation`] (batched greedy decoding); [`model`] assembles them behind
+//! `docpipe_core::VisionLanguageModel`.
+//!
+//! Behaviour choices where transformers versions disagree:
+//! - **Perceiver RMSNorm eps.** When `perceiver_config` has no `rms_norm_eps` (the hub config
+//!   of idefics2-8b has none), the text model's `rms_norm_eps` is used, as transformers ≤ 4.45
+//!   and the original training code did; transformers ≥ 4.46 would use its class default 1e-6.
+//!   The perceiver width is always the text width, and when a config declares another width
+//!   the text eps is used too, as transformers does.
+//! - **Vision position ids** follow the float32 recipe of transformers ≥ 5.21 (also ≤ 4.54 up
+//!   to two rows); 4.55–4.57 have a regression that is not reproduced.
+//! - **Patch mask**: a patch is valid only when fully inside its image (transformers ≥ 4.45),
+//!   which makes features independent of padding. Each image is therefore encoded on its own
+//!   at its own size, with no padding at all.
+//! - **Prompt text**: `<image>` expansion follows `Idefics2Processor` of transformers 4.4x, the
+//!   version the model was trained with. transformers 5 additionally inserts a space after a
+//!   closing `<fake_token_around_image>` that is directly followed by a word character (e.g.
+//!   `User:<image>What…`), which changes the token ids of such prompts. This crate does not
+//!   insert that space.
+//! - **Image processor**: the slow PIL path (transformers 4.x default), with bilinear resampling
+//!   done by `fast_image_resize`; transformers 5 defaults to a torchvision backend whose pixels
+//!   differ.
+//!
+//! Generation never pads: prompts of a batch are packed end to end, attention runs per
+//! sequence, and finished sequences leave the batch. A request's tokens therefore do not
+//! depend on the other requests of its batch.
+
+pub mod config;
+pub mod connector;
+pub mod error;
+pub mod generation;
+pub mod model;
+mod nn;
+pub mod processor;
+pub mod prompt;
+pub mod text;
+pub mod vision;
+mod weights;
+
+pub use error::{ImageLoadError, LoadError};
+pub use model::{
+    device_from_spec, dtype_from_name, DetailedGeneration, Idefics2Model, Idefics2Request,
+    PreparedImage,
+};

@@ -1,0 +1,357 @@
+//! Image preprocessing as `Idefics2ImageProcessor` (the slow PIL path) does it: RGB conversion,
+//! optional splitting into four quadrants plus the whole image, the shortest/longest-edge
+//! resize rule, Pillow-style convolution resampling, rescale and normalize, and padding to the
+//! batch maximum with a pixel attention mask.
+
+use std::path::Path;
+
+use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, RgbImage, RgbaImage};
+
+use crate::config::{ProcessorConfig, Resample};
+use crate::error::ImageLoadError;
+
+/// One preprocessed image (a crop or a whole image): normalized f32 pixels, channel-first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessedImage {
+    pub height: usize,
+    pub width: usize,
+    /// `3 × height × width`, channel-major.
+    pub data: Vec<f32>,
+}
+
+/// Images padded to a common size, as the transformers processor hands them to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaddedImages {
+    pub count: usize,
+    pub height: usize,
+    pub width: usize,
+    /// `count × 3 × height × width`; padding is 0.0 at the bottom and right.
+    pub pixel_values: Vec<f32>,
+    /// `count × height × width`; true where the pixel belongs to the image.
+    pub pixel_attention_mask: Vec<bool>,
+}
+
+/// Decodes an image file and converts it to RGB the way the PIL path does.
+pub fn load_image(path: &Path) -> Result<RgbImage, ImageLoadError> {
+    let fail = |message: String| ImageLoadError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| fail(e.to_string()))?
+        .with_guessed_format()
+        .map_err(|e| fail(e.to_string()))?;
+    let decoded = reader
+        .decode()
+        .map_err(|e| fail(format!("cannot decode image: {e}")))?;
+    Ok(to_rgb(decoded))
+}
+
+/// PIL's `convert_to_rgb`: RGB stays as it is; anything else becomes RGBA and is
+/// alpha-composited onto opaque white, so transparent pixels turn white.
+pub fn to_rgb(image: DynamicImage) -> RgbImage {
+    match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageLuma16(_) => image.to_rgb8(),
+        DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgb32F(_) => image.to_rgb8(),
+        other => composite_on_white(&other.to_rgba8()),
+    }
+}
+
+/// Pillow's `ImagingAlphaComposite` with an opaque white destination, in its 7-bit fixed
+/// point so that semi-transparent pixels round exactly as Pillow rounds them.
+fn composite_on_white(rgba: &RgbaImage) -> RgbImage {
+    const PRECISION_BITS: u32 = 7;
+    let shift_div_255 = |a: u32| ((a >> 8) + a) >> 8;
+    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        if a == 0 {
+            return image::Rgb([255, 255, 255]);
+        }
+        let src_a = a as u32;
+        let blend = 255 * (255 - src_a);
+        let outa255 = src_a * 255 + blend;
+        let coef1 = src_a * 255 * 255 * (1 << PRECISION_BITS) / outa255;
+        let coef2 = 255 * (1 << PRECISION_BITS) - coef1;
+        let mix = |c: u8| {
+            let tmp = c as u32 * coef1 + 255 * coef2;
+            (shift_div_255(tmp + (0x80 << PRECISION_BITS)) >> PRECISION_BITS) as u8
+        };
+        image::Rgb([mix(r), mix(g), mix(b)])
+    })
+}
+
+/// The output size of `get_resize_output_image_size` for an `height × width` input, evaluated
+/// in f64 in transformers' exact order. Only images whose long side exceeds `longest` shrink;
+/// each side below `shortest` is then stretched on its own.
+pub fn resize_output_size(
+    height: usize,
+    width: usize,
+    shortest: usize,
+    longest: usize,
+) -> (usize, usize) {
+    let (mut h, mut w) = (height, width);
+    let aspect = width as f64 / height as f64;
+    if w >= h && w > longest {
+        w = longest;
+        h = (longest as f64 / aspect) as usize;
+    } else if h > w && h > longest {
+        h = longest;
+        w = (longest as f64 * aspect) as usize;
+    }
+    (h.max(shortest), w.max(shortest))
+}
+
+/// The quadrants (top-left, top-right, bottom-left, bottom-right) and then the whole image.
+fn split(image: &RgbImage) -> Vec<RgbImage> {
+    let (w, h) = image.dimensions();
+    let (mid_w, mid_h) = (w / 2, h / 2);
+    let crop = |x: u32, y: u32, cw: u32, ch: u32| {
+        image::imageops::crop_imm(image, x, y, cw, ch).to_image()
+    };
+    vec![
+        crop(0, 0, mid_w, mid_h),
+        crop(mid_w, 0, w - mid_w, mid_h),
+        crop(0, mid_h, mid_w, h - mid_h),
+        crop(mid_w, mid_h, w - mid_w, h - mid_h),
+        image.clone(),
+    ]
+}
+
+/// Turns RGB images into model inputs according to a checkpoint's processor settings.
+#[derive(Debug, Clone)]
+pub struct ImageProcessor {
+    config: ProcessorConfig,
+    /// Normalized value of every u8 level, per channel: `f32((f32(f64(u)·rescale) − mean) / std)`.
+    lut: [[f32; 256]; 3],
+}
+
+impl ImageProcessor {
+    pub fn new(config: ProcessorConfig) -> Self {
+        let mut lut = [[0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (u, slot) in table.iter_mut().enumerate() {
+                let mut x = if config.do_rescale {
+                    (u as f64 * config.rescale_factor) as f32
+                } else {
+                    u as f32
+                };
+                if config.do_normalize {
+                    x = (x - config.image_mean[c]) / config.image_std[c];
+                }
+                *slot = x;
+            }
+        }
+        ImageProcessor { config, lut }
+    }
+
+    pub fn config(&self) -> &ProcessorConfig {
+        &self.config
+    }
+
+    /// How many model images (crops included) one input image becomes.
+    pub fn images_per_input(&self) -> usize {
+        if self.config.do_image_splitting {
+            5
+        } else {
+            1
+        }
+    }
+
+    /// Preprocesses one input image into its crops (or itself), in the order the prompt's
+    /// `<image>` blocks expect them.
+    pub fn preprocess(&self, image: &RgbImage) -> Result<Vec<ProcessedImage>, String> {
+        if image.width() == 0 || image.height() == 0 {
+            return Err("image has no pixels".to_string());
+        }
+        let parts = if self.config.do_image_splitting {
+            split(image)
+        } else {
+            vec![image.clone()]
+        };
+        parts
+            .iter()
+            .map(|part| {
+                if part.width() == 0 || part.height() == 0 {
+                    return Err(format!(
+                        "image of {}x{} is too small to split",
+                        image.width(),
+                        image.height()
+                    ));
+                }
+                let resized = if self.config.do_resize {
+                    let (h, w) = resize_output_size(
+                        part.height() as usize,
+                        part.width() as usize,
+                        self.config.shortest_edge,
+                        self.config.longest_edge,
+                    );
+                    resample(part, w as u32, h as u32, self.config.resample)?
+                } else {
+                    part.clone()
+                };
+                Ok(self.normalize(&resized))
+            })
+            .collect()
+    }
+
+    fn normalize(&self, image: &RgbImage) -> ProcessedImage {
+        let (w, h) = (image.width() as usize, image.height() as usize);
+        let plane = w * h;
+        let mut data = vec![0f32; 3 * plane];
+        for (i, px) in image.pixels().enumerate() {
+            for c in 0..3 {
+                data[c * plane + i] = self.lut[c][px.0[c] as usize];
+            }
+        }
+        ProcessedImage {
+            height: h,
+            width: w,
+            data,
+        }
+    }
+}
+
+/// Pillow-compatible convolution resampling with `fast_image_resize`; a same-size resize is a
+/// copy, as in Pillow.
+pub fn resample(
+    image: &RgbImage,
+    width: u32,
+    height: u32,
+    filter: Resample,
+) -> Result<RgbImage, String> {
+    if image.width() == width && image.height() == height {
+        return Ok(image.clone());
+    }
+    let src = Image::from_vec_u8(
+        image.width(),
+        image.height(),
+        image.as_raw().clone(),
+        PixelType::U8x3,
+    )
+    .map_err(|e| format!("resize: {e}"))?;
+    let mut dst = Image::new(width, height, PixelType::U8x3);
+    let alg = match filter {
+        Resample::Nearest => ResizeAlg::Nearest,
+        Resample::Lanczos => ResizeAlg::Convolution(FilterType::Lanczos3),
+        Resample::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+        Resample::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
+        Resample::Box => ResizeAlg::Convolution(FilterType::Box),
+        Resample::Hamming => ResizeAlg::Convolution(FilterType::Hamming),
+    };
+    Resizer::new()
+        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(alg))
+        .map_err(|e| format!("resize to {width}x{height}: {e}"))?;
+    RgbImage::from_raw(width, height, dst.into_vec())
+        .ok_or_else(|| "resize: bad buffer size".to_string())
+}
+
+/// Pads images at the bottom and right to the largest height and width among them.
+pub fn pad_images(images: &[&ProcessedImage]) -> PaddedImages {
+    let height = images.iter().map(|i| i.height).max().unwrap_or(0);
+    let width = images.iter().map(|i| i.width).max().unwrap_or(0);
+    let plane = height * width;
+    let mut pixel_values = vec![0f32; images.len() * 3 * plane];
+    let mut pixel_attention_mask = vec![false; images.len() * plane];
+    for (n, img) in images.iter().enumerate() {
+        for c in 0..3 {
+            for y in 0..img.height {
+                let src = &img.data[(c * img.height + y) * img.width..][..img.width];
+                pixel_values[((n * 3 + c) * height + y) * width..][..img.width]
+                    .copy_from_slice(src);
+            }
+        }
+        for y in 0..img.height {
+            pixel_attention_mask[(n * height + y) * width..][..img.width].fill(true);
+        }
+    }
+    PaddedImages {
+        count: images.len(),
+        height,
+        width,
+        pixel_values,
+        pixel_attention_mask,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_rule_matches_the_spec_examples() {
+        // (H, W) in, (H, W) out; spec A.4.
+        assert_eq!(resize_output_size(853, 1280, 378, 980), (653, 980));
+        assert_eq!(resize_output_size(426, 640, 378, 980), (426, 640));
+        assert_eq!(resize_output_size(427, 640, 378, 980), (427, 640));
+        assert_eq!(resize_output_size(300, 500, 378, 980), (378, 500));
+        assert_eq!(resize_output_size(2000, 1000, 378, 980), (980, 490));
+        assert_eq!(resize_output_size(10, 20, 378, 980), (378, 378));
+    }
+
+    #[test]
+    fn normalization_table_follows_numpy_dtype_order() {
+        let processor = ImageProcessor::new(ProcessorConfig {
+            rescale_factor: 0.00392156862745098,
+            ..ProcessorConfig::default()
+        });
+        for u in 0..=255u32 {
+            let x = (u as f64 * 0.00392156862745098) as f32;
+            assert_eq!(x, u as f32 / 255.0, "rescale of {u}");
+            let y = (x - 0.5f32) / 0.5f32;
+            assert_eq!(processor.lut[0][u as usize], y);
+            assert!((-1.0..=1.0).contains(&y) && y != 0.0);
+        }
+        assert_eq!(processor.lut[1][0], -1.0);
+        assert_eq!(processor.lut[2][255], 1.0);
+    }
+
+    #[test]
+    fn splitting_gives_quadrants_then_the_whole_image() {
+        let image = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8, y as u8, 0]));
+        let parts = split(&image);
+        let dims: Vec<_> = parts.iter().map(|p| p.dimensions()).collect();
+        assert_eq!(dims, vec![(2, 1), (3, 1), (2, 2), (3, 2), (5, 3)]);
+        assert_eq!(parts[3].get_pixel(0, 0).0, [2, 1, 0]);
+        assert_eq!(parts[4], image);
+    }
+
+    #[test]
+    fn alpha_composite_matches_pillow_rounding() {
+        let rgba = RgbaImage::from_fn(4, 1, |x, _| match x {
+            0 => image::Rgba([10, 20, 30, 0]),
+            1 => image::Rgba([10, 20, 30, 255]),
+            2 => image::Rgba([0, 100, 200, 128]),
+            _ => image::Rgba([255, 0, 0, 1]),
+        });
+        let rgb = composite_on_white(&rgba);
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [10, 20, 30]);
+        // Pillow: Image.alpha_composite(white, (0,100,200,128)) == (127, 177, 227).
+        assert_eq!(rgb.get_pixel(2, 0).0, [127, 177, 227]);
+        assert_eq!(rgb.get_pixel(3, 0).0, [255, 254, 254]);
+    }
+
+    #[test]
+    fn padding_puts_images_top_left_with_a_mask() {
+        let a = ProcessedImage {
+            height: 1,
+            width: 2,
+            data: vec![1.0; 6],
+        };
+        let b = ProcessedImage {
+            height: 2,
+            width: 1,
+            data: vec![2.0; 6],
+        };
+        let padded = pad_images(&[&a, &b]);
+        assert_eq!((padded.count, padded.height, padded.width), (2, 2, 2));
+        assert_eq!(&padded.pixel_values[..4], &[1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(&padded.pixel_values[12..16], &[2.0, 0.0, 2.0, 0.0]);
+        assert_eq!(
+            padded.pixel_attention_mask,
+            vec![true, true, false, false, true, false, true, false]
+        );
+    }
+}
