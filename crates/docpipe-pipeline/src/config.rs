@@ -157,7 +157,9 @@ impl std::str::FromStr for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|i| i.parse().ok())
                 .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?}: expected \"cpu\", \"cuda:N\" or \"cuda:all\"")),
+                .ok_or_else(|| {
+                    format!("unknown device {s:?}: expected \"cpu\", \"cuda:N\" or \"cuda:all\"")
+                }),
         }
     }
 }
@@ -294,15 +296,17 @@ impl PipelineConfig {
     /// Parses a pipeline file, applies `--set` overrides (`section.key=value`), then
     /// deserializes and validates. `origin` names the file in messages.
     pub fn load(origin: &str, text: &str, overrides: &[String]) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
         for item in overrides {
             apply_override(&mut table, item)?;
         }
-        let config: PipelineConfig =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let config: PipelineConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
                 let key = e.path().to_string();
                 ConfigError::Invalid {
                     origin: origin.to_owned(),
@@ -310,11 +314,13 @@ impl PipelineConfig {
                     message: e.into_inner().to_string(),
                 }
             })?;
-        config.validate().map_err(|(key, message)| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            key,
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -356,7 +362,10 @@ impl PipelineConfig {
         for (i, task) in self.tasks.iter().enumerate() {
             let key = |k: &str| format!("task[{i}].{k}");
             if !names.insert(task.name()) {
-                return bad(&key("name"), format!("task name {:?} is used twice", task.name()));
+                return bad(
+                    &key("name"),
+                    format!("task name {:?} is used twice", task.name()),
+                );
             }
             match task {
                 TaskConfig::Ocr { .. } => {}
@@ -367,14 +376,20 @@ impl PipelineConfig {
                     ..
                 } => {
                     if questions.is_empty() && !document_questions {
-                        return bad(&key("questions"), "no questions and document_questions = false".into());
+                        return bad(
+                            &key("questions"),
+                            "no questions and document_questions = false".into(),
+                        );
                     }
                     if !prompt.contains("{question}") {
                         return bad(&key("prompt"), "must contain {question}".into());
                     }
                     let mut ids = std::collections::HashSet::new();
                     if let Some(q) = questions.iter().find(|q| !ids.insert(&q.id)) {
-                        return bad(&key("questions"), format!("question id {:?} is used twice", q.id));
+                        return bad(
+                            &key("questions"),
+                            format!("question id {:?} is used twice", q.id),
+                        );
                     }
                 }
                 TaskConfig::Fields { fields, .. } => {
@@ -383,7 +398,10 @@ impl PipelineConfig {
                     }
                     let mut seen = std::collections::HashSet::new();
                     if let Some(f) = fields.iter().find(|f| !seen.insert(&f.name)) {
-                        return bad(&key("fields"), format!("field {:?} is listed twice", f.name));
+                        return bad(
+                            &key("fields"),
+                            format!("field {:?} is listed twice", f.name),
+                        );
                     }
                 }
             }
@@ -454,9 +472,9 @@ fn set_path(target: &mut toml::Value, segments: &[&str], value: toml::Value) -> 
             let index: usize = first
                 .parse()
                 .map_err(|_| format!("`{first}` must be an index into a list of {len}"))?;
-            items
-                .get_mut(index)
-                .ok_or_else(|| format!("index {index} is out of range: the list has {len} elements"))?
+            items.get_mut(index).ok_or_else(|| {
+                format!("index {index} is out of range: the list has {len} elements")
+            })?
         }
         _ => return Err(format!("cannot set `{first}` inside a plain value")),
     };
@@ -518,9 +536,18 @@ mod tests {
     fn every_shipped_pipeline_parses() {
         for (name, text) in [
             ("demo", DEMO_PIPELINE),
-            ("nightly", include_str!("../../../pipelines/nightly-extraction.toml")),
-            ("docvqa", include_str!("../../../pipelines/docvqa-eval.toml")),
-            ("lake", include_str!("../../../pipelines/lake-enrichment.toml")),
+            (
+                "nightly",
+                include_str!("../../../pipelines/nightly-extraction.toml"),
+            ),
+            (
+                "docvqa",
+                include_str!("../../../pipelines/docvqa-eval.toml"),
+            ),
+            (
+                "lake",
+                include_str!("../../../pipelines/lake-enrichment.toml"),
+            ),
         ] {
             PipelineConfig::load(name, text, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
@@ -568,22 +595,49 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        assert_eq!(invalid_key(load(&["render.longest_edge=big"]).unwrap_err()), "render.longest_edge");
-        assert_eq!(invalid_key(load(&["render.longest_edge=0"]).unwrap_err()), "render.longest_edge");
-        assert_eq!(invalid_key(load(&["model.dtype=f64"]).unwrap_err()), "model.dtype");
+        assert_eq!(
+            invalid_key(load(&["render.longest_edge=big"]).unwrap_err()),
+            "render.longest_edge"
+        );
+        assert_eq!(
+            invalid_key(load(&["render.longest_edge=0"]).unwrap_err()),
+            "render.longest_edge"
+        );
+        assert_eq!(
+            invalid_key(load(&["model.dtype=f64"]).unwrap_err()),
+            "model.dtype"
+        );
         let err = load(&["model.devices=[\"tpu\"]"]).unwrap_err();
-        assert!(err.to_string().contains("model.devices") && err.to_string().contains("tpu"), "{err}");
-        assert_eq!(invalid_key(load(&["model.devices=[]"]).unwrap_err()), "model.devices");
-        assert!(matches!(load(&["sink.uri"]).unwrap_err(), ConfigError::OverrideSyntax(_)));
-        assert!(matches!(load(&["task.9.prompt=x"]).unwrap_err(), ConfigError::OverridePath { .. }));
+        assert!(
+            err.to_string().contains("model.devices") && err.to_string().contains("tpu"),
+            "{err}"
+        );
+        assert_eq!(
+            invalid_key(load(&["model.devices=[]"]).unwrap_err()),
+            "model.devices"
+        );
+        assert!(matches!(
+            load(&["sink.uri"]).unwrap_err(),
+            ConfigError::OverrideSyntax(_)
+        ));
+        assert!(matches!(
+            load(&["task.9.prompt=x"]).unwrap_err(),
+            ConfigError::OverridePath { .. }
+        ));
     }
 
     #[test]
     fn override_values_fall_back_to_strings() {
         assert_eq!(parse_value("3"), toml::Value::Integer(3));
         assert_eq!(parse_value("\"3\""), toml::Value::String("3".into()));
-        assert_eq!(parse_value("out/x y"), toml::Value::String("out/x y".into()));
-        assert_eq!(parse_value("1\nb = 2"), toml::Value::String("1\nb = 2".into()));
+        assert_eq!(
+            parse_value("out/x y"),
+            toml::Value::String("out/x y".into())
+        );
+        assert_eq!(
+            parse_value("1\nb = 2"),
+            toml::Value::String("1\nb = 2".into())
+        );
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! replicas each on their own thread.
 
 pub mod config;
+pub mod engine;
 pub mod pool;
+pub mod progress;
 mod queue;
+pub mod tasks;
 #[cfg(test)]
 mod test_model;
 

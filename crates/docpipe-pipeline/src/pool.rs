@@ -83,12 +83,13 @@ where
     M: VisionLanguageModel + 'static,
     T: Send + 'static,
 {
-    /// Starts one thread per replica. Answers go to `results`, in completion order.
-    pub fn start(
+    /// Starts one thread per replica. Answers go to `results`, in completion order, as any
+    /// event type a [`Completed`] converts into (so the caller can merge them with its own).
+    pub fn start<E: From<Completed<T>> + Send + 'static>(
         replicas: Vec<Replica<M>>,
         budget: BatchBudget,
         queue_capacity: usize,
-        results: Sender<Completed<T>>,
+        results: Sender<E>,
     ) -> Self {
         let queue = Arc::new(WorkQueue::new(queue_capacity, replicas.len()));
         let threads = replicas
@@ -158,11 +159,11 @@ impl<P, T> Submitter<P, T> {
     }
 }
 
-fn replica_loop<M: VisionLanguageModel, T>(
+fn replica_loop<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     replica: Replica<M>,
     queue: &WorkQueue<Job<M::Prepared, T>>,
     budget: BatchBudget,
-    results: &Sender<Completed<T>>,
+    results: &Sender<E>,
 ) -> ReplicaStats {
     let mut stats = ReplicaStats {
         device: replica.device.clone(),
@@ -190,10 +191,10 @@ fn replica_loop<M: VisionLanguageModel, T>(
 /// Runs one batch to completion, splitting it on out-of-memory and invalid-request errors.
 /// On a device failure, returns the message and every job not yet answered.
 #[allow(clippy::type_complexity)]
-fn run_batch<M: VisionLanguageModel, T>(
+fn run_batch<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     model: &M,
     batch: Vec<Job<M::Prepared, T>>,
-    results: &Sender<Completed<T>>,
+    results: &Sender<E>,
     stats: &mut ReplicaStats,
 ) -> Result<(), (String, Vec<Job<M::Prepared, T>>)> {
     // Last in, first out: the first half of a split batch is run first, keeping request order.
@@ -239,27 +240,38 @@ fn run_batch<M: VisionLanguageModel, T>(
     Ok(())
 }
 
-fn fail_all<P, T>(results: &Sender<Completed<T>>, jobs: Vec<Job<P, T>>, message: &str, latency: Duration) {
+fn fail_all<P, T, E: From<Completed<T>>>(
+    results: &Sender<E>,
+    jobs: Vec<Job<P, T>>,
+    message: &str,
+    latency: Duration,
+) {
     let batch_size = jobs.len();
     for job in jobs {
-        send(results, job.tag, Err(message.to_owned()), latency, batch_size);
+        send(
+            results,
+            job.tag,
+            Err(message.to_owned()),
+            latency,
+            batch_size,
+        );
     }
 }
 
-fn send<T>(
-    results: &Sender<Completed<T>>,
+fn send<T, E: From<Completed<T>>>(
+    results: &Sender<E>,
     tag: T,
     result: Result<Generation, String>,
     latency: Duration,
     batch_size: usize,
 ) {
     // A closed receiver means the run is being torn down; the answer has nowhere to go.
-    let _ = results.send(Completed {
+    let _ = results.send(E::from(Completed {
         tag,
         result,
         latency,
         batch_size,
-    });
+    }));
 }
 
 #[cfg(test)]
@@ -287,8 +299,11 @@ mod tests {
         models: Vec<Arc<EchoModel>>,
         prompts: &[String],
         budget: BatchBudget,
-    ) -> (Vec<(usize, Result<Generation, String>)>, Result<Vec<ReplicaStats>, PoolError>) {
-        let (tx, rx) = std::sync::mpsc::channel();
+    ) -> (
+        Vec<(usize, Result<Generation, String>)>,
+        Result<Vec<ReplicaStats>, PoolError>,
+    ) {
+        let (tx, rx) = std::sync::mpsc::channel::<Completed<usize>>();
         let replicas = models
             .iter()
             .enumerate()
@@ -350,9 +365,15 @@ mod tests {
         for (i, prompt) in prompts.iter().enumerate() {
             assert_eq!(by_tag[&i], echo_answer(prompt, &[]));
         }
-        assert_eq!(stats[0].failure.as_deref(), Some("the test device fell over"));
+        assert_eq!(
+            stats[0].failure.as_deref(),
+            Some("the test device fell over")
+        );
         assert!(stats[1].failure.is_none());
-        assert_eq!(stats.iter().map(|s| s.requests).sum::<usize>(), prompts.len());
+        assert_eq!(
+            stats.iter().map(|s| s.requests).sum::<usize>(),
+            prompts.len()
+        );
     }
 
     #[test]

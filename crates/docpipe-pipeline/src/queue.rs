@@ -110,7 +110,10 @@ impl<J: Batchable> WorkQueue<J> {
             if state.closed && state.in_flight == 0 {
                 return None;
             }
-            state = self.not_empty.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = self
+                .not_empty
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
         }
         let mut batch: Vec<J> = Vec::new();
         let (mut tokens, mut patches) = (0usize, 0usize);
@@ -123,7 +126,8 @@ impl<J: Batchable> WorkQueue<J> {
             } else {
                 cost.image_patches
             };
-            let fits = tokens + job_tokens <= budget.tokens && patches + job_patches <= budget.patches;
+            let fits =
+                tokens + job_tokens <= budget.tokens && patches + job_patches <= budget.patches;
             if !batch.is_empty() && !fits {
                 break;
             }
@@ -243,8 +247,19 @@ mod tests {
     fn retired_work_comes_first_and_the_last_replica_closes_the_queue() {
         let queue = WorkQueue::new(10, 2);
         queue.push(job(7, 1, 0, 7)).unwrap();
-        assert_eq!(ids(&queue.take_batch(BatchBudget { tokens: 1, patches: 0 }).unwrap()), vec![7]);
-        assert_eq!(queue.retire_replica(vec![job(1, 1, 0, 1), job(2, 1, 0, 2)]), 1);
+        assert_eq!(
+            ids(&queue
+                .take_batch(BatchBudget {
+                    tokens: 1,
+                    patches: 0
+                })
+                .unwrap()),
+            vec![7]
+        );
+        assert_eq!(
+            queue.retire_replica(vec![job(1, 1, 0, 1), job(2, 1, 0, 2)]),
+            1
+        );
         let budget = BatchBudget {
             tokens: 2,
             patches: 0,

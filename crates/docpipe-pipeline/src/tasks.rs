@@ -1,0 +1,194 @@
+//! From `[[task]]`s to the questions asked of each page, and from a question and a page to a
+//! [`ChatRequest`].
+//!
+//! Every page of a document is asked the same list of [`Query`]s, so the rows a document must
+//! produce are known as soon as its page count is: pages × queries.
+
+use std::sync::Arc;
+
+use docpipe_core::{ChatMessage, ChatRequest, ContentItem, DocumentRef};
+
+use crate::config::TaskConfig;
+
+/// One question asked of every page of a document: one output row per page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// The `task` column.
+    pub task: String,
+    /// The `question_id` column: the question's id, the field name, or none for OCR.
+    pub question_id: Option<String>,
+    /// The `question` column: the question, or the transcription prompt for OCR.
+    pub question: String,
+    /// What the model is asked: the task's prompt with the question filled in.
+    pub prompt: String,
+    pub max_new_tokens: usize,
+    /// For field extraction: the field this answers, gathered into the `fields` column.
+    pub field: Option<String>,
+}
+
+/// The tasks of a pipeline, ready to be expanded per document.
+#[derive(Debug, Clone)]
+pub struct TaskPlan {
+    tasks: Vec<TaskConfig>,
+    default_max_new_tokens: usize,
+}
+
+impl TaskPlan {
+    pub fn new(tasks: Vec<TaskConfig>, default_max_new_tokens: usize) -> Self {
+        Self {
+            tasks,
+            default_max_new_tokens,
+        }
+    }
+
+    /// The queries asked of every page of `doc`, in task order; a `qa` task adds the
+    /// document's own questions (from a manifest) after its configured ones.
+    pub fn queries(&self, doc: &DocumentRef) -> Vec<Query> {
+        let mut queries = Vec::new();
+        for task in &self.tasks {
+            let max_new_tokens = task.max_new_tokens().unwrap_or(self.default_max_new_tokens);
+            let name = task.name().to_owned();
+            match task {
+                TaskConfig::Ocr { prompt, .. } => queries.push(Query {
+                    task: name,
+                    question_id: None,
+                    question: prompt.clone(),
+                    prompt: prompt.clone(),
+                    max_new_tokens,
+                    field: None,
+                }),
+                TaskConfig::Qa {
+                    prompt,
+                    questions,
+                    document_questions,
+                    ..
+                } => {
+                    let from_doc = document_questions
+                        .then_some(&doc.questions)
+                        .into_iter()
+                        .flatten();
+                    for question in questions.iter().chain(from_doc) {
+                        queries.push(Query {
+                            task: name.clone(),
+                            question_id: Some(question.id.clone()),
+                            question: question.text.clone(),
+                            prompt: prompt.replace("{question}", &question.text),
+                            max_new_tokens,
+                            field: None,
+                        });
+                    }
+                }
+                TaskConfig::Fields { prompt, fields, .. } => {
+                    for field in fields {
+                        let question = field.question.clone().unwrap_or_else(|| {
+                            format!("What is the {}?", field.name.replace('_', " "))
+                        });
+                        queries.push(Query {
+                            task: name.clone(),
+                            question_id: Some(field.name.clone()),
+                            prompt: prompt
+                                .replace("{question}", &question)
+                                .replace("{field}", &field.name),
+                            question,
+                            max_new_tokens,
+                            field: Some(field.name.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        queries
+    }
+}
+
+/// The request for one query about one page: a user turn with the page image then the prompt.
+/// The image is the page's `Arc`, shared by all of the page's requests, so the model can encode
+/// the page once for all of its questions.
+pub fn chat_request(query: &Query, page_image: &Arc<image::RgbImage>) -> ChatRequest {
+    ChatRequest {
+        messages: vec![ChatMessage {
+            role: "user".to_owned(),
+            content: vec![
+                ContentItem::Image { path: None },
+                ContentItem::Text {
+                    text: query.prompt.clone(),
+                },
+            ],
+        }],
+        images: vec![page_image.clone()],
+        max_new_tokens: query.max_new_tokens,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use docpipe_core::Question;
+
+    use super::*;
+    use crate::config::{PipelineConfig, DEMO_PIPELINE};
+
+    #[test]
+    fn demo_tasks_expand_to_one_query_per_question() {
+        let config = PipelineConfig::load("demo", DEMO_PIPELINE, &[]).unwrap();
+        let plan = TaskPlan::new(config.tasks, config.model.max_new_tokens);
+        let mut doc = DocumentRef::new("a.pdf");
+        doc.questions.push(Question {
+            id: "m1".into(),
+            text: "Who signed it?".into(),
+        });
+        let queries = plan.queries(&doc);
+        let keys: Vec<(&str, Option<&str>)> = queries
+            .iter()
+            .map(|q| (q.task.as_str(), q.question_id.as_deref()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("ocr", None),
+                ("qa", Some("title")),
+                ("qa", Some("date")),
+                ("qa", Some("m1")),
+                ("fields", Some("sender")),
+                ("fields", Some("total_amount")),
+            ]
+        );
+        assert_eq!(queries[3].prompt, "Who signed it?");
+        assert_eq!(queries[4].question, "What is the sender?");
+        assert_eq!(queries[5].field.as_deref(), Some("total_amount"));
+        assert!(queries.iter().all(|q| q.max_new_tokens == 16));
+    }
+
+    #[test]
+    fn prompts_are_templates() {
+        let config = PipelineConfig::load(
+            "demo",
+            DEMO_PIPELINE,
+            &[
+                "task.1.prompt=Q: {question} A:".into(),
+                "task.1.document_questions=false".into(),
+                "task.2.prompt={field}? {question}".into(),
+                "task.2.max_new_tokens=5".into(),
+            ],
+        )
+        .unwrap();
+        let plan = TaskPlan::new(config.tasks, 7);
+        let mut doc = DocumentRef::new("a.pdf");
+        doc.questions.push(Question {
+            id: "ignored".into(),
+            text: "?".into(),
+        });
+        let queries = plan.queries(&doc);
+        assert_eq!(queries.len(), 5);
+        assert_eq!(
+            queries[1].prompt,
+            "Q: What is the title of this document? A:"
+        );
+        assert_eq!(queries[4].prompt, "total_amount? What is the total amount?");
+        assert_eq!(queries[4].max_new_tokens, 5);
+        assert_eq!(queries[0].max_new_tokens, 7);
+        let image = Arc::new(image::RgbImage::new(3, 2));
+        let request = chat_request(&queries[1], &image);
+        assert!(Arc::ptr_eq(&request.images[0], &image));
+        assert_eq!(request.max_new_tokens, 7);
+    }
+}
