@@ -12,10 +12,12 @@
 
 mod location;
 mod options;
+mod parquet_file;
 mod stores;
 
 pub use location::{to_url, Location};
 pub use options::StoreOptions;
+pub use parquet_file::ParquetObjectFile;
 pub use stores::Stores;
 
 pub use object_store;

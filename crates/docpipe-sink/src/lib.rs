@@ -1,0 +1,36 @@
+//! The end of the pipeline: output rows → Parquet parts on an object store.
+//!
+//! Layout under the sink location (a local folder or a bucket prefix):
+//!
+//! ```text
+//! parts/<shard>-<unix-ms>-<random>.parquet   committed documents, written as they finish
+//! manifest[-shard-I-of-N].json               the run manifest, written last, create-only
+//! report[-shard-I-of-N].json                 the run report (counts, errors, timings)
+//! ```
+//!
+//! `<shard>` is `all` or `shard-I-of-N`, `<unix-ms>` is the flush time, zero-padded to 13
+//! digits so names sort by time, and `<random>` is 16 hex digits from a per-part random draw:
+//! reruns, retries and shards never pick the same name.
+//!
+//! The unit of commitment is a document. [`Sink::commit_document`] takes all of a finished
+//! document's rows; finished documents are buffered and written together as one part, and a
+//! document's rows never span two parts. Parts are uploaded with object_store's buffered writer
+//! (multipart for large parts), so a part is either complete or absent: a crash loses only the
+//! buffered documents, which a rerun redoes after [`Sink::committed`] has listed what is
+//! already there. (On S3, configure a lifecycle rule to abort incomplete multipart uploads.)
+
+mod error;
+mod read;
+mod report;
+mod resume;
+mod row;
+mod schema;
+mod writer;
+
+pub use error::SinkError;
+pub use read::{read_batches, read_rows};
+pub use report::{RunManifest, RunReport};
+pub use resume::{Committed, PartInfo};
+pub use row::{unix_micros, OutputRow};
+pub use schema::{columns, output_schema, rows_to_batch};
+pub use writer::{Sink, SinkOptions};

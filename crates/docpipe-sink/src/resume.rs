@@ -1,0 +1,157 @@
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use docpipe_core::DocumentRef;
+use docpipe_store::{Location, ParquetObjectFile};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectMeta;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use serde::{Deserialize, Serialize};
+
+use crate::schema::columns;
+use crate::SinkError;
+
+/// The folder of part files under a sink location.
+pub(crate) const PARTS_DIR: &str = "parts";
+
+/// How many parts are read at once when listing committed documents.
+const READ_CONCURRENCY: usize = 8;
+
+/// A committed part file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    /// Relative to the sink location, e.g. `parts/all-1764000000000-0123456789abcdef.parquet`.
+    pub path: String,
+    pub rows: u64,
+    pub documents: u64,
+    pub bytes: u64,
+}
+
+/// What is already committed under a sink: the documents to skip on resume.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    documents: HashSet<(String, Option<String>)>,
+    parts: Vec<PartInfo>,
+}
+
+impl Committed {
+    /// True when `doc`, at this version, is in a committed part. A document whose version
+    /// changed since is not: it is processed again.
+    pub fn contains(&self, doc: &DocumentRef) -> bool {
+        self.documents
+            .contains(&(doc.uri.clone(), doc.version.clone()))
+    }
+
+    pub fn document_count(&self) -> usize {
+        self.documents.len()
+    }
+
+    pub fn row_count(&self) -> u64 {
+        self.parts.iter().map(|part| part.rows).sum()
+    }
+
+    /// Sorted by path (which sorts parts of one shard by the time they were written).
+    pub fn parts(&self) -> &[PartInfo] {
+        &self.parts
+    }
+}
+
+pub(crate) async fn committed(location: &Location) -> Result<Committed, SinkError> {
+    let objects = part_objects(location).await?;
+    let parts: Vec<(PartInfo, Vec<(String, Option<String>)>)> = futures::stream::iter(objects)
+        .map(|object| read_part_documents(location, object))
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut committed = Committed::default();
+    for (part, documents) in parts {
+        committed.documents.extend(documents);
+        committed.parts.push(part);
+    }
+    Ok(committed)
+}
+
+/// The part files under `location`, sorted by path.
+pub(crate) async fn part_objects(location: &Location) -> Result<Vec<ObjectMeta>, SinkError> {
+    let dir = location.child(PARTS_DIR);
+    if location
+        .local_path_of(&dir)
+        .is_some_and(|path| !path.is_dir())
+    {
+        // A local sink that was never written to has no parts folder yet.
+        return Ok(Vec::new());
+    }
+    let mut objects: Vec<ObjectMeta> = location
+        .store()
+        .list(Some(&dir))
+        .try_filter(|object| futures::future::ready(object.location.as_ref().ends_with(".parquet")))
+        .try_collect()
+        .await
+        .map_err(|source| SinkError::List {
+            url: location.url_of(&dir).to_string(),
+            source,
+        })?;
+    objects.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(objects)
+}
+
+async fn read_part_documents(
+    location: &Location,
+    object: ObjectMeta,
+) -> Result<(PartInfo, Vec<(String, Option<String>)>), SinkError> {
+    let url = location.url_of(&object.location).to_string();
+    let error = |message: String| SinkError::Read {
+        url: url.clone(),
+        message,
+    };
+    let reader = ParquetObjectFile::new(
+        Arc::clone(location.store()),
+        object.location.clone(),
+        object.size,
+    );
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| error(e.to_string()))?;
+    let schema = Arc::clone(builder.schema());
+    let index = |name: &str| {
+        schema
+            .index_of(name)
+            .map_err(|_| error(format!("not a docpipe part: no column {name:?}")))
+    };
+    let roots = [index(columns::DOC_URI)?, index(columns::DOC_VERSION)?];
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let rows = builder.metadata().file_metadata().num_rows();
+    let batches: Vec<_> = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| error(e.to_string()))?
+        .try_collect()
+        .await
+        .map_err(|e| error(e.to_string()))?;
+    let mut documents = HashSet::new();
+    for batch in &batches {
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|column| column.as_string_opt::<i32>())
+                .ok_or_else(|| error(format!("column {name:?} is not utf8")))
+        };
+        let (uris, versions) = (text(columns::DOC_URI)?, text(columns::DOC_VERSION)?);
+        for row in 0..batch.num_rows() {
+            let version = versions
+                .is_valid(row)
+                .then(|| versions.value(row).to_owned());
+            documents.insert((uris.value(row).to_owned(), version));
+        }
+    }
+    let part = PartInfo {
+        path: location
+            .relative(&object.location)
+            .unwrap_or_else(|| object.location.to_string()),
+        rows: u64::try_from(rows).unwrap_or_default(),
+        documents: documents.len() as u64,
+        bytes: object.size,
+    };
+    Ok((part, documents.into_iter().collect()))
+}

@@ -1,0 +1,119 @@
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use docpipe_core::{DocumentRef, Failure, FinishReason, Stage};
+
+/// One output row: one (document, page, task, question). Field names and meanings are those
+/// of the output columns (see [`crate::output_schema`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRow {
+    pub run_id: String,
+    pub doc_uri: String,
+    pub doc_version: Option<String>,
+    /// 1-based; `None` when the document failed before its pages were known.
+    pub page: Option<u32>,
+    pub page_count: Option<u32>,
+    pub task: String,
+    /// `None` for OCR.
+    pub question_id: Option<String>,
+    pub question: String,
+    /// `None` on error.
+    pub answer: Option<String>,
+    /// A JSON object, for field extraction.
+    pub fields: Option<String>,
+    pub finish_reason: Option<FinishReason>,
+    pub prompt_tokens: Option<u32>,
+    pub answer_tokens: Option<u32>,
+    pub latency_ms: Option<f32>,
+    pub model: String,
+    pub error_stage: Option<Stage>,
+    pub error: Option<String>,
+    /// Microseconds since the Unix epoch, UTC (see [`unix_micros`]).
+    pub created_at: i64,
+    /// Key columns carried from the manifest (lake enrichment).
+    pub keys: BTreeMap<String, String>,
+}
+
+impl OutputRow {
+    /// A row about `doc` with its identity filled in (URI, version, keys) and everything that
+    /// depends on the page and the answer left empty.
+    pub fn for_document(doc: &DocumentRef, run_id: &str, model: &str, created_at: i64) -> Self {
+        Self {
+            run_id: run_id.to_owned(),
+            doc_uri: doc.uri.clone(),
+            doc_version: doc.version.clone(),
+            page: None,
+            page_count: None,
+            task: String::new(),
+            question_id: None,
+            question: String::new(),
+            answer: None,
+            fields: None,
+            finish_reason: None,
+            prompt_tokens: None,
+            answer_tokens: None,
+            latency_ms: None,
+            model: model.to_owned(),
+            error_stage: None,
+            error: None,
+            created_at,
+            keys: doc.keys.clone(),
+        }
+    }
+
+    /// Marks the row as failed: no answer, the failure's stage and message, and its page when
+    /// the failure names one.
+    pub fn with_failure(mut self, failure: &Failure) -> Self {
+        self.answer = None;
+        self.fields = None;
+        self.finish_reason = None;
+        self.error_stage = Some(failure.stage);
+        self.error = Some(failure.message.clone());
+        if failure.page.is_some() {
+            self.page = failure.page;
+        }
+        self
+    }
+
+    /// A rough in-memory size, used to bound how much a sink buffers before writing a part.
+    pub(crate) fn approximate_bytes(&self) -> usize {
+        let optional = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        64 + self.run_id.len()
+            + self.doc_uri.len()
+            + optional(&self.doc_version)
+            + self.task.len()
+            + optional(&self.question_id)
+            + self.question.len()
+            + optional(&self.answer)
+            + optional(&self.fields)
+            + self.model.len()
+            + optional(&self.error)
+            + self.keys.values().map(String::len).sum::<usize>()
+    }
+}
+
+/// Microseconds since the Unix epoch (negative before 1970), the unit of `created_at`.
+pub fn unix_micros(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+pub(crate) fn stage_from_str(text: &str) -> Option<Stage> {
+    [
+        Stage::Source,
+        Stage::Render,
+        Stage::Prepare,
+        Stage::Infer,
+        Stage::Sink,
+    ]
+    .into_iter()
+    .find(|stage| stage.as_str() == text)
+}
+
+pub(crate) fn finish_reason_from_str(text: &str) -> Option<FinishReason> {
+    [FinishReason::Stop, FinishReason::Length]
+        .into_iter()
+        .find(|reason| reason.as_str() == text)
+}
