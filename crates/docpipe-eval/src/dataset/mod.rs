@@ -1,0 +1,201 @@
+//! Readers for DocVQA annotations in the two layouts found in the wild.
+//!
+//! * The official `val_v1.0.json` layout: one JSON file whose `data` array lists the questions,
+//!   each naming its page image by a path relative to the file's folder.
+//! * The Parquet layout of the common hub copies: one row per question with the page image
+//!   inlined as `image: struct<bytes, path>`, spread over one or more `.parquet` files.
+//!
+//! [`DocVqaDataset::annotations`] reads only the questions and answers (what scoring needs);
+//! [`DocVqaDataset::pages`] yields the questions grouped by page image, so that the pipeline can
+//! encode each image once for all its questions.
+
+mod json_layout;
+mod object_reader;
+mod parquet_layout;
+
+use std::sync::Arc;
+
+use crate::store::{self, StoreError, StoreLocation};
+
+pub use parquet_layout::PageReader;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The annotation JSON does not parse; serde's message carries the line and column.
+    #[error("{file}: not a DocVQA annotation file: {source}")]
+    Json {
+        file: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A Parquet file lacks a column or holds values of the wrong kind.
+    #[error("{file}: {problem}")]
+    Malformed { file: String, problem: String },
+    #[error("{file}: cannot read Parquet: {source}")]
+    Parquet {
+        file: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("{url}: no .parquet files found (expected a val_v1.0.json-style file, a .parquet file or a folder of them)")]
+    NoFiles { url: String },
+    #[error("missing image {url} (question {question_id}): {source}")]
+    MissingImage {
+        url: String,
+        question_id: i64,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// The gold side of one question: what scoring needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Annotation {
+    pub question_id: i64,
+    pub question: String,
+    /// Absent in the test split.
+    pub answers: Option<Vec<String>>,
+    pub question_types: Vec<String>,
+    pub doc_id: i64,
+}
+
+/// Where a question's page image is.
+#[derive(Clone)]
+pub enum ImageSource {
+    /// A file next to the annotations, resolved against the dataset's folder.
+    Stored(StoreLocation),
+    /// Bytes inlined in a Parquet row; `path` is the original file name when the row has one.
+    Inline {
+        bytes: Arc<[u8]>,
+        path: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for ImageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageSource::Stored(location) => write!(f, "Stored({})", location.url),
+            ImageSource::Inline { bytes, path } => {
+                write!(f, "Inline({} bytes, path {path:?})", bytes.len())
+            }
+        }
+    }
+}
+
+impl ImageSource {
+    /// A name for logs and error rows: the URL of a stored image, the path of an inline one.
+    pub fn describe(&self) -> String {
+        match self {
+            ImageSource::Stored(location) => location.url.to_string(),
+            ImageSource::Inline { path, bytes } => path
+                .clone()
+                .unwrap_or_else(|| format!("<inline image, {} bytes>", bytes.len())),
+        }
+    }
+}
+
+/// One DocVQA question with its page image.
+#[derive(Debug, Clone)]
+pub struct DocVqaQuestion {
+    pub question_id: i64,
+    pub question: String,
+    pub answers: Option<Vec<String>>,
+    pub question_types: Vec<String>,
+    pub doc_id: i64,
+    pub image: ImageSource,
+}
+
+impl DocVqaQuestion {
+    pub fn annotation(&self) -> Annotation {
+        Annotation {
+            question_id: self.question_id,
+            question: self.question.clone(),
+            answers: self.answers.clone(),
+            question_types: self.question_types.clone(),
+            doc_id: self.doc_id,
+        }
+    }
+}
+
+/// All the questions (of the selected ones) about one page image, in dataset order.
+#[derive(Debug, Clone)]
+pub struct PageGroup {
+    pub image: ImageSource,
+    pub questions: Vec<DocVqaQuestion>,
+}
+
+impl PageGroup {
+    /// The image bytes: read from the store for a stored image, shared for an inline one.
+    /// A missing file is an error for this page only; the caller records it and goes on.
+    pub async fn read_image(&self) -> Result<Arc<[u8]>, DatasetError> {
+        match &self.image {
+            ImageSource::Inline { bytes, .. } => Ok(Arc::clone(bytes)),
+            ImageSource::Stored(location) => match location.read().await {
+                Ok(bytes) => Ok(bytes.into()),
+                Err(source) => Err(DatasetError::MissingImage {
+                    url: location.url.to_string(),
+                    question_id: self.questions.first().map_or(0, |q| q.question_id),
+                    source,
+                }),
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Layout {
+    Json(StoreLocation),
+    Parquet(Vec<StoreLocation>),
+}
+
+/// A DocVQA dataset opened from a URL or local path: a `.json` annotation file, a `.parquet`
+/// file, or a folder (prefix) of `.parquet` files read in name order.
+#[derive(Debug)]
+pub struct DocVqaDataset {
+    layout: Layout,
+}
+
+impl DocVqaDataset {
+    pub async fn open(location: &str) -> Result<Self, DatasetError> {
+        let root = store::open(location)?;
+        let name = root
+            .path
+            .filename()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let layout = if name.ends_with(".json") {
+            Layout::Json(root)
+        } else if name.ends_with(".parquet") {
+            Layout::Parquet(vec![root])
+        } else {
+            Layout::Parquet(parquet_layout::list_files(&root).await?)
+        };
+        Ok(Self { layout })
+    }
+
+    /// The gold annotations of the first `limit` questions (all when `None`), without images.
+    pub async fn annotations(&self, limit: Option<usize>) -> Result<Vec<Annotation>, DatasetError> {
+        match &self.layout {
+            Layout::Json(file) => Ok(json_layout::read(file, limit)
+                .await?
+                .iter()
+                .map(DocVqaQuestion::annotation)
+                .collect()),
+            Layout::Parquet(files) => parquet_layout::read_annotations(files, limit).await,
+        }
+    }
+
+    /// The first `limit` questions (all when `None`) grouped by page image. Each group is
+    /// complete: it holds every selected question about its image.
+    pub async fn pages(&self, limit: Option<usize>) -> Result<PageReader, DatasetError> {
+        match &self.layout {
+            Layout::Json(file) => {
+                let questions = json_layout::read(file, limit).await?;
+                Ok(PageReader::ready(json_layout::group_by_image(questions)))
+            }
+            Layout::Parquet(files) => PageReader::parquet(files.clone(), limit).await,
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Prediction files in the official DocVQA submission format:
+//! `[{"questionId": 123, "answer": "..."}, ...]`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{self, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PredictionsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{file}: not a DocVQA predictions file ([{{\"questionId\": int, \"answer\": string}}, ...]): {source}")]
+    Json {
+        file: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One submitted answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    #[serde(rename = "questionId", deserialize_with = "crate::ids::deserialize")]
+    pub question_id: i64,
+    pub answer: String,
+}
+
+/// Reads a predictions file from a local path or an object-store URL.
+pub async fn read(location: &str) -> Result<Vec<Prediction>, PredictionsError> {
+    let file = store::open(location)?;
+    let bytes = file.read().await?;
+    parse(&bytes, file.url.as_str())
+}
+
+/// Parses predictions; `file` names the source in errors.
+pub fn parse(bytes: &[u8], file: &str) -> Result<Vec<Prediction>, PredictionsError> {
+    serde_json::from_slice(bytes).map_err(|source| PredictionsError::Json {
+        file: file.to_owned(),
+        source,
+    })
+}
+
+/// The submission file (`predictions.json`) for these answers, in the order given.
+pub fn submission_json(predictions: &[Prediction]) -> String {
+    serde_json::to_string_pretty(predictions).expect("predictions serialize to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_integer_and_string_ids_and_round_trips() {
+        let parsed = parse(
+            br#"[{"questionId": 1, "answer": "a"}, {"questionId": "2", "answer": "b"}]"#,
+            "p.json",
+        )
+        .unwrap();
+        assert_eq!(parsed[1].question_id, 2);
+        assert_eq!(
+            parse(submission_json(&parsed).as_bytes(), "x").unwrap(),
+            parsed
+        );
+    }
+
+    #[test]
+    fn malformed_file_names_the_file_and_position() {
+        let err = parse(b"[{\"questionId\": 1,\n \"answer\": 3}]", "preds.json").unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, PredictionsError::Json { .. }));
+        assert!(message.contains("preds.json"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+        let err = parse(br#"[{"questionId": "x1", "answer": "a"}]"#, "p.json").unwrap_err();
+        assert!(err.to_string().contains("not an integer"), "{err}");
+    }
+}
