@@ -35,9 +35,9 @@ pub fn locate(
             Ok(LibraryLocation::File(path))
         } else {
             Err(format!(
-                "{PDFIUM_LIB_ENV}={} is not a file; point it at {} or unset it",
+                "{PDFIUM_LIB_ENV}={} is not a file; {}",
                 path.display(),
-                name.to_string_lossy()
+                not_found_hint()
             ))
         };
     }

@@ -175,12 +175,12 @@ impl RenderPool {
         png_dir: Option<PathBuf>,
     ) -> Result<PageStream<T>, RenderError> {
         let config = &self.shared.config;
-        let path = std::path::absolute(path).map_err(|e| RenderError::Io {
-            path: path.to_path_buf(),
-            message: format!("cannot resolve the path: {e}"),
-        })?;
         let job = Job {
-            path: path.clone(),
+            // Workers may run in another directory; messages keep the caller's spelling.
+            path: std::path::absolute(path).map_err(|e| RenderError::Io {
+                path: path.to_path_buf(),
+                message: format!("cannot resolve the path: {e}"),
+            })?,
             pages: options.pages.clone(),
             password: options.password.clone(),
             longest_edge: config.longest_edge,
@@ -190,7 +190,7 @@ impl RenderPool {
         let mut stream = PageStream {
             shared: self.shared.clone(),
             worker: Some(self.checkout()?),
-            path,
+            path: path.to_path_buf(),
             page_count: 0,
             pages: Vec::new(),
             next: 0,
@@ -427,7 +427,7 @@ pub struct PageStream<T> {
 }
 
 impl<T> PageStream<T> {
-    /// The document, as given to the worker (absolute).
+    /// The document, as the caller named it.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -451,6 +451,9 @@ impl<T> PageStream<T> {
         let worker = self.worker.as_mut().expect("receive only while a worker is held");
         match worker.replies.recv_timeout(timeout) {
             Ok(Ok(frame)) => Ok(frame),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(self.worker_lost(page))
+            }
             Ok(Err(e)) => {
                 self.abandon();
                 Err(RenderError::Protocol {

@@ -46,6 +46,7 @@ fn serve(mut input: impl Read, mut output: impl Write) -> io::Result<()> {
 }
 
 /// A page as the decoders produce it, before it is sent or saved.
+#[derive(Debug)]
 pub(crate) struct RgbPage {
     pub image: RgbImage,
     pub text: String,
