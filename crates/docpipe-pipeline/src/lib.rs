@@ -6,9 +6,13 @@
 
 pub mod config;
 pub mod engine;
+pub mod model;
 pub mod pool;
 pub mod progress;
 mod queue;
+mod renderer;
+mod rows;
+mod run;
 pub mod tasks;
 #[cfg(test)]
 mod test_model;
@@ -16,3 +20,4 @@ mod test_model;
 pub use config::{ConfigError, PipelineConfig};
 pub use pool::{Completed, InferencePool, Job, PoolError, Replica, ReplicaStats, Submitter};
 pub use queue::{BatchBudget, QueueClosed};
+pub use run::{run, RunError, RunOptions, RunSummary};

@@ -1,0 +1,391 @@
+//! A whole run: list the source, skip what the sink already committed, load the model, run the
+//! engine, commit finished documents, then write the report and the manifest.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use docpipe_core::VisionLanguageModel;
+use docpipe_render::{
+    DocumentOptions, PageSelection, RenderError, RenderPool, RenderPoolConfig, WorkerCommand,
+};
+use docpipe_sink::{unix_micros, RunManifest, RunReport, Sink, SinkError, SinkOptions};
+use docpipe_source::{list_documents, Fetcher, ListingSpec, ManifestSpec, SourceError, SourceSpec};
+use docpipe_store::{StoreError, StoreOptions, Stores};
+
+use crate::config::{expand_date, PipelineConfig};
+use crate::engine::{self, EngineConfig, EngineError, FinishedDocument};
+use crate::model::{self, LoadedModel, ModelLoadError};
+use crate::pool::Replica;
+use crate::progress::{Counters, ProgressDisplay};
+use crate::queue::BatchBudget;
+use crate::renderer::PoolRenderer;
+use crate::rows::output_rows;
+use crate::tasks::TaskPlan;
+
+/// What a run needs besides its pipeline file.
+pub struct RunOptions {
+    pub config: PipelineConfig,
+    /// How to start render workers (the `docpipe` binary's hidden `render-worker` mode).
+    pub worker_command: WorkerCommand,
+    pub store_options: StoreOptions,
+    /// Seconds between progress log lines when stderr is not a terminal.
+    pub log_every: Duration,
+}
+
+/// A run that finished: every listed document is committed.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub report: RunReport,
+    /// The sink location, `{date}` expanded.
+    pub sink_uri: String,
+    /// False when a manifest was already there (a completed run was rerun): the data is
+    /// complete but the earlier manifest was kept.
+    pub manifest_written: bool,
+}
+
+/// Why a run did not finish. [`RunError::is_usage`] tells configuration errors (nothing run)
+/// from runs cut short (rerun resumes).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("source.uri: {0}")]
+    Source(#[source] SourceError),
+    #[error("sink.uri: {0}")]
+    Sink(#[source] SinkError),
+    #[error(transparent)]
+    Model(#[from] ModelLoadError),
+    #[error("render workers: {0}")]
+    Render(#[source] RenderError),
+    #[error("inference: {0}")]
+    Engine(#[from] EngineError),
+    #[error("a pipeline thread failed: {0}")]
+    Join(String),
+}
+
+impl RunError {
+    /// True when the configuration is at fault and nothing was run (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            RunError::Source(SourceError::Store(StoreError::InvalidLocation { .. }))
+            | RunError::Source(SourceError::MissingFolder { .. } | SourceError::Pattern { .. })
+            | RunError::Sink(
+                SinkError::Store(StoreError::InvalidLocation { .. }) | SinkError::KeyColumn { .. },
+            )
+            | RunError::Model(ModelLoadError::Checkpoint { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Runs a pipeline to the end. Must be called inside a multi-threaded tokio runtime.
+pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
+    let config = options.config;
+    let sink_uri = expand_date(&config.sink.uri, SystemTime::now());
+    let stores = Arc::new(Stores::new(options.store_options));
+    let key_columns = config
+        .source
+        .manifest
+        .as_ref()
+        .map(|m| m.key_columns.clone())
+        .unwrap_or_default();
+    let sink = Sink::open(
+        &stores,
+        SinkOptions {
+            key_columns,
+            documents_per_part: config.sink.documents_per_part,
+            ..SinkOptions::new(sink_uri.clone())
+        },
+    )
+    .map_err(RunError::Sink)?;
+    let source = source_spec(&config);
+    let (listed, committed) =
+        tokio::join!(list_documents(&source, &stores, None), sink.committed());
+    let listed = listed.map_err(RunError::Source)?;
+    let committed = committed.map_err(RunError::Sink)?;
+    let documents_listed = listed.len();
+    let mut todo: Vec<_> = listed
+        .into_iter()
+        .filter(|d| !committed.contains(d))
+        .collect();
+    let documents_skipped = documents_listed - todo.len();
+    if let Some(limit) = config.source.limit {
+        todo.truncate(limit);
+    }
+    tracing::info!(
+        listed = documents_listed,
+        skipped = documents_skipped,
+        to_process = todo.len(),
+        sink = %sink_uri,
+        "documents listed"
+    );
+
+    let model_config = config.model.clone();
+    let loaded = tokio::task::spawn_blocking(move || model::load(&model_config))
+        .await
+        .map_err(|e| RunError::Join(e.to_string()))??;
+    let job = Job {
+        config,
+        stores,
+        sink,
+        sink_uri,
+        todo,
+        documents_listed,
+        documents_skipped,
+        worker_command: options.worker_command,
+        log_every: options.log_every,
+        started,
+    };
+    match loaded {
+        LoadedModel::Idefics2(replicas) => job.run(replicas).await,
+    }
+}
+
+fn source_spec(config: &PipelineConfig) -> SourceSpec {
+    let source = &config.source;
+    match &source.manifest {
+        None => {
+            SourceSpec::Listing(ListingSpec::new(&source.uri).with_extensions(&source.extensions))
+        }
+        Some(manifest) => SourceSpec::Manifest(ManifestSpec {
+            uri_column: manifest.uri_column.clone(),
+            key_columns: manifest.key_columns.clone(),
+            questions_column: manifest.questions_column.clone(),
+            ..ManifestSpec::new(&source.uri)
+        }),
+    }
+}
+
+/// A run whose documents are listed and whose model is loaded.
+struct Job {
+    config: PipelineConfig,
+    stores: Arc<Stores>,
+    sink: Sink,
+    sink_uri: String,
+    todo: Vec<docpipe_core::DocumentRef>,
+    documents_listed: usize,
+    documents_skipped: usize,
+    worker_command: WorkerCommand,
+    log_every: Duration,
+    started: Instant,
+}
+
+impl Job {
+    async fn run<M: VisionLanguageModel + 'static>(
+        self,
+        replicas: Vec<Replica<M>>,
+    ) -> Result<RunSummary, RunError> {
+        let Job {
+            config,
+            stores,
+            mut sink,
+            sink_uri,
+            todo,
+            documents_listed,
+            documents_skipped,
+            worker_command,
+            log_every,
+            started,
+        } = self;
+        let model_id = replicas
+            .first()
+            .map(|r| r.model.model_id().to_owned())
+            .unwrap_or_default();
+        let run_id = new_run_id();
+        let mut report = RunReport {
+            run_id: run_id.clone(),
+            model: model_id.clone(),
+            documents_listed: documents_listed as u64,
+            documents_skipped: documents_skipped as u64,
+            ..RunReport::default()
+        };
+
+        let render = &config.render;
+        let pool_config = RenderPoolConfig {
+            workers: render.workers,
+            longest_edge: render.longest_edge,
+            page_timeout: Duration::from_secs(render.timeout_s),
+            worker_command,
+            pixel_budget: 100_000_000,
+        };
+        let render_pool = if todo.is_empty() {
+            None
+        } else {
+            Some(
+                tokio::task::spawn_blocking(move || RenderPool::new(pool_config))
+                    .await
+                    .map_err(|e| RunError::Join(e.to_string()))?
+                    .map_err(RunError::Render)?,
+            )
+        };
+
+        let counters = Arc::new(Counters::default());
+        counters.set_documents_total(todo.len() as u64);
+        let display = ProgressDisplay::start(counters.clone(), log_every);
+        let (finished_tx, mut finished_rx) = tokio::sync::mpsc::channel::<FinishedDocument>(4);
+        let engine = render_pool.map(|pool| {
+            let renderer = Arc::new(PoolRenderer {
+                pool,
+                fetcher: Fetcher::new(stores.clone()),
+                options: DocumentOptions {
+                    pages: render
+                        .max_pages
+                        .and_then(|n| format!("1-{n}").parse::<PageSelection>().ok()),
+                    password: None,
+                },
+                runtime: tokio::runtime::Handle::current(),
+            });
+            let plan = Arc::new(TaskPlan::new(
+                config.tasks.clone(),
+                config.model.max_new_tokens,
+            ));
+            let engine_config = EngineConfig {
+                render_threads: render.workers,
+                budget: BatchBudget {
+                    tokens: config.model.batch_tokens,
+                    patches: config.model.batch_patches,
+                },
+                queue: config.model.queue,
+            };
+            let counters = counters.clone();
+            tokio::task::spawn_blocking(move || {
+                engine::run(
+                    todo,
+                    renderer,
+                    replicas,
+                    plan,
+                    engine_config,
+                    counters,
+                    finished_tx,
+                )
+            })
+        });
+
+        let mut sink_time = Duration::ZERO;
+        let committed = commit_documents(
+            &mut sink,
+            &mut finished_rx,
+            &mut report,
+            &counters,
+            &mut sink_time,
+            &run_id,
+            &model_id,
+        )
+        .await;
+        // Closing the channel stops the engine if the sink failed.
+        drop(finished_rx);
+        let engine_stats = match engine {
+            Some(handle) => Some(handle.await.map_err(|e| RunError::Join(e.to_string()))?),
+            None => None,
+        };
+        display.finish().await;
+        committed.map_err(RunError::Sink)?;
+        let engine_stats = match engine_stats.transpose() {
+            Ok(stats) => stats,
+            Err(error) => {
+                // Keep the documents that did finish: the rerun will not redo them.
+                if let Err(e) = sink.flush().await {
+                    tracing::error!("could not write the last finished documents: {e}");
+                }
+                return Err(error.into());
+            }
+        };
+
+        let mut seconds_by_stage = BTreeMap::new();
+        if let Some(stats) = &engine_stats {
+            seconds_by_stage.insert("render".to_owned(), stats.render.as_secs_f64());
+            seconds_by_stage.insert("prepare".to_owned(), stats.prepare.as_secs_f64());
+            let infer: Duration = stats.replicas.iter().map(|r| r.busy).sum();
+            seconds_by_stage.insert("infer".to_owned(), infer.as_secs_f64());
+            for replica in stats.replicas.iter().filter(|r| r.failure.is_some()) {
+                tracing::warn!(device = %replica.device, "replica retired during the run: {}", replica.failure.as_deref().unwrap_or_default());
+            }
+        }
+        let started_flush = Instant::now();
+        sink.flush().await.map_err(RunError::Sink)?;
+        sink_time += started_flush.elapsed();
+        seconds_by_stage.insert("sink".to_owned(), sink_time.as_secs_f64());
+        report.seconds_by_stage = seconds_by_stage.clone();
+        report.parts_written = sink.parts_written().len() as u64;
+        report.set_wall_seconds(started.elapsed().as_secs_f64());
+        sink.write_report(&report).await.map_err(RunError::Sink)?;
+        let manifest = RunManifest {
+            run_id,
+            model: model_id,
+            started_at_ms: unix_millis(SystemTime::now() - started.elapsed()),
+            seconds_by_stage,
+            ..RunManifest::default()
+        };
+        let manifest_written = match sink.finish(manifest).await {
+            Ok(_) => true,
+            Err(SinkError::ManifestExists { url }) => {
+                tracing::warn!("{url} already exists (an earlier run completed); it was kept");
+                false
+            }
+            Err(e) => return Err(RunError::Sink(e)),
+        };
+        Ok(RunSummary {
+            report,
+            sink_uri,
+            manifest_written,
+        })
+    }
+}
+
+/// Commits finished documents as they arrive, and writes buffered ones when they get too old.
+#[allow(clippy::too_many_arguments)]
+async fn commit_documents(
+    sink: &mut Sink,
+    finished: &mut tokio::sync::mpsc::Receiver<FinishedDocument>,
+    report: &mut RunReport,
+    counters: &Counters,
+    sink_time: &mut Duration,
+    run_id: &str,
+    model_id: &str,
+) -> Result<(), SinkError> {
+    loop {
+        let next = match sink.flush_deadline() {
+            Some(deadline) => tokio::select! {
+                doc = finished.recv() => Some(doc),
+                _ = tokio::time::sleep_until(deadline.into()) => None,
+            },
+            None => Some(finished.recv().await),
+        };
+        let started = Instant::now();
+        match next {
+            None => {
+                sink.flush_if_due().await?;
+            }
+            Some(None) => return Ok(()),
+            Some(Some(doc)) => {
+                let rows = output_rows(&doc, run_id, model_id, unix_micros(SystemTime::now()));
+                if rows.is_empty() {
+                    tracing::warn!(doc = %doc.doc.uri, "no questions to ask about this document; nothing written");
+                    continue;
+                }
+                let failed = rows.iter().filter(|r| r.error_stage.is_some()).count();
+                for row in &rows {
+                    report.record(row);
+                }
+                counters.document_written(rows.len() as u64, failed as u64);
+                sink.commit_document(rows).await?;
+                report.documents_committed += 1;
+            }
+        }
+        *sink_time += started.elapsed();
+    }
+}
+
+/// Unique per invocation: the start time in milliseconds and the process id.
+fn new_run_id() -> String {
+    format!(
+        "{:013}-{:08x}",
+        unix_millis(SystemTime::now()),
+        std::process::id()
+    )
+}
+
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
