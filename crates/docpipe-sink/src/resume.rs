@@ -18,6 +18,9 @@ pub(crate) const PARTS_DIR: &str = "parts";
 /// How many parts are read at once when listing committed documents.
 const READ_CONCURRENCY: usize = 8;
 
+/// A committed document: its URI and version.
+type DocumentKey = (String, Option<String>);
+
 /// A committed part file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartInfo {
@@ -31,7 +34,7 @@ pub struct PartInfo {
 /// What is already committed under a sink: the documents to skip on resume.
 #[derive(Debug, Clone, Default)]
 pub struct Committed {
-    documents: HashSet<(String, Option<String>)>,
+    documents: HashSet<DocumentKey>,
     parts: Vec<PartInfo>,
 }
 
@@ -59,7 +62,7 @@ impl Committed {
 
 pub(crate) async fn committed(location: &Location) -> Result<Committed, SinkError> {
     let objects = part_objects(location).await?;
-    let parts: Vec<(PartInfo, Vec<(String, Option<String>)>)> = futures::stream::iter(objects)
+    let parts: Vec<(PartInfo, Vec<DocumentKey>)> = futures::stream::iter(objects)
         .map(|object| read_part_documents(location, object))
         .buffered(READ_CONCURRENCY)
         .try_collect()
@@ -99,7 +102,7 @@ pub(crate) async fn part_objects(location: &Location) -> Result<Vec<ObjectMeta>,
 async fn read_part_documents(
     location: &Location,
     object: ObjectMeta,
-) -> Result<(PartInfo, Vec<(String, Option<String>)>), SinkError> {
+) -> Result<(PartInfo, Vec<DocumentKey>), SinkError> {
     let url = location.url_of(&object.location).to_string();
     let error = |message: String| SinkError::Read {
         url: url.clone(),

@@ -33,7 +33,7 @@ impl FaultPlan {
         request_number <= self.first
             || self
                 .every
-                .is_some_and(|every| every > 0 && request_number % every == 0)
+                .is_some_and(|every| every > 0 && request_number.is_multiple_of(every))
     }
 }
 
