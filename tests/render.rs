@@ -39,8 +39,14 @@ fn pool(workers: usize) -> RenderPool {
     pool_with(workers, worker(), Duration::from_secs(60))
 }
 
-fn render_all(pool: &RenderPool, path: &Path, options: &DocumentOptions) -> Vec<Result<RenderedPage, RenderError>> {
-    pool.render(path, options).expect("document opens").collect()
+fn render_all(
+    pool: &RenderPool,
+    path: &Path,
+    options: &DocumentOptions,
+) -> Vec<Result<RenderedPage, RenderError>> {
+    pool.render(path, options)
+        .expect("document opens")
+        .collect()
 }
 
 fn docpipe(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -104,7 +110,11 @@ fn pages_match_pdfiums_own_rendering() {
     let pool = pool(2);
     for stem in ["manual", "scan", "form", "landscape", "wide"] {
         let sizes = page_sizes(stem);
-        let pages = render_all(&pool, &fixture(&format!("pdfs/{stem}.pdf")), &DocumentOptions::default());
+        let pages = render_all(
+            &pool,
+            &fixture(&format!("pdfs/{stem}.pdf")),
+            &DocumentOptions::default(),
+        );
         assert_eq!(pages.len(), sizes.len(), "{stem}");
         for (page, (points_w, points_h)) in pages.into_iter().zip(sizes) {
             let page = page.unwrap_or_else(|e| panic!("{stem}: {e}"));
@@ -116,13 +126,29 @@ fn pages_match_pdfiums_own_rendering() {
                 (h, w, points_w * 980.0 / points_h)
             };
             assert_eq!(long, 980, "{stem} page {}", page.page);
-            assert!((short as f64 - exact).abs() <= 1.0, "{stem} page {}: {short} vs {exact}", page.page);
+            assert!(
+                (short as f64 - exact).abs() <= 1.0,
+                "{stem} page {}: {short} vs {exact}",
+                page.page
+            );
 
-            let reference = fixture(&format!("render-reference/{stem}/page-{:04}.png", page.page));
+            let reference = fixture(&format!(
+                "render-reference/{stem}/page-{:04}.png",
+                page.page
+            ));
             let reference = image::open(&reference).unwrap().to_rgb8();
-            assert_eq!(page.image.dimensions(), reference.dimensions(), "{stem} page {}", page.page);
+            assert_eq!(
+                page.image.dimensions(),
+                reference.dimensions(),
+                "{stem} page {}",
+                page.page
+            );
             let mad = mean_abs_diff(&page.image, &reference);
-            assert!(mad < 1.0, "{stem} page {}: mean abs diff {mad} (x/255)", page.page);
+            assert!(
+                mad < 1.0,
+                "{stem} page {}: mean abs diff {mad} (x/255)",
+                page.page
+            );
         }
     }
 }
@@ -130,30 +156,54 @@ fn pages_match_pdfiums_own_rendering() {
 #[test]
 fn pages_carry_the_text_layer_and_page_count() {
     let pool = pool(1);
-    let pages = render_all(&pool, &fixture("pdfs/manual.pdf"), &DocumentOptions::default());
+    let pages = render_all(
+        &pool,
+        &fixture("pdfs/manual.pdf"),
+        &DocumentOptions::default(),
+    );
     let first = pages[0].as_ref().unwrap();
     assert_eq!((first.page, first.page_count), (1, 3));
     assert!(first.text.contains("Operating Manual"), "{:?}", first.text);
     assert!(pages[2].as_ref().unwrap().text.contains("page 3"));
-    let scan = render_all(&pool, &fixture("pdfs/scan.pdf"), &DocumentOptions::default());
-    assert_eq!(scan[0].as_ref().unwrap().text.trim(), "", "a scanned page has no text layer");
+    let scan = render_all(
+        &pool,
+        &fixture("pdfs/scan.pdf"),
+        &DocumentOptions::default(),
+    );
+    assert_eq!(
+        scan[0].as_ref().unwrap().text.trim(),
+        "",
+        "a scanned page has no text layer"
+    );
 }
 
 #[test]
 fn rasters_follow_the_longest_edge_rule() {
     let pool = pool(1);
     let render_one = |name: &str| {
-        render_all(&pool, &fixture(&format!("images/{name}")), &DocumentOptions::default())
-            .into_iter()
-            .map(|p| p.unwrap().image)
-            .collect::<Vec<_>>()
+        render_all(
+            &pool,
+            &fixture(&format!("images/{name}")),
+            &DocumentOptions::default(),
+        )
+        .into_iter()
+        .map(|p| p.unwrap().image)
+        .collect::<Vec<_>>()
     };
     let photo = render_one("photo.jpg");
     assert_eq!(photo[0].dimensions(), (980, 653));
     let logo = render_one("logo.png");
     assert_eq!(logo[0].dimensions(), (980, 653));
-    assert_eq!(logo[0].get_pixel(5, 5).0, [255, 255, 255], "transparency becomes white");
-    assert_eq!(logo[0].get_pixel(327, 327).0, [197, 90, 17], "opaque colours are kept");
+    assert_eq!(
+        logo[0].get_pixel(5, 5).0,
+        [255, 255, 255],
+        "transparency becomes white"
+    );
+    assert_eq!(
+        logo[0].get_pixel(327, 327).0,
+        [197, 90, 17],
+        "opaque colours are kept"
+    );
     let tiff = render_one("pages.tif");
     let sizes: Vec<_> = tiff.iter().map(|p| p.dimensions()).collect();
     assert_eq!(sizes, vec![(980, 735), (392, 980)]);
@@ -181,7 +231,10 @@ fn page_selection_and_password() {
         pool.render(&encrypted, &options).err()
     };
     assert!(matches!(open(None), Some(RenderError::Encrypted { .. })));
-    assert!(matches!(open(Some("guess")), Some(RenderError::WrongPassword { .. })));
+    assert!(matches!(
+        open(Some("guess")),
+        Some(RenderError::WrongPassword { .. })
+    ));
 }
 
 #[test]
@@ -190,19 +243,35 @@ fn bad_inputs_give_errors_of_the_right_kind() {
     let open = |name: &str| pool.render(&fixture(name), &DocumentOptions::default());
     for name in ["bad/empty.pdf", "bad/not-a-pdf.pdf", "bad/truncated.pdf"] {
         let error = open(name).err().unwrap_or_else(|| panic!("{name} opened"));
-        assert!(matches!(error, RenderError::NotADocument { .. }), "{name}: {error}");
-        assert!(error.to_string().contains(name.trim_start_matches("bad/")), "{error}");
+        assert!(
+            matches!(error, RenderError::NotADocument { .. }),
+            "{name}: {error}"
+        );
+        assert!(
+            error.to_string().contains(name.trim_start_matches("bad/")),
+            "{error}"
+        );
     }
     for name in ["bad/bomb.pdf", "bad/bomb-image.png"] {
         let pages: Vec<_> = open(name).unwrap().collect();
         assert_eq!(pages.len(), 1);
         match &pages[0] {
-            Err(RenderError::PageTooLarge { page: 1, width: 40000, height: 40000, .. }) => {}
+            Err(RenderError::PageTooLarge {
+                page: 1,
+                width: 40000,
+                height: 40000,
+                ..
+            }) => {}
             other => panic!("{name}: {other:?}"),
         }
     }
     // The worker is still usable after all of that.
-    assert!(render_all(&pool, &fixture("pdfs/wide.pdf"), &DocumentOptions::default())[0].is_ok());
+    assert!(render_all(
+        &pool,
+        &fixture("pdfs/wide.pdf"),
+        &DocumentOptions::default()
+    )[0]
+    .is_ok());
 }
 
 #[test]
@@ -211,21 +280,39 @@ fn crashed_and_hung_workers_are_replaced() {
         let command = worker().env("DOCPIPE_RENDER_FAULT", format!("{fault}:{doc}"));
         let pool = pool_with(1, command, Duration::from_secs(2));
         let faulty: Vec<_> = pool
-            .render(&fixture(&format!("pdfs/{doc}")), &DocumentOptions::default())
+            .render(
+                &fixture(&format!("pdfs/{doc}")),
+                &DocumentOptions::default(),
+            )
             .unwrap()
             .collect();
-        let good = render_all(&pool, &fixture("pdfs/manual.pdf"), &DocumentOptions::default());
+        let good = render_all(
+            &pool,
+            &fixture("pdfs/manual.pdf"),
+            &DocumentOptions::default(),
+        );
         (faulty, good)
     };
     let (faulty, good) = run("crash", "form.pdf");
     assert_eq!(faulty.len(), 1, "a crash ends the document's stream");
-    assert!(matches!(faulty[0], Err(RenderError::WorkerCrashed { page: Some(1), .. })), "{:?}", faulty[0]);
+    assert!(
+        matches!(
+            faulty[0],
+            Err(RenderError::WorkerCrashed { page: Some(1), .. })
+        ),
+        "{:?}",
+        faulty[0]
+    );
     assert_eq!(good.len(), 3, "a fresh worker renders the next document");
     assert!(good.iter().all(Result::is_ok));
 
     let (faulty, good) = run("hang", "landscape.pdf");
     assert_eq!(faulty.len(), 1, "a timeout ends the document's stream");
-    assert!(matches!(faulty[0], Err(RenderError::Timeout { page: Some(1), .. })), "{:?}", faulty[0]);
+    assert!(
+        matches!(faulty[0], Err(RenderError::Timeout { page: Some(1), .. })),
+        "{:?}",
+        faulty[0]
+    );
     assert_eq!(good.len(), 3, "a fresh worker renders the next document");
     assert!(good.iter().all(Result::is_ok));
 }
@@ -233,7 +320,9 @@ fn crashed_and_hung_workers_are_replaced() {
 #[test]
 fn documents_render_concurrently_and_abandoned_streams_free_their_worker() {
     let pool = pool(2);
-    let mut stream = pool.render(&fixture("pdfs/manual.pdf"), &DocumentOptions::default()).unwrap();
+    let mut stream = pool
+        .render(&fixture("pdfs/manual.pdf"), &DocumentOptions::default())
+        .unwrap();
     assert!(stream.next().unwrap().is_ok());
     drop(stream);
     let counts: Vec<usize> = std::thread::scope(|scope| {
@@ -242,10 +331,14 @@ fn documents_render_concurrently_and_abandoned_streams_free_their_worker() {
             .map(|stem| {
                 let pool = pool.clone();
                 scope.spawn(move || {
-                    render_all(&pool, &fixture(&format!("pdfs/{stem}.pdf")), &DocumentOptions::default())
-                        .into_iter()
-                        .filter(Result::is_ok)
-                        .count()
+                    render_all(
+                        &pool,
+                        &fixture(&format!("pdfs/{stem}.pdf")),
+                        &DocumentOptions::default(),
+                    )
+                    .into_iter()
+                    .filter(Result::is_ok)
+                    .count()
                 })
             })
             .collect();
@@ -259,7 +352,16 @@ fn cli_renders_folders_and_reports_each_bad_file() {
     let out = tempfile::tempdir().unwrap();
     let out_dir = out.path().to_str().unwrap();
     let output = docpipe(
-        &["render", "fixtures/pdfs", "fixtures/bad", "fixtures/images", "--out", out_dir, "--workers", "2"],
+        &[
+            "render",
+            "fixtures/pdfs",
+            "fixtures/bad",
+            "fixtures/images",
+            "--out",
+            out_dir,
+            "--workers",
+            "2",
+        ],
         &[],
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
@@ -274,21 +376,39 @@ fn cli_renders_folders_and_reports_each_bad_file() {
         ("bomb-image.png", "pixel budget"),
     ] {
         assert!(
-            failures.iter().any(|l| l.contains(name) && l.contains(reason)),
+            failures
+                .iter()
+                .any(|l| l.contains(name) && l.contains(reason)),
             "{name}: {failures:#?}"
         );
     }
-    let expected = [("manual", 3), ("scan", 1), ("form", 1), ("landscape", 2), ("wide", 1), ("photo", 1), ("logo", 1), ("pages", 2)];
+    let expected = [
+        ("manual", 3),
+        ("scan", 1),
+        ("form", 1),
+        ("landscape", 2),
+        ("wide", 1),
+        ("photo", 1),
+        ("logo", 1),
+        ("pages", 2),
+    ];
     for (stem, pages) in expected {
         let names = pngs_in(&out.path().join(stem));
         let wanted: Vec<String> = (1..=pages).map(docpipe_render::png_file_name).collect();
         assert_eq!(names, wanted, "{stem}");
     }
-    let first = image::open(out.path().join("manual/page-0001.png")).unwrap().to_rgb8();
-    let reference = image::open(fixture("render-reference/manual/page-0001.png")).unwrap().to_rgb8();
+    let first = image::open(out.path().join("manual/page-0001.png"))
+        .unwrap()
+        .to_rgb8();
+    let reference = image::open(fixture("render-reference/manual/page-0001.png"))
+        .unwrap()
+        .to_rgb8();
     assert!(mean_abs_diff(&first, &reference) < 1.0);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("rendered 8 of 14 documents (12 pages)"), "{stdout}");
+    assert!(
+        stdout.contains("rendered 8 of 14 documents (12 pages)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("6 failed"), "{stdout}");
 }
 
@@ -297,15 +417,39 @@ fn cli_pages_password_and_exit_codes() {
     let out = tempfile::tempdir().unwrap();
     let out_dir = out.path().to_str().unwrap();
     let ok = docpipe(
-        &["render", "fixtures/bad/encrypted.pdf", "--out", out_dir, "--pages", "1,3", "--password", "secret", "--longest-edge", "500"],
+        &[
+            "render",
+            "fixtures/bad/encrypted.pdf",
+            "--out",
+            out_dir,
+            "--pages",
+            "1,3",
+            "--password",
+            "secret",
+            "--longest-edge",
+            "500",
+        ],
         &[],
     );
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
-    assert_eq!(pngs_in(&out.path().join("encrypted")), vec!["page-0001.png", "page-0003.png"]);
+    assert_eq!(
+        pngs_in(&out.path().join("encrypted")),
+        vec!["page-0001.png", "page-0003.png"]
+    );
     let page = image::open(out.path().join("encrypted/page-0003.png")).unwrap();
     assert_eq!((page.width(), page.height()), (354, 500));
 
-    let wrong = docpipe(&["render", "fixtures/bad/encrypted.pdf", "--out", out_dir, "--password", "nope"], &[]);
+    let wrong = docpipe(
+        &[
+            "render",
+            "fixtures/bad/encrypted.pdf",
+            "--out",
+            out_dir,
+            "--password",
+            "nope",
+        ],
+        &[],
+    );
     assert_eq!(wrong.status.code(), Some(1));
     assert_eq!(failure_lines(&wrong).len(), 1);
     assert!(failure_lines(&wrong)[0].contains("wrong password"));
@@ -313,8 +457,22 @@ fn cli_pages_password_and_exit_codes() {
     let usage = [
         vec!["render", "fixtures/pdfs"],
         vec!["render", "fixtures/no-such-folder", "--out", out_dir],
-        vec!["render", "fixtures/pdfs", "--out", out_dir, "--pages", "3-1"],
-        vec!["render", "fixtures/pdfs", "--out", out_dir, "--workers", "0"],
+        vec![
+            "render",
+            "fixtures/pdfs",
+            "--out",
+            out_dir,
+            "--pages",
+            "3-1",
+        ],
+        vec![
+            "render",
+            "fixtures/pdfs",
+            "--out",
+            out_dir,
+            "--workers",
+            "0",
+        ],
     ];
     for args in usage {
         assert_eq!(docpipe(&args, &[]).status.code(), Some(2), "{args:?}");
@@ -323,17 +481,32 @@ fn cli_pages_password_and_exit_codes() {
 
 #[test]
 fn cli_survives_crashing_and_hanging_documents() {
-    for (fault, doc, reason) in [("crash", "form.pdf", "crashed"), ("hang", "wide.pdf", "timed out")] {
+    for (fault, doc, reason) in [
+        ("crash", "form.pdf", "crashed"),
+        ("hang", "wide.pdf", "timed out"),
+    ] {
         let out = tempfile::tempdir().unwrap();
         let setting = format!("{fault}:{doc}");
         let output = docpipe(
-            &["render", "fixtures/pdfs", "--out", out.path().to_str().unwrap(), "--workers", "1", "--page-timeout", "2"],
+            &[
+                "render",
+                "fixtures/pdfs",
+                "--out",
+                out.path().to_str().unwrap(),
+                "--workers",
+                "1",
+                "--page-timeout",
+                "2",
+            ],
             &[("DOCPIPE_RENDER_FAULT", &setting)],
         );
         assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
         let failures = failure_lines(&output);
         assert_eq!(failures.len(), 1, "{failures:#?}");
-        assert!(failures[0].contains(doc) && failures[0].contains(reason), "{failures:#?}");
+        assert!(
+            failures[0].contains(doc) && failures[0].contains(reason),
+            "{failures:#?}"
+        );
         assert_eq!(pngs_in(&out.path().join("manual")).len(), 3);
         assert_eq!(pngs_in(&out.path().join("landscape")).len(), 2);
     }
@@ -343,12 +516,20 @@ fn cli_survives_crashing_and_hanging_documents() {
 fn cli_says_what_to_do_without_pdfium() {
     let out = tempfile::tempdir().unwrap();
     let output = docpipe(
-        &["render", "fixtures/pdfs", "--out", out.path().to_str().unwrap()],
+        &[
+            "render",
+            "fixtures/pdfs",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
         &[("PDFIUM_LIB", "/nonexistent/libpdfium.so")],
     );
     assert_eq!(output.status.code(), Some(2));
     let text = stderr(&output);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1, "{text}");
-    assert!(lines[0].contains("PDFIUM_LIB") && lines[0].contains("make setup"), "{text}");
+    assert!(
+        lines[0].contains("PDFIUM_LIB") && lines[0].contains("make setup"),
+        "{text}"
+    );
 }

@@ -39,4 +39,6 @@ pub mod worker;
 pub use error::RenderError;
 pub use page::{png_file_name, write_png, RenderedPage, SavedPage};
 pub use pages::{fit_longest_edge, PageSelection, PageSelectionError};
-pub use pool::{DocumentOptions, FromReply, PageStream, RenderPool, RenderPoolConfig, WorkerCommand};
+pub use pool::{
+    DocumentOptions, FromReply, PageStream, RenderPool, RenderPoolConfig, WorkerCommand,
+};

@@ -448,7 +448,10 @@ impl<T> PageStream<T> {
 
     fn receive(&mut self, page: Option<u32>) -> Result<(Reply, Vec<u8>), RenderError> {
         let timeout = self.shared.config.page_timeout;
-        let worker = self.worker.as_mut().expect("receive only while a worker is held");
+        let worker = self
+            .worker
+            .as_mut()
+            .expect("receive only while a worker is held");
         match worker.replies.recv_timeout(timeout) {
             Ok(Ok(frame)) => Ok(frame),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -541,11 +544,12 @@ impl<T: FromReply> Iterator for PageStream<T> {
                 },
                 payload,
             )) if page == expected => {
-                T::from_reply(page, self.page_count, width, height, text, png, payload)
-                    .ok_or_else(|| RenderError::Protocol {
+                T::from_reply(page, self.page_count, width, height, text, png, payload).ok_or_else(
+                    || RenderError::Protocol {
                         path: self.path.clone(),
                         reason: format!("page {page}: the reply does not match its header"),
-                    })
+                    },
+                )
             }
             Ok((Reply::PageFailed { problem }, _)) => Err(problem.into_error(self.path.clone())),
             Ok((other, _)) => return Some(Err(self.protocol_error(&other))),

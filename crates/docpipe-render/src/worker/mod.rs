@@ -90,8 +90,9 @@ fn open<'a>(pdfium: &'a Pdfium, job: &Job) -> Result<Document<'a>, Problem> {
         return pdf::PdfSource::open(pdfium, &job.path, job.password.as_deref()).map(Document::Pdf);
     }
     match image::guess_format(&head) {
-        Ok(format) => raster::RasterSource::open(&job.path, format, job.pixel_budget)
-            .map(Document::Raster),
+        Ok(format) => {
+            raster::RasterSource::open(&job.path, format, job.pixel_budget).map(Document::Raster)
+        }
         Err(_) => Err(Problem::NotADocument {
             reason: "not a PDF, PNG, JPEG or TIFF file".into(),
         }),
@@ -121,7 +122,10 @@ fn render_job(pdfium: &Pdfium, job: &Job, output: &mut impl Write) -> io::Result
         if let Some(fault) = fault {
             fault.trigger();
         }
-        match document.render(page, job).and_then(|p| deliver(page, p, job)) {
+        match document
+            .render(page, job)
+            .and_then(|p| deliver(page, p, job))
+        {
             Ok((reply, payload)) => write_frame(output, &reply, &payload)?,
             Err(problem) => write_frame(output, &Reply::PageFailed { problem }, &[])?,
         }
@@ -138,8 +142,8 @@ fn deliver(page: u32, rendered: RgbPage, job: &Job) -> Result<(Reply, Vec<u8>), 
             std::fs::create_dir_all(dir)
                 .and_then(|()| crate::page::write_png(&rendered.image, &path))
                 .map_err(|e| Problem::Io {
-                message: format!("page {page}: cannot write {}: {e}", path.display()),
-            })?;
+                    message: format!("page {page}: cannot write {}: {e}", path.display()),
+                })?;
             Some(path)
         }
         None => None,

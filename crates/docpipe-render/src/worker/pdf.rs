@@ -60,7 +60,13 @@ impl<'a> PdfSource<'a> {
             )));
         }
         let (width, height) = fit_longest_edge(points_w as f64, points_h as f64, longest_edge);
-        check_budget(page, "rendered page", width as u64, height as u64, pixel_budget)?;
+        check_budget(
+            page,
+            "rendered page",
+            width as u64,
+            height as u64,
+            pixel_budget,
+        )?;
         check_images(page, pdf_page.objects().iter(), pixel_budget, 0)?;
 
         let text = pdf_page
@@ -82,7 +88,13 @@ impl<'a> PdfSource<'a> {
     }
 }
 
-fn check_budget(page: u32, what: &str, width: u64, height: u64, budget: u64) -> Result<(), Problem> {
+fn check_budget(
+    page: u32,
+    what: &str,
+    width: u64,
+    height: u64,
+    budget: u64,
+) -> Result<(), Problem> {
     if width.saturating_mul(height) > budget {
         return Err(Problem::PageTooLarge {
             page,

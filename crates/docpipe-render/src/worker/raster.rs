@@ -60,10 +60,8 @@ impl RasterSource {
             longest_edge,
         );
         check_budget(page, "rendered page", width, height, budget)?;
-        let image = resize(on_white(decoded), width, height).map_err(|reason| Problem::Page {
-            page,
-            reason,
-        })?;
+        let image = resize(on_white(decoded), width, height)
+            .map_err(|reason| Problem::Page { page, reason })?;
         Ok(RgbPage {
             image,
             text: String::new(),
@@ -71,7 +69,13 @@ impl RasterSource {
     }
 }
 
-fn check_budget(page: u32, what: &str, width: u32, height: u32, budget: u64) -> Result<(), Problem> {
+fn check_budget(
+    page: u32,
+    what: &str,
+    width: u32,
+    height: u32,
+    budget: u64,
+) -> Result<(), Problem> {
     if width as u64 * height as u64 > budget {
         return Err(Problem::PageTooLarge {
             page,
@@ -273,7 +277,12 @@ mod tests {
         let problem = source.render(1, 100, 50_000).unwrap_err();
         assert!(matches!(
             problem,
-            Problem::PageTooLarge { width: 300, height: 200, budget: 50_000, .. }
+            Problem::PageTooLarge {
+                width: 300,
+                height: 200,
+                budget: 50_000,
+                ..
+            }
         ));
     }
 
@@ -292,7 +301,13 @@ mod tests {
         assert_eq!(source.page_count(), 2);
         let first = source.render(1, 8, 1 << 20).unwrap().image;
         let second = source.render(2, 8, 1 << 20).unwrap().image;
-        assert_eq!((first.dimensions(), first.get_pixel(3, 1)), ((8, 4), &Rgb([0, 0, 0])));
-        assert_eq!((second.dimensions(), second.get_pixel(1, 3)), ((4, 8), &Rgb([255, 255, 255])));
+        assert_eq!(
+            (first.dimensions(), first.get_pixel(3, 1)),
+            ((8, 4), &Rgb([0, 0, 0]))
+        );
+        assert_eq!(
+            (second.dimensions(), second.get_pixel(1, 3)),
+            ((4, 8), &Rgb([255, 255, 255]))
+        );
     }
 }
