@@ -387,10 +387,10 @@ impl GenerationConfig {
     }
 }
 
-/// PIL resampling filters, by their `resample` number in `preprocessor_config.json`.
+/// PIL convolution filters, by their `resample` number in `preprocessor_config.json`
+/// (nearest, 0, is not a convolution in Pillow and is not supported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resample {
-    Nearest,
     Lanczos,
     Bilinear,
     Bicubic,
@@ -478,13 +478,17 @@ impl ProcessorConfig {
         }
         if let Some(r) = field(v, "resample") {
             self.resample = match r.as_u64() {
-                Some(0) => Resample::Nearest,
                 Some(1) => Resample::Lanczos,
                 Some(2) => Resample::Bilinear,
                 Some(3) => Resample::Bicubic,
                 Some(4) => Resample::Box,
                 Some(5) => Resample::Hamming,
-                _ => return Err(LoadError::invalid(path, format!("unknown resample {r}"))),
+                _ => {
+                    return Err(LoadError::invalid(
+                        path,
+                        format!("unsupported resample {r} (supported: 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming)"),
+                    ))
+                }
             };
         }
         for (key, target) in [

@@ -23,9 +23,10 @@
 //!   closing `<fake_token_around_image>` that is directly followed by a word character (e.g.
 //!   `User:<image>What…`), which changes the token ids of such prompts. This crate does not
 //!   insert that space.
-//! - **Image processor**: the slow PIL path (transformers 4.x default), with bilinear resampling
-//!   done by `fast_image_resize`; transformers 5 defaults to a torchvision backend whose pixels
-//!   differ.
+//! - **Image processor**: the slow PIL path (transformers 4.x default), with an exact port of
+//!   Pillow's resampler ([`resample`]): `fast_image_resize` 6's convolution bilinear is off by
+//!   up to one level against Pillow on the fixtures, enough to move logits past 1e-3.
+//!   transformers 5 defaults to a torchvision backend whose pixels differ.
 //!
 //! Generation never pads: prompts of a batch are packed end to end, attention runs per
 //! sequence, and finished sequences leave the batch. A request's tokens therefore do not
@@ -39,6 +40,8 @@ pub mod model;
 mod nn;
 pub mod processor;
 pub mod prompt;
+pub mod request_file;
+pub mod resample;
 pub mod text;
 pub mod vision;
 mod weights;

@@ -175,6 +175,11 @@ impl Idefics2Model {
         &self.prompt
     }
 
+    /// Vision tower output (after the post layer norm) for one crop's valid patches.
+    pub fn vision_hidden(&self, crop: &ProcessedImage) -> candle_core::Result<Tensor> {
+        self.vision.forward(crop)
+    }
+
     /// Connector output for one input image's crops: `(crops · image_seq_len, text hidden)`.
     pub fn image_features(&self, crops: &[ProcessedImage]) -> candle_core::Result<Tensor> {
         let features = crops

@@ -1,15 +1,15 @@
 //! Image preprocessing as `Idefics2ImageProcessor` (the slow PIL path) does it: RGB conversion,
 //! optional splitting into four quadrants plus the whole image, the shortest/longest-edge
-//! resize rule, Pillow-style convolution resampling, rescale and normalize, and padding to the
+//! resize rule, Pillow's convolution resampling (see `resample`), rescale and normalize, and padding to the
 //! batch maximum with a pixel attention mask.
 
 use std::path::Path;
 
-use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, RgbImage, RgbaImage};
 
-use crate::config::{ProcessorConfig, Resample};
+use crate::config::ProcessorConfig;
 use crate::error::ImageLoadError;
+use crate::resample::resize;
 
 /// One preprocessed image (a crop or a whole image): normalized f32 pixels, channel-first.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,7 +187,7 @@ impl ImageProcessor {
                         self.config.shortest_edge,
                         self.config.longest_edge,
                     );
-                    resample(part, w as u32, h as u32, self.config.resample)?
+                    resize(part, w as u32, h as u32, self.config.resample)
                 } else {
                     part.clone()
                 };
@@ -211,40 +211,6 @@ impl ImageProcessor {
             data,
         }
     }
-}
-
-/// Pillow-compatible convolution resampling with `fast_image_resize`; a same-size resize is a
-/// copy, as in Pillow.
-pub fn resample(
-    image: &RgbImage,
-    width: u32,
-    height: u32,
-    filter: Resample,
-) -> Result<RgbImage, String> {
-    if image.width() == width && image.height() == height {
-        return Ok(image.clone());
-    }
-    let src = Image::from_vec_u8(
-        image.width(),
-        image.height(),
-        image.as_raw().clone(),
-        PixelType::U8x3,
-    )
-    .map_err(|e| format!("resize: {e}"))?;
-    let mut dst = Image::new(width, height, PixelType::U8x3);
-    let alg = match filter {
-        Resample::Nearest => ResizeAlg::Nearest,
-        Resample::Lanczos => ResizeAlg::Convolution(FilterType::Lanczos3),
-        Resample::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
-        Resample::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
-        Resample::Box => ResizeAlg::Convolution(FilterType::Box),
-        Resample::Hamming => ResizeAlg::Convolution(FilterType::Hamming),
-    };
-    Resizer::new()
-        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(alg))
-        .map_err(|e| format!("resize to {width}x{height}: {e}"))?;
-    RgbImage::from_raw(width, height, dst.into_vec())
-        .ok_or_else(|| "resize: bad buffer size".to_string())
 }
 
 /// Pads images at the bottom and right to the largest height and width among them.

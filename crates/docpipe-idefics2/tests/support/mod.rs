@@ -13,14 +13,28 @@ pub struct Npy {
 
 pub fn read_npy(path: &Path) -> Npy {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}: not an npy file", path.display());
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not an npy file",
+        path.display()
+    );
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        _ => (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
     };
     let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
     assert!(header.contains("'fortran_order': False"), "{header}");
-    let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
     let shape: Vec<usize> = shape_text
         .split(',')
         .map(str::trim)
@@ -29,13 +43,20 @@ pub fn read_npy(path: &Path) -> Npy {
         .collect();
     let body = &bytes[start + header_len..];
     let data: Vec<f32> = if header.contains("'<f4'") {
-        body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        body.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     } else if header.contains("'|u1'") || header.contains("'|b1'") {
         body.iter().map(|&b| b as f32).collect()
     } else {
         panic!("{}: unsupported dtype in {header}", path.display())
     };
-    assert_eq!(data.len(), shape.iter().product::<usize>(), "{}", path.display());
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>(),
+        "{}",
+        path.display()
+    );
     Npy { shape, data }
 }
 
@@ -71,7 +92,11 @@ pub fn transformers5_spacing(text: &str) -> String {
     while let Some(pos) = rest.find(FAKE) {
         out.push_str(&rest[..pos + FAKE.len()]);
         rest = &rest[pos + FAKE.len()..];
-        if rest.chars().next().is_some_and(|c| !c.is_whitespace() && c != '<') {
+        if rest
+            .chars()
+            .next()
+            .is_some_and(|c| !c.is_whitespace() && c != '<')
+        {
             out.push(' ');
         }
     }
