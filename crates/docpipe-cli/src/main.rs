@@ -25,6 +25,8 @@ enum Command {
     /// Internal: a render worker process, driven over stdin/stdout by the render pool.
     #[command(hide = true)]
     RenderWorker(commands::render::WorkerArgs),
+    /// Evaluate answers: `docpipe eval anls` scores a DocVQA predictions file.
+    Eval(commands::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Render(args) => commands::render::run(args),
         Command::RenderWorker(args) => commands::render::worker(args),
+        Command::Eval(args) => commands::eval::run(args),
     };
     ExitCode::from(code)
 }
