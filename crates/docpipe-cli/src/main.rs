@@ -27,6 +27,9 @@ enum Command {
     RenderWorker(commands::render::WorkerArgs),
     /// Evaluate answers: `docpipe eval anls` scores a DocVQA predictions file.
     Eval(commands::eval::EvalArgs),
+    /// Run a pipeline (pipelines/*.toml): source → render → model → Parquet. Without a file,
+    /// the embedded demo pipeline.
+    Run(commands::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Render(args) => commands::render::run(args),
         Command::RenderWorker(args) => commands::render::worker(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Run(args) => commands::run::run(args),
     };
     ExitCode::from(code)
 }

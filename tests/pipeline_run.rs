@@ -1,0 +1,288 @@
+//! End-to-end tests of `docpipe run`: the real binary, render worker processes, the tiny
+//! Idefics2 fixture checkpoint on the CPU, and Parquet output read back with docpipe-sink.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use docpipe_core::{DocumentRef, VisionLanguageModel};
+use docpipe_idefics2::{device_from_spec, dtype_from_name, Idefics2Model};
+use docpipe_pipeline::config::{PipelineConfig, DEMO_PIPELINE};
+use docpipe_pipeline::tasks::{chat_request, TaskPlan};
+use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig, WorkerCommand};
+use docpipe_sink::{read_rows, OutputRow};
+use docpipe_store::{StoreOptions, Stores};
+
+const BIN: &str = env!("CARGO_BIN_EXE_docpipe");
+const TINY_MODEL: &str = "fixtures/idefics2/models/tiny-gqa-split";
+/// Queries per page in the demo pipeline: OCR, two questions, two fields.
+const DEMO_QUERIES: usize = 5;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn docpipe(args: &[&str], env: &[(String, String)]) -> Output {
+    let mut command = Command::new(BIN);
+    command.args(args).current_dir(repo()).env("DOCPIPE_LOG", "warn");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("docpipe runs")
+}
+
+fn run_demo(extra: &[String], env: &[(String, String)]) -> Output {
+    let mut args = vec!["run".to_owned(), "pipelines/demo.toml".to_owned()];
+    for set in extra {
+        args.push("--set".to_owned());
+        args.push(set.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    docpipe(&args, env)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+fn rows_at(location: &str, options: StoreOptions) -> Vec<OutputRow> {
+    runtime()
+        .block_on(read_rows(&Stores::new(options), location))
+        .expect("output rows read back")
+}
+
+/// A folder holding copies of the given fixture files (paths relative to `fixtures/`).
+fn source_folder(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (fixture, name) in files {
+        std::fs::copy(repo().join("fixtures").join(fixture), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+fn page_count(path: &Path) -> u32 {
+    let pool = RenderPool::new(RenderPoolConfig {
+        workers: 1,
+        worker_command: WorkerCommand::new(BIN).arg("render-worker"),
+        ..RenderPoolConfig::new().unwrap()
+    })
+    .unwrap();
+    pool.render(path, &DocumentOptions::default()).unwrap().page_count()
+}
+
+type Key = (String, Option<u32>, String, Option<String>);
+
+fn key(row: &OutputRow) -> Key {
+    (row.doc_uri.clone(), row.page, row.task.clone(), row.question_id.clone())
+}
+
+/// Asserts one row per (document, page, query) and returns the rows by key.
+fn assert_exactly_once(rows: &[OutputRow], pages_by_doc: &HashMap<String, u32>, queries: usize) -> HashMap<Key, OutputRow> {
+    let mut by_key = HashMap::new();
+    for row in rows {
+        assert!(by_key.insert(key(row), row.clone()).is_none(), "duplicate row {:?}", key(row));
+    }
+    let expected: u32 = pages_by_doc.values().sum();
+    assert_eq!(rows.len(), expected as usize * queries, "rows = pages × queries");
+    for row in rows {
+        let pages = pages_by_doc[&row.doc_uri];
+        assert_eq!(row.page_count, Some(pages), "{:?}", key(row));
+        assert!(row.page.is_some_and(|p| (1..=pages).contains(&p)), "{:?}", key(row));
+    }
+    by_key
+}
+
+fn pages_of(dir: &Path) -> HashMap<String, u32> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pdf"))
+        .map(|p| (p.canonicalize().unwrap().display().to_string(), page_count(&p)))
+        .collect()
+}
+
+#[test]
+fn demo_pipeline_answers_every_page_like_the_model_does() {
+    let out = tempfile::tempdir().unwrap();
+    let sink = out.path().display().to_string();
+    let output = run_demo(&[format!("sink.uri={sink}")], &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let rows = rows_at(&sink, StoreOptions::default());
+    let pages = pages_of(&repo().join("fixtures/pdfs"));
+    let by_key = assert_exactly_once(&rows, &pages, DEMO_QUERIES);
+    assert!(rows.iter().all(|r| r.answer.is_some() && r.error.is_none()));
+    assert!(out.path().join("report.json").is_file());
+    assert!(out.path().join("manifest.json").is_file());
+
+    // The same page and prompt given straight to the model give the same answers.
+    let config = PipelineConfig::load("demo", DEMO_PIPELINE, &[]).unwrap();
+    let queries = TaskPlan::new(config.tasks, config.model.max_new_tokens).queries(&DocumentRef::new("x"));
+    let model = Idefics2Model::load(
+        &repo().join(TINY_MODEL),
+        &device_from_spec("cpu").unwrap(),
+        dtype_from_name("f32").unwrap(),
+    )
+    .unwrap();
+    let pool = RenderPool::new(RenderPoolConfig {
+        workers: 1,
+        longest_edge: config.render.longest_edge,
+        worker_command: WorkerCommand::new(BIN).arg("render-worker"),
+        ..RenderPoolConfig::new().unwrap()
+    })
+    .unwrap();
+    let form = repo().join("fixtures/pdfs/form.pdf");
+    let doc_uri = form.display().to_string();
+    for page in pool.render(&form, &DocumentOptions::default()).unwrap() {
+        let page = page.unwrap();
+        let image = Arc::new(page.image);
+        for query in &queries {
+            let prepared = model.prepare(&chat_request(query, &image)).unwrap();
+            let expected = model.generate(&[&prepared]).unwrap().remove(0);
+            let row = &by_key[&(doc_uri.clone(), Some(page.page), query.task.clone(), query.question_id.clone())];
+            assert_eq!(row.answer.as_deref(), Some(expected.text.as_str()), "page {} {:?}", page.page, query);
+            assert_eq!(row.answer_tokens, Some(expected.token_ids.len() as u32));
+            assert_eq!(row.prompt_tokens, Some(expected.prompt_tokens as u32));
+        }
+    }
+
+    // Rerunning skips every committed document and writes nothing new.
+    let again = run_demo(&[format!("sink.uri={sink}")], &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let summary = String::from_utf8_lossy(&again.stdout);
+    assert!(summary.contains(&format!("0 documents processed, {} skipped", pages.len())), "{summary}");
+    assert_eq!(rows_at(&sink, StoreOptions::default()).len(), rows.len());
+}
+
+#[test]
+fn corrupt_documents_become_error_rows_beside_the_good_ones() {
+    let source = source_folder(&[
+        ("pdfs/form.pdf", "good.pdf"),
+        ("bad/not-a-pdf.pdf", "not-a-pdf.pdf"),
+        ("bad/truncated.pdf", "truncated.pdf"),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let sink = out.path().display().to_string();
+    let output = run_demo(
+        &[
+            format!("source.uri={}", source.path().display()),
+            format!("sink.uri={sink}"),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("rows carry errors"));
+    let rows = rows_at(&sink, StoreOptions::default());
+    let mut by_doc: BTreeMap<String, Vec<&OutputRow>> = BTreeMap::new();
+    for row in &rows {
+        by_doc.entry(row.doc_uri.rsplit('/').next().unwrap().to_owned()).or_default().push(row);
+    }
+    let good_pages = page_count(&source.path().join("good.pdf"));
+    assert_eq!(by_doc["good.pdf"].len(), good_pages as usize * DEMO_QUERIES);
+    assert!(by_doc["good.pdf"].iter().all(|r| r.answer.is_some() && r.error.is_none()));
+    for bad in ["not-a-pdf.pdf", "truncated.pdf"] {
+        let rows = &by_doc[bad];
+        // Unopenable: one row per query, page and page count unknown.
+        assert_eq!(rows.len(), DEMO_QUERIES, "{bad}");
+        let tasks: HashSet<_> = rows.iter().map(|r| (r.task.clone(), r.question_id.clone())).collect();
+        assert_eq!(tasks.len(), DEMO_QUERIES);
+        for row in rows {
+            assert_eq!(row.answer, None);
+            assert_eq!(row.page, None);
+            assert_eq!(row.error_stage, Some(docpipe_core::Stage::Render), "{bad}");
+            assert!(row.error.as_deref().is_some_and(|e| !e.is_empty()));
+        }
+    }
+}
+
+#[test]
+fn sigkill_then_rerun_gives_every_row_exactly_once() {
+    let files: Vec<(String, String)> = (0..8)
+        .map(|i| {
+            let fixture = ["pdfs/form.pdf", "pdfs/scan.pdf", "pdfs/wide.pdf", "pdfs/landscape.pdf"][i % 4];
+            (fixture.to_owned(), format!("doc-{i}.pdf"))
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let source = source_folder(&files);
+    let out = tempfile::tempdir().unwrap();
+    let sets = [
+        format!("source.uri={}", source.path().display()),
+        format!("sink.uri={}", out.path().display()),
+        "sink.documents_per_part=1".to_owned(),
+    ];
+    let mut args = vec!["run".to_owned(), "pipelines/demo.toml".to_owned()];
+    for set in &sets {
+        args.extend(["--set".to_owned(), set.clone()]);
+    }
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .current_dir(repo())
+        .env("DOCPIPE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let parts = out.path().join("parts");
+    let count_parts = || {
+        std::fs::read_dir(&parts)
+            .map(|d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet")).count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count_parts() == 0 && Instant::now() < deadline {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let committed_before = count_parts();
+    assert!((1..files.len()).contains(&committed_before), "{committed_before} parts before the kill");
+
+    let output = run_demo(&sets, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains(&format!("{committed_before} skipped")), "{summary}");
+    let rows = rows_at(&out.path().display().to_string(), StoreOptions::default());
+    assert_exactly_once(&rows, &pages_of(source.path()), DEMO_QUERIES);
+}
+
+#[test]
+fn config_errors_exit_2_naming_the_key_before_any_work() {
+    let out = tempfile::tempdir().unwrap();
+    let sink = out.path().join("never");
+    let cases: [(&[&str], &str); 5] = [
+        (&["--set", "source.bogus=1"], "bogus"),
+        (&["--set", "render.longest_edge=big"], "render.longest_edge"),
+        (&["--set", "model.devices=[\"tpu\"]"], "model.devices"),
+        (&["--set", "model.dtype=f64"], "model.dtype"),
+        (&["--set", "colour=red"], "colour"),
+    ];
+    for (extra, named) in cases {
+        let sink_set = format!("sink.uri={}", sink.display());
+        let mut args = vec!["run", "pipelines/demo.toml", "--set", &sink_set];
+        args.extend_from_slice(extra);
+        let output = docpipe(&args, &[]);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}: {}", text(&output));
+        assert!(String::from_utf8_lossy(&output.stderr).contains(named), "{extra:?}: {}", text(&output));
+        assert!(!sink.exists(), "{extra:?} wrote output");
+    }
+    let file = out.path().join("bad.toml");
+    std::fs::write(&file, DEMO_PIPELINE.replace("[render]", "[render]\nlongest_side = 3")).unwrap();
+    let output = docpipe(&["run", file.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("longest_side"), "{}", text(&output));
+    let output = run_demo(&["model.path=fixtures/pdfs".into(), format!("sink.uri={}", sink.display())], &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("model.path"), "{}", text(&output));
+}
