@@ -9,7 +9,7 @@ MOTO_SERVER := .cache/moto-venv/bin/moto_server
 
 ## Run the main job on the embedded default: fixtures, tiny model, CPU, local output folder.
 demo: setup
-	$(CARGO) run --bin docpipe -- render fixtures/pdfs --out out/demo
+	$(CARGO) run --bin docpipe -- run pipelines/demo.toml
 
 ## Run the whole test suite (this is what .ci/run calls).
 test: setup
