@@ -25,6 +25,8 @@ enum Command {
     /// Internal: a render worker process, driven over stdin/stdout by the render pool.
     #[command(hide = true)]
     RenderWorker(commands::render::WorkerArgs),
+    /// Batched greedy generation with an Idefics2 checkpoint over a JSONL file of chat requests.
+    Generate(commands::generate::GenerateArgs),
     /// Evaluate answers: `docpipe eval anls` scores a DocVQA predictions file.
     Eval(commands::eval::EvalArgs),
     /// Run a pipeline (pipelines/*.toml): source → render → model → Parquet. Without a file,
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Render(args) => commands::render::run(args),
         Command::RenderWorker(args) => commands::render::worker(args),
+        Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Run(args) => commands::run::run(args),
     };
