@@ -13,6 +13,7 @@ use docpipe_pipeline::config::{PipelineConfig, DEMO_PIPELINE};
 use docpipe_pipeline::tasks::{chat_request, TaskPlan};
 use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig, WorkerCommand};
 use docpipe_sink::{read_rows, OutputRow};
+use docpipe_store::object_store::ObjectStoreExt;
 use docpipe_store::{StoreOptions, Stores};
 
 const BIN: &str = env!("CARGO_BIN_EXE_docpipe");
@@ -21,12 +22,18 @@ const TINY_MODEL: &str = "fixtures/idefics2/models/tiny-gqa-split";
 const DEMO_QUERIES: usize = 5;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn docpipe(args: &[&str], env: &[(String, String)]) -> Output {
     let mut command = Command::new(BIN);
-    command.args(args).current_dir(repo()).env("DOCPIPE_LOG", "warn");
+    command
+        .args(args)
+        .current_dir(repo())
+        .env("DOCPIPE_LOG", "warn");
     for (key, value) in env {
         command.env(key, value);
     }
@@ -53,7 +60,10 @@ fn text(output: &Output) -> String {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn rows_at(location: &str, options: StoreOptions) -> Vec<OutputRow> {
@@ -78,27 +88,50 @@ fn page_count(path: &Path) -> u32 {
         ..RenderPoolConfig::new().unwrap()
     })
     .unwrap();
-    pool.render(path, &DocumentOptions::default()).unwrap().page_count()
+    pool.render(path, &DocumentOptions::default())
+        .unwrap()
+        .page_count()
 }
 
 type Key = (String, Option<u32>, String, Option<String>);
 
 fn key(row: &OutputRow) -> Key {
-    (row.doc_uri.clone(), row.page, row.task.clone(), row.question_id.clone())
+    (
+        row.doc_uri.clone(),
+        row.page,
+        row.task.clone(),
+        row.question_id.clone(),
+    )
 }
 
 /// Asserts one row per (document, page, query) and returns the rows by key.
-fn assert_exactly_once(rows: &[OutputRow], pages_by_doc: &HashMap<String, u32>, queries: usize) -> HashMap<Key, OutputRow> {
+fn assert_exactly_once(
+    rows: &[OutputRow],
+    pages_by_doc: &HashMap<String, u32>,
+    queries: usize,
+) -> HashMap<Key, OutputRow> {
     let mut by_key = HashMap::new();
     for row in rows {
-        assert!(by_key.insert(key(row), row.clone()).is_none(), "duplicate row {:?}", key(row));
+        assert!(
+            by_key.insert(key(row), row.clone()).is_none(),
+            "duplicate row {:?}",
+            key(row)
+        );
     }
     let expected: u32 = pages_by_doc.values().sum();
-    assert_eq!(rows.len(), expected as usize * queries, "rows = pages × queries");
+    assert_eq!(
+        rows.len(),
+        expected as usize * queries,
+        "rows = pages × queries"
+    );
     for row in rows {
         let pages = pages_by_doc[&row.doc_uri];
         assert_eq!(row.page_count, Some(pages), "{:?}", key(row));
-        assert!(row.page.is_some_and(|p| (1..=pages).contains(&p)), "{:?}", key(row));
+        assert!(
+            row.page.is_some_and(|p| (1..=pages).contains(&p)),
+            "{:?}",
+            key(row)
+        );
     }
     by_key
 }
@@ -108,7 +141,12 @@ fn pages_of(dir: &Path) -> HashMap<String, u32> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "pdf"))
-        .map(|p| (p.canonicalize().unwrap().display().to_string(), page_count(&p)))
+        .map(|p| {
+            (
+                p.canonicalize().unwrap().display().to_string(),
+                page_count(&p),
+            )
+        })
         .collect()
 }
 
@@ -127,7 +165,8 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
 
     // The same page and prompt given straight to the model give the same answers.
     let config = PipelineConfig::load("demo", DEMO_PIPELINE, &[]).unwrap();
-    let queries = TaskPlan::new(config.tasks, config.model.max_new_tokens).queries(&DocumentRef::new("x"));
+    let queries =
+        TaskPlan::new(config.tasks, config.model.max_new_tokens).queries(&DocumentRef::new("x"));
     let model = Idefics2Model::load(
         &repo().join(TINY_MODEL),
         &device_from_spec("cpu").unwrap(),
@@ -149,8 +188,19 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
         for query in &queries {
             let prepared = model.prepare(&chat_request(query, &image)).unwrap();
             let expected = model.generate(&[&prepared]).unwrap().remove(0);
-            let row = &by_key[&(doc_uri.clone(), Some(page.page), query.task.clone(), query.question_id.clone())];
-            assert_eq!(row.answer.as_deref(), Some(expected.text.as_str()), "page {} {:?}", page.page, query);
+            let row = &by_key[&(
+                doc_uri.clone(),
+                Some(page.page),
+                query.task.clone(),
+                query.question_id.clone(),
+            )];
+            assert_eq!(
+                row.answer.as_deref(),
+                Some(expected.text.as_str()),
+                "page {} {:?}",
+                page.page,
+                query
+            );
             assert_eq!(row.answer_tokens, Some(expected.token_ids.len() as u32));
             assert_eq!(row.prompt_tokens, Some(expected.prompt_tokens as u32));
         }
@@ -160,7 +210,10 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
     let again = run_demo(&[format!("sink.uri={sink}")], &[]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     let summary = String::from_utf8_lossy(&again.stdout);
-    assert!(summary.contains(&format!("0 documents processed, {} skipped", pages.len())), "{summary}");
+    assert!(
+        summary.contains(&format!("0 documents processed, {} skipped", pages.len())),
+        "{summary}"
+    );
     assert_eq!(rows_at(&sink, StoreOptions::default()).len(), rows.len());
 }
 
@@ -185,16 +238,24 @@ fn corrupt_documents_become_error_rows_beside_the_good_ones() {
     let rows = rows_at(&sink, StoreOptions::default());
     let mut by_doc: BTreeMap<String, Vec<&OutputRow>> = BTreeMap::new();
     for row in &rows {
-        by_doc.entry(row.doc_uri.rsplit('/').next().unwrap().to_owned()).or_default().push(row);
+        by_doc
+            .entry(row.doc_uri.rsplit('/').next().unwrap().to_owned())
+            .or_default()
+            .push(row);
     }
     let good_pages = page_count(&source.path().join("good.pdf"));
     assert_eq!(by_doc["good.pdf"].len(), good_pages as usize * DEMO_QUERIES);
-    assert!(by_doc["good.pdf"].iter().all(|r| r.answer.is_some() && r.error.is_none()));
+    assert!(by_doc["good.pdf"]
+        .iter()
+        .all(|r| r.answer.is_some() && r.error.is_none()));
     for bad in ["not-a-pdf.pdf", "truncated.pdf"] {
         let rows = &by_doc[bad];
         // Unopenable: one row per query, page and page count unknown.
         assert_eq!(rows.len(), DEMO_QUERIES, "{bad}");
-        let tasks: HashSet<_> = rows.iter().map(|r| (r.task.clone(), r.question_id.clone())).collect();
+        let tasks: HashSet<_> = rows
+            .iter()
+            .map(|r| (r.task.clone(), r.question_id.clone()))
+            .collect();
         assert_eq!(tasks.len(), DEMO_QUERIES);
         for row in rows {
             assert_eq!(row.answer, None);
@@ -209,17 +270,27 @@ fn corrupt_documents_become_error_rows_beside_the_good_ones() {
 fn sigkill_then_rerun_gives_every_row_exactly_once() {
     let files: Vec<(String, String)> = (0..8)
         .map(|i| {
-            let fixture = ["pdfs/form.pdf", "pdfs/scan.pdf", "pdfs/wide.pdf", "pdfs/landscape.pdf"][i % 4];
+            let fixture = [
+                "pdfs/form.pdf",
+                "pdfs/scan.pdf",
+                "pdfs/wide.pdf",
+                "pdfs/landscape.pdf",
+            ][i % 4];
             (fixture.to_owned(), format!("doc-{i}.pdf"))
         })
         .collect();
-    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let source = source_folder(&files);
     let out = tempfile::tempdir().unwrap();
     let sets = [
         format!("source.uri={}", source.path().display()),
         format!("sink.uri={}", out.path().display()),
         "sink.documents_per_part=1".to_owned(),
+        // Two replicas: answers must not depend on which one served a request.
+        "model.devices=[\"cpu\", \"cpu\"]".to_owned(),
     ];
     let mut args = vec!["run".to_owned(), "pipelines/demo.toml".to_owned()];
     for set in &sets {
@@ -236,23 +307,41 @@ fn sigkill_then_rerun_gives_every_row_exactly_once() {
     let parts = out.path().join("parts");
     let count_parts = || {
         std::fs::read_dir(&parts)
-            .map(|d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet")).count())
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "parquet")
+                })
+                .count()
+            })
             .unwrap_or(0)
     };
     let deadline = Instant::now() + Duration::from_secs(600);
     while count_parts() == 0 && Instant::now() < deadline {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let committed_before = count_parts();
-    assert!((1..files.len()).contains(&committed_before), "{committed_before} parts before the kill");
+    assert!(
+        (1..files.len()).contains(&committed_before),
+        "{committed_before} parts before the kill"
+    );
 
     let output = run_demo(&sets, &[]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let summary = String::from_utf8_lossy(&output.stdout);
-    assert!(summary.contains(&format!("{committed_before} skipped")), "{summary}");
+    assert!(
+        summary.contains(&format!("{committed_before} skipped")),
+        "{summary}"
+    );
     let rows = rows_at(&out.path().display().to_string(), StoreOptions::default());
     assert_exactly_once(&rows, &pages_of(source.path()), DEMO_QUERIES);
 }
@@ -273,16 +362,204 @@ fn config_errors_exit_2_naming_the_key_before_any_work() {
         let mut args = vec!["run", "pipelines/demo.toml", "--set", &sink_set];
         args.extend_from_slice(extra);
         let output = docpipe(&args, &[]);
-        assert_eq!(output.status.code(), Some(2), "{extra:?}: {}", text(&output));
-        assert!(String::from_utf8_lossy(&output.stderr).contains(named), "{extra:?}: {}", text(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{extra:?}: {}",
+            text(&output)
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(named),
+            "{extra:?}: {}",
+            text(&output)
+        );
         assert!(!sink.exists(), "{extra:?} wrote output");
     }
     let file = out.path().join("bad.toml");
-    std::fs::write(&file, DEMO_PIPELINE.replace("[render]", "[render]\nlongest_side = 3")).unwrap();
+    std::fs::write(
+        &file,
+        DEMO_PIPELINE.replace("[render]", "[render]\nlongest_side = 3"),
+    )
+    .unwrap();
     let output = docpipe(&["run", file.to_str().unwrap()], &[]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("longest_side"), "{}", text(&output));
-    let output = run_demo(&["model.path=fixtures/pdfs".into(), format!("sink.uri={}", sink.display())], &[]);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("longest_side"),
+        "{}",
+        text(&output)
+    );
+    let output = run_demo(
+        &[
+            "model.path=fixtures/pdfs".into(),
+            format!("sink.uri={}", sink.display()),
+        ],
+        &[],
+    );
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("model.path"), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("model.path"),
+        "{}",
+        text(&output)
+    );
+}
+
+/// Uploads the fixture PDFs under `s3://<bucket>/in/` and returns their page counts by URI.
+fn upload_fixture_pdfs(options: StoreOptions, bucket: &str) -> HashMap<String, u32> {
+    let stores = Stores::new(options);
+    let location = stores.open(&format!("s3://{bucket}/in/")).unwrap();
+    let mut pages = HashMap::new();
+    runtime().block_on(async {
+        for name in ["form.pdf", "scan.pdf", "wide.pdf"] {
+            let path = repo().join("fixtures/pdfs").join(name);
+            let bytes = std::fs::read(&path).unwrap();
+            location
+                .store()
+                .put(&location.child(name), bytes.into())
+                .await
+                .unwrap();
+            pages.insert(format!("s3://{bucket}/in/{name}"), page_count(&path));
+        }
+    });
+    pages
+}
+
+fn run_against_s3(env: &[(String, String)], bucket: &str) -> Output {
+    run_demo(
+        &[
+            format!("source.uri=s3://{bucket}/in/"),
+            format!("sink.uri=s3://{bucket}/out/{{date}}/"),
+        ],
+        env,
+    )
+}
+
+fn today_prefix(bucket: &str) -> String {
+    docpipe_pipeline::config::expand_date(
+        &format!("s3://{bucket}/out/{{date}}/"),
+        std::time::SystemTime::now(),
+    )
+}
+
+#[test]
+fn s3_source_and_sink_with_a_dated_prefix() {
+    let moto = docpipe_testkit::MotoServer::start("docs").expect("moto (run `make setup`)");
+    let pages = upload_fixture_pdfs(moto.store_options(), "docs");
+    let output = run_against_s3(&moto.env(), "docs");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let rows = rows_at(&today_prefix("docs"), moto.store_options());
+    assert_exactly_once(&rows, &pages, DEMO_QUERIES);
+    assert!(rows
+        .iter()
+        .all(|r| r.answer.is_some() && r.doc_version.is_some()));
+
+    let again = run_against_s3(&moto.env(), "docs");
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("3 skipped"),
+        "{}",
+        text(&again)
+    );
+}
+
+#[test]
+fn storage_faults_are_retried() {
+    let moto = docpipe_testkit::MotoServer::start("flaky").expect("moto (run `make setup`)");
+    let pages = upload_fixture_pdfs(moto.store_options(), "flaky");
+    let rt = runtime();
+    let plan = docpipe_testkit::FaultPlan {
+        fault: docpipe_testkit::Fault::ServiceUnavailable,
+        first: 1,
+        every: Some(3),
+    };
+    let proxy = rt
+        .block_on(docpipe_testkit::FaultyProxy::start(moto.address(), plan))
+        .unwrap();
+    let output = run_against_s3(&proxy.env(), "flaky");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(
+        proxy.faults_injected() >= 3,
+        "{} faults",
+        proxy.faults_injected()
+    );
+    let rows = rows_at(&today_prefix("flaky"), moto.store_options());
+    assert_exactly_once(&rows, &pages, DEMO_QUERIES);
+    assert!(rows.iter().all(|r| r.answer.is_some()));
+}
+
+#[test]
+fn lake_enrichment_keeps_the_key_columns() {
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    let dir = tempfile::tempdir().unwrap();
+    let docs = ["form.pdf", "scan.pdf"].map(|n| repo().join("fixtures/pdfs").join(n));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("document_uri", DataType::Utf8, false),
+        Field::new("contract_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                docs.iter().map(|d| d.display().to_string()),
+            )),
+            Arc::new(StringArray::from(vec!["C-1", "C-2"])),
+            Arc::new(Int64Array::from(vec![101, 102])),
+        ],
+    )
+    .unwrap();
+    let manifest = dir.path().join("documents.parquet");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&manifest).unwrap(),
+        schema,
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let out = dir.path().join("enriched");
+    let sets = [
+        format!("source.uri={}", manifest.display()),
+        format!("model.path={TINY_MODEL}"),
+        "model.devices=[\"cpu\"]".to_owned(),
+        "model.dtype=f32".to_owned(),
+        format!("sink.uri={}", out.display()),
+    ];
+    let mut args = vec![
+        "run".to_owned(),
+        "pipelines/lake-enrichment.toml".to_owned(),
+    ];
+    for set in &sets {
+        args.extend(["--set".to_owned(), set.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = docpipe(&args, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+
+    let rows = rows_at(&out.display().to_string(), StoreOptions::default());
+    let pages: HashMap<String, u32> = docs
+        .iter()
+        .map(|d| (d.display().to_string(), page_count(d)))
+        .collect();
+    assert_exactly_once(&rows, &pages, 3);
+    for row in &rows {
+        let (contract, customer) = if row.doc_uri.ends_with("form.pdf") {
+            ("C-1", "101")
+        } else {
+            ("C-2", "102")
+        };
+        assert_eq!(
+            row.keys.get("contract_id").map(String::as_str),
+            Some(contract)
+        );
+        assert_eq!(
+            row.keys.get("customer_id").map(String::as_str),
+            Some(customer)
+        );
+        let fields: serde_json::Value =
+            serde_json::from_str(row.fields.as_deref().unwrap()).unwrap();
+        assert_eq!(fields.as_object().unwrap().len(), 3);
+    }
 }

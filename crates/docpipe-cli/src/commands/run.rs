@@ -52,7 +52,10 @@ pub fn run(args: RunArgs) -> u8 {
             return exit::INCOMPLETE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the I/O runtime: {e}");
@@ -82,7 +85,11 @@ pub fn run(args: RunArgs) -> u8 {
                     .iter()
                     .map(|(stage, n)| format!("{stage}: {n}"))
                     .collect();
-                eprintln!("{} rows carry errors ({})", report.rows_failed, stages.join(", "));
+                eprintln!(
+                    "{} rows carry errors ({})",
+                    report.rows_failed,
+                    stages.join(", ")
+                );
                 exit::SOME_FAILED
             } else {
                 exit::OK
