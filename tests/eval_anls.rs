@@ -13,8 +13,13 @@ fn fixture(rel: &str) -> String {
 }
 
 fn docpipe(args: &[&str]) -> Output {
+    docpipe_with_env(args, &[])
+}
+
+fn docpipe_with_env(args: &[&str], env: &[(String, String)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_docpipe"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run docpipe")
 }
@@ -149,6 +154,54 @@ fn json_report_matches_hand_computed_scores_for_both_layouts() {
             &preds,
             "--json",
         ]);
+        check_json_output(&output);
+    }
+}
+
+/// Both files on S3 (a local moto server), reached through the standard environment variables.
+#[test]
+fn reads_annotations_and_predictions_from_s3() {
+    let server = docpipe_testkit::MotoServer::start("eval").unwrap();
+    let env = server.env();
+    let upload = |key: &str, bytes: Vec<u8>| {
+        let url = format!("s3://eval/{key}");
+        let location = docpipe_eval::store::open_with(&url, env.clone()).unwrap();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(location.write(bytes))
+            .unwrap();
+    };
+    upload(
+        "preds/predictions.json",
+        predictions().0.to_string().into_bytes(),
+    );
+    upload(
+        "docvqa/val_v1.0.json",
+        std::fs::read(fixture("json/val_v1.0.json")).unwrap(),
+    );
+    for part in [
+        "validation-00000-of-00002.parquet",
+        "validation-00001-of-00002.parquet",
+    ] {
+        let bytes = std::fs::read(fixture(&format!("parquet/{part}"))).unwrap();
+        upload(&format!("docvqa/parquet/{part}"), bytes);
+    }
+    for annotations in [
+        "s3://eval/docvqa/val_v1.0.json",
+        "s3://eval/docvqa/parquet/",
+    ] {
+        let output = docpipe_with_env(
+            &[
+                "eval",
+                "anls",
+                "--annotations",
+                annotations,
+                "--predictions",
+                "s3://eval/preds/predictions.json",
+                "--json",
+            ],
+            &env,
+        );
         check_json_output(&output);
     }
 }

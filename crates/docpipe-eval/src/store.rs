@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use object_store::{path::Path, ObjectStore, ObjectStoreExt};
+use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
 /// Prefixes of the environment variables passed to `object_store::parse_url_opts`.
@@ -43,10 +43,26 @@ impl std::fmt::Debug for StoreLocation {
     }
 }
 
+/// The environment variables that configure stores: every `AWS_*`, `GOOGLE_*` and `AZURE_*`.
+pub fn env_options() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(key, _)| ENV_PREFIXES.iter().any(|p| key.starts_with(p)))
+        .collect()
+}
+
 /// Opens the store behind `location`: a URL with a scheme (`s3://`, `gs://`, `az://`,
 /// `file://`, `memory://`, `https://`) or a local path, relative paths being taken from the
-/// current directory.
+/// current directory. Configured from the environment ([`env_options`]).
 pub fn open(location: &str) -> Result<StoreLocation, StoreError> {
+    open_with(location, env_options())
+}
+
+/// [`open`] with explicit options (`object_store` config keys such as `aws_endpoint_url`, or
+/// the environment variable names), for callers that do not configure through the environment.
+pub fn open_with(
+    location: &str,
+    options: impl IntoIterator<Item = (String, String)>,
+) -> Result<StoreLocation, StoreError> {
     let bad = |problem: String| StoreError::BadLocation {
         location: location.to_owned(),
         problem,
@@ -60,8 +76,6 @@ pub fn open(location: &str) -> Result<StoreLocation, StoreError> {
                 .map_err(|()| bad("not an absolute path".into()))?
         }
     };
-    let options =
-        std::env::vars().filter(|(key, _)| ENV_PREFIXES.iter().any(|p| key.starts_with(p)));
     let (store, path) =
         object_store::parse_url_opts(&url, options).map_err(|e| bad(e.to_string()))?;
     Ok(StoreLocation {
@@ -129,6 +143,15 @@ impl StoreLocation {
         result.map(|b| b.to_vec()).map_err(|e| self.error(e))
     }
 
+    /// Writes the whole object in one request (an object is then complete or absent).
+    pub async fn write(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.store
+            .put(&self.path, PutPayload::from(bytes))
+            .await
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
     /// Turns a store error about this location into one that names its URL.
     pub fn error(&self, source: object_store::Error) -> StoreError {
         match source {
@@ -169,6 +192,14 @@ mod tests {
             root.join("../x"),
             Err(StoreError::BadLocation { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn written_objects_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = open(dir.path().join("out/metrics.json").to_str().unwrap()).unwrap();
+        loc.write(b"{}".to_vec()).await.unwrap();
+        assert_eq!(loc.read().await.unwrap(), b"{}");
     }
 
     #[tokio::test]
