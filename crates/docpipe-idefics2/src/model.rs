@@ -86,6 +86,9 @@ fn model_error(e: candle_core::Error) -> ModelError {
     }
 }
 
+/// Recently preprocessed pages, keyed by their `Arc` (held weakly so a page can be freed).
+type RecentImages = Vec<(Weak<RgbImage>, Arc<Vec<ProcessedImage>>)>;
+
 /// An Idefics2 checkpoint loaded on one device.
 pub struct Idefics2Model {
     model_id: String,
@@ -96,7 +99,7 @@ pub struct Idefics2Model {
     vision: VisionTower,
     connector: Connector,
     text: TextModel,
-    recent_images: Mutex<Vec<(Weak<RgbImage>, Arc<Vec<ProcessedImage>>)>>,
+    recent_images: Mutex<RecentImages>,
 }
 
 impl std::fmt::Debug for Idefics2Model {
