@@ -34,7 +34,7 @@ pub struct Metrics {
     pub unknown_predictions: usize,
     /// Predictions repeating a questionId already predicted (the first one is scored).
     pub duplicate_predictions: usize,
-    /// Questions without gold answers (test split), not scored.
+    /// Questions without gold answers (test split) or with an empty list, not scored.
     pub questions_without_answers: usize,
 }
 
@@ -89,8 +89,9 @@ pub fn evaluate(annotations: &[Annotation], predictions: &[Prediction]) -> Evalu
     let mut rows = Vec::with_capacity(annotations.len());
     for annotation in annotations {
         let prediction = by_id.get(&annotation.question_id).copied();
-        let (score, exact_match) = match &annotation.answers {
-            Some(answers) => {
+        // An empty gold list is as unscorable as a missing one: no answer could match it.
+        let (score, exact_match) = match annotation.answers.as_deref() {
+            Some(answers) if !answers.is_empty() => {
                 let score = anls::question_score(prediction, answers);
                 let matched = anls::exact_match(prediction, answers);
                 scored += 1;
@@ -104,7 +105,7 @@ pub fn evaluate(annotations: &[Annotation], predictions: &[Prediction]) -> Evalu
                 }
                 (Some(score), Some(matched))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         rows.push(ScoredQuestion {
             question_id: annotation.question_id,
@@ -169,6 +170,7 @@ mod tests {
             gold(2, Some(&["xyz"]), &["form"]),
             gold(3, Some(&["hello"]), &[]),
             gold(4, None, &["form"]),
+            gold(5, Some(&[]), &["form"]),
         ];
         let predictions = [
             pred(1, "ABCE"),
@@ -184,14 +186,15 @@ mod tests {
         assert_eq!(m.unknown_predictions, 2);
         assert_eq!(m.duplicate_predictions, 1);
         assert_eq!(m.missing_predictions, 1);
-        assert_eq!(m.questions_without_answers, 1);
+        assert_eq!(m.questions_without_answers, 2);
         assert_eq!(m.summary.questions, 3);
         assert!((m.summary.anls - (0.75 + 1.0 + 0.0) / 3.0).abs() < 1e-12);
         assert!((m.summary.accuracy - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(m.summary.per_type["form"], (0.75 + 1.0) / 2.0);
         assert_eq!(m.summary.per_type["layout"], 0.75);
         assert_eq!(eval.type_counts["form"], 2);
-        assert_eq!(eval.rows.len(), 4);
+        assert_eq!(eval.rows.len(), 5);
+        assert_eq!(eval.rows[4].score, None);
         assert_eq!(eval.rows[3].score, None);
         assert_eq!(eval.rows[3].prediction.as_deref(), Some("anything"));
     }

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use futures::StreamExt;
+
 use docpipe_eval::{Annotation, DatasetError, DocVqaDataset, ImageSource, PageGroup};
 
 fn fixture(rel: &str) -> String {
@@ -114,14 +116,21 @@ async fn limit_takes_the_first_questions_in_dataset_order() {
     assert_eq!(json.len(), 2);
 
     // The Parquet rows are shuffled: the first 5 rows of the first file.
-    let parquet = all_pages(&fixture("parquet"), Some(5)).await;
+    let dataset = DocVqaDataset::open(&fixture("parquet")).await.unwrap();
+    let parquet: Vec<PageGroup> = dataset
+        .pages(Some(5))
+        .await
+        .unwrap()
+        .into_stream()
+        .map(Result::unwrap)
+        .collect()
+        .await;
     let mut ids: Vec<i64> = parquet
         .iter()
         .flat_map(|p| p.questions.iter().map(|q| q.question_id))
         .collect();
     ids.sort();
     assert_eq!(ids, [5002, 5004, 5005, 5008, 5009]);
-    let dataset = DocVqaDataset::open(&fixture("parquet")).await.unwrap();
     assert_eq!(dataset.annotations(Some(7)).await.unwrap().len(), 7);
 }
 
