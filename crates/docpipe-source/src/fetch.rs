@@ -15,7 +15,7 @@ use crate::FetchError;
 #[derive(Debug)]
 pub struct LocalCopy {
     path: PathBuf,
-    _temporary: Option<tempfile::TempPath>,
+    temporary: Option<tempfile::TempPath>,
 }
 
 impl LocalCopy {
@@ -25,7 +25,7 @@ impl LocalCopy {
 
     /// True when the file is a temporary download.
     pub fn is_temporary(&self) -> bool {
-        self._temporary.is_some()
+        self.temporary.is_some()
     }
 }
 
@@ -72,7 +72,7 @@ impl Fetcher {
             }
             return Ok(LocalCopy {
                 path,
-                _temporary: None,
+                temporary: None,
             });
         }
         let options = GetOptions {
@@ -123,7 +123,7 @@ impl Fetcher {
         file.flush().await.map_err(write_error)?;
         Ok(LocalCopy {
             path: temporary.to_path_buf(),
-            _temporary: Some(temporary),
+            temporary: Some(temporary),
         })
     }
 }

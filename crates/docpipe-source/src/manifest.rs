@@ -416,18 +416,13 @@ impl QuestionsColumn {
                 column.data_type()
             )
         };
-        if let Ok(text) = cast(column, &DataType::Utf8) {
-            if !matches!(
-                column.data_type(),
-                DataType::List(_) | DataType::LargeList(_)
-            ) {
-                return Ok(Self::Json(text.as_string::<i32>().clone()));
-            }
-        }
         let values = match column.data_type() {
             DataType::List(_) => column.as_list::<i32>().values(),
             DataType::LargeList(_) => column.as_list::<i64>().values(),
-            _ => return Err(unsupported()),
+            _ => {
+                let text = cast(column, &DataType::Utf8).map_err(|_| unsupported())?;
+                return Ok(Self::Json(text.as_string::<i32>().clone()));
+            }
         };
         let fields = values.as_struct_opt().ok_or_else(unsupported)?;
         let field = |names: &[&str]| -> Result<StringArray, String> {
