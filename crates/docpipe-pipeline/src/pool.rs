@@ -294,15 +294,14 @@ mod tests {
         }
     }
 
+    type Answers = Vec<(usize, Result<Generation, String>)>;
+
     /// Runs `prompts` through a pool of `models` and returns every answer by job index.
     fn run_pool(
         models: Vec<Arc<EchoModel>>,
         prompts: &[String],
         budget: BatchBudget,
-    ) -> (
-        Vec<(usize, Result<Generation, String>)>,
-        Result<Vec<ReplicaStats>, PoolError>,
-    ) {
+    ) -> (Answers, Result<Vec<ReplicaStats>, PoolError>) {
         let (tx, rx) = std::sync::mpsc::channel::<Completed<usize>>();
         let replicas = models
             .iter()

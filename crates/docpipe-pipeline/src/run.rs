@@ -65,15 +65,16 @@ pub enum RunError {
 impl RunError {
     /// True when the configuration is at fault and nothing was run (exit code 2).
     pub fn is_usage(&self) -> bool {
-        match self {
-            RunError::Source(SourceError::Store(StoreError::InvalidLocation { .. }))
-            | RunError::Source(SourceError::MissingFolder { .. } | SourceError::Pattern { .. })
-            | RunError::Sink(
-                SinkError::Store(StoreError::InvalidLocation { .. }) | SinkError::KeyColumn { .. },
-            )
-            | RunError::Model(ModelLoadError::Checkpoint { .. }) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            RunError::Source(
+                SourceError::Store(StoreError::InvalidLocation { .. })
+                    | SourceError::MissingFolder { .. }
+                    | SourceError::Pattern { .. }
+            ) | RunError::Sink(
+                SinkError::Store(StoreError::InvalidLocation { .. }) | SinkError::KeyColumn { .. }
+            ) | RunError::Model(ModelLoadError::Checkpoint { .. })
+        )
     }
 }
 
