@@ -563,3 +563,52 @@ fn lake_enrichment_keeps_the_key_columns() {
         assert_eq!(fields.as_object().unwrap().len(), 3);
     }
 }
+
+#[test]
+fn docvqa_pipeline_asks_each_document_its_manifest_questions() {
+    let out = tempfile::tempdir().unwrap();
+    let sink = out.path().display().to_string();
+    let output = docpipe(
+        &[
+            "run",
+            "pipelines/docvqa-eval.toml",
+            "--set",
+            &format!("sink.uri={sink}"),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let dataset: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join("fixtures/docvqa/json/val_v1.0.json")).unwrap(),
+    )
+    .unwrap();
+    let mut expected: Vec<(String, String)> = dataset["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            let image = q["image"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned();
+            (image, q["questionId"].to_string())
+        })
+        .collect();
+    let mut got: Vec<(String, String)> = rows_at(&sink, StoreOptions::default())
+        .iter()
+        .map(|r| {
+            assert_eq!((r.page, r.page_count), (Some(1), Some(1)));
+            assert!(r.answer.is_some());
+            (
+                r.doc_uri.rsplit('/').next().unwrap().to_owned(),
+                r.question_id.clone().unwrap(),
+            )
+        })
+        .collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+}
