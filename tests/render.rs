@@ -265,6 +265,15 @@ fn bad_inputs_give_errors_of_the_right_kind() {
             other => panic!("{name}: {other:?}"),
         }
     }
+    let mixed: Vec<_> = open("bad/mixed.pdf").unwrap().collect();
+    assert_eq!(mixed.len(), 3, "a failed page does not end the document");
+    assert_eq!(mixed[0].as_ref().unwrap().page, 1);
+    assert!(
+        matches!(mixed[1], Err(RenderError::PageTooLarge { page: 2, .. })),
+        "{:?}",
+        mixed[1]
+    );
+    assert_eq!(mixed[2].as_ref().unwrap().page, 3);
     // The worker is still usable after all of that.
     assert!(render_all(
         &pool,
@@ -366,7 +375,7 @@ fn cli_renders_folders_and_reports_each_bad_file() {
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let failures = failure_lines(&output);
-    assert_eq!(failures.len(), 6, "{failures:#?}");
+    assert_eq!(failures.len(), 7, "{failures:#?}");
     for (name, reason) in [
         ("empty.pdf", "empty"),
         ("not-a-pdf.pdf", "not a readable document"),
@@ -374,6 +383,7 @@ fn cli_renders_folders_and_reports_each_bad_file() {
         ("encrypted.pdf", "--password"),
         ("bomb.pdf", "pixel budget"),
         ("bomb-image.png", "pixel budget"),
+        ("mixed.pdf", "page 2"),
     ] {
         assert!(
             failures
@@ -397,6 +407,11 @@ fn cli_renders_folders_and_reports_each_bad_file() {
         let wanted: Vec<String> = (1..=pages).map(docpipe_render::png_file_name).collect();
         assert_eq!(names, wanted, "{stem}");
     }
+    assert_eq!(
+        pngs_in(&out.path().join("mixed")),
+        vec!["page-0001.png", "page-0003.png"],
+        "the pages around a failed page are written"
+    );
     let first = image::open(out.path().join("manual/page-0001.png"))
         .unwrap()
         .to_rgb8();
@@ -406,10 +421,10 @@ fn cli_renders_folders_and_reports_each_bad_file() {
     assert!(mean_abs_diff(&first, &reference) < 1.0);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("rendered 8 of 14 documents (12 pages)"),
+        stdout.contains("rendered 8 of 15 documents (14 pages)"),
         "{stdout}"
     );
-    assert!(stdout.contains("6 failed"), "{stdout}");
+    assert!(stdout.contains("7 failed"), "{stdout}");
 }
 
 #[test]
