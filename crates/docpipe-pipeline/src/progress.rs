@@ -29,12 +29,6 @@ impl Counters {
         self.rows_written.fetch_add(rows, Ordering::Relaxed);
         self.rows_failed.fetch_add(failed, Ordering::Relaxed);
     }
-    pub fn pages_rendered(&self) -> u64 {
-        self.pages_rendered.load(Ordering::Relaxed)
-    }
-    pub fn documents_done(&self) -> u64 {
-        self.documents_done.load(Ordering::Relaxed)
-    }
 }
 
 /// Shows progress until dropped.
