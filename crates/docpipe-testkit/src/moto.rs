@@ -1,5 +1,5 @@
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,11 @@ impl MotoServer {
     /// Starts moto and creates `bucket`. Fails (never skips) when moto is not installed, so a
     /// test run without `make setup` says what is missing instead of passing vacuously.
     pub fn start(bucket: &str) -> Result<Self, TestkitError> {
-        let program = moto_server_path();
+        Self::start_with(&moto_server_path(), bucket)
+    }
+
+    /// Like [`MotoServer::start`] with an explicit `moto_server` executable.
+    pub fn start_with(program: &Path, bucket: &str) -> Result<Self, TestkitError> {
         if !program.is_file() {
             return Err(TestkitError::MotoMissing {
                 path: program.display().to_string(),
@@ -60,7 +64,7 @@ impl MotoServer {
         // moto logs every request; a file never fills up the way a pipe would.
         let log = tempfile::NamedTempFile::new().map_err(|e| start_error(e.to_string()))?;
         let stderr = log.reopen().map_err(|e| start_error(e.to_string()))?;
-        let child = Command::new(&program)
+        let child = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -178,5 +182,32 @@ fn moto_server_path() -> PathBuf {
         None => {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/moto-venv/bin/moto_server")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_server_says_how_to_install_it() {
+        let err = MotoServer::start_with(Path::new("/nonexistent/moto_server"), "b").unwrap_err();
+        assert!(matches!(err, TestkitError::MotoMissing { .. }));
+        let shown = format!("{err:?}");
+        assert!(shown.contains("make setup"), "{shown}");
+        assert!(shown.contains("/nonexistent/moto_server"), "{shown}");
+    }
+
+    #[test]
+    fn starts_and_creates_buckets() {
+        let server = MotoServer::start("first").expect("moto S3 server");
+        server.create_bucket("second").unwrap();
+        let status = |bucket: &str| simple_request(server.address(), "HEAD", bucket).unwrap();
+        assert_eq!(status("/second"), 200);
+        assert_eq!(status("/missing"), 404);
+        assert!(server
+            .env()
+            .iter()
+            .any(|(k, v)| k == "AWS_ENDPOINT_URL" && *v == server.endpoint()));
     }
 }
