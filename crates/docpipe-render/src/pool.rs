@@ -226,8 +226,14 @@ impl RenderPool {
         let shared = &self.shared;
         let mut state = shared.lock();
         loop {
-            if let Some(worker) = state.idle.pop() {
-                return Ok(worker);
+            if let Some(mut worker) = state.idle.pop() {
+                if matches!(worker.child.try_wait(), Ok(None)) {
+                    return Ok(worker);
+                }
+                // Died while idle (killed from outside): replace it rather than fail a document.
+                state.live -= 1;
+                drop(worker);
+                continue;
             }
             if state.live < shared.config.workers {
                 state.live += 1;
