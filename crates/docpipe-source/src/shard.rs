@@ -55,6 +55,80 @@ impl Shard {
     }
 }
 
+/// The scheduler variables [`Shard::from_scheduler_env`] reads, as (index, count) pairs, in
+/// order of precedence. A count of `None` means the scheduler does not export one (a Kubernetes
+/// Indexed Job only knows its own index), so it comes from `--shards` or `DOCPIPE_SHARDS`.
+const SCHEDULERS: [(&str, Option<&str>); 3] = [
+    ("JOB_COMPLETION_INDEX", None),
+    ("SLURM_ARRAY_TASK_ID", Some("SLURM_ARRAY_TASK_COUNT")),
+    (
+        "AWS_BATCH_JOB_ARRAY_INDEX",
+        Some("AWS_BATCH_JOB_ARRAY_SIZE"),
+    ),
+];
+
+/// The variable that gives the shard count to a Kubernetes Indexed Job.
+const SHARDS_VAR: &str = "DOCPIPE_SHARDS";
+
+impl Shard {
+    /// The shard a scheduler assigned to this process, from its own environment variables:
+    /// `JOB_COMPLETION_INDEX` (Kubernetes Indexed Job, count from `shards` or
+    /// `DOCPIPE_SHARDS`), `SLURM_ARRAY_TASK_ID` + `SLURM_ARRAY_TASK_COUNT`, or
+    /// `AWS_BATCH_JOB_ARRAY_INDEX` + `AWS_BATCH_JOB_ARRAY_SIZE`. `Ok(None)` when none is set:
+    /// the run is not sharded.
+    ///
+    /// `lookup` reads a variable (`|k| std::env::var(k).ok()` in the binary), so the rules are
+    /// tested without touching the process environment. `shards` (the `--shards` flag) wins over
+    /// every count variable, so a job template can pin it. An index without a count, or an index
+    /// that is not below the count, is an error naming the variables involved.
+    pub fn from_scheduler_env(
+        lookup: impl Fn(&str) -> Option<String>,
+        shards: Option<u32>,
+    ) -> Result<Option<Self>, SourceError> {
+        let Some((index_var, count_var, index)) =
+            SCHEDULERS.iter().find_map(|&(index_var, count_var)| {
+                lookup(index_var).map(|value| (index_var, count_var, value))
+            })
+        else {
+            return Ok(None);
+        };
+        let invalid = |spec: String, reason: String| SourceError::Shard { spec, reason };
+        let index: u32 = index.trim().parse().map_err(|_| {
+            invalid(
+                format!("{index_var}={index}"),
+                "not a non-negative number".into(),
+            )
+        })?;
+        let (count_source, count) = match shards {
+            Some(count) => ("--shards".to_owned(), count.to_string()),
+            None => {
+                let count_var = count_var.unwrap_or(SHARDS_VAR);
+                let count = lookup(count_var).ok_or_else(|| {
+                    invalid(
+                        format!("{index_var}={index}"),
+                        format!(
+                            "{count_var} is not set (the number of shards; or pass --shards N)"
+                        ),
+                    )
+                })?;
+                (count_var.to_owned(), count)
+            }
+        };
+        let count: u32 = count.trim().parse().map_err(|_| {
+            invalid(
+                format!("{count_source}={count}"),
+                "not a non-negative number".into(),
+            )
+        })?;
+        Shard::new(index, count).map(Some).map_err(|_| {
+            invalid(
+                format!("{index_var}={index}, {count_source}={count}"),
+                "expected a count ≥ 1 and an index below it".into(),
+            )
+        })
+    }
+}
+
 impl fmt::Display for Shard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.index, self.count)
@@ -139,5 +213,145 @@ mod tests {
             assert!(err.to_string().contains(bad), "{err}");
         }
         assert_eq!(Shard::new(2, 5).unwrap().label(), "shard-2-of-5");
+    }
+
+    /// Scheduler variables, the `--shards` flag, and what to expect.
+    type EnvCase<'a, T> = (&'a [(&'a str, &'a str)], Option<u32>, T);
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |key| {
+            vars.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn from_env(vars: &[(&str, &str)], shards: Option<u32>) -> Result<Option<Shard>, SourceError> {
+        Shard::from_scheduler_env(env(vars), shards)
+    }
+
+    #[test]
+    fn scheduler_variables_give_the_shard() {
+        let cases: [EnvCase<Option<(u32, u32)>>; 9] = [
+            (&[], None, None),
+            (&[("DOCPIPE_SHARDS", "4")], None, None),
+            (
+                &[("JOB_COMPLETION_INDEX", "2"), ("DOCPIPE_SHARDS", "4")],
+                None,
+                Some((2, 4)),
+            ),
+            (&[("JOB_COMPLETION_INDEX", "2")], Some(3), Some((2, 3))),
+            // The flag wins over the variable.
+            (
+                &[("JOB_COMPLETION_INDEX", "0"), ("DOCPIPE_SHARDS", "4")],
+                Some(2),
+                Some((0, 2)),
+            ),
+            (
+                &[
+                    ("SLURM_ARRAY_TASK_ID", "5"),
+                    ("SLURM_ARRAY_TASK_COUNT", "8"),
+                ],
+                None,
+                Some((5, 8)),
+            ),
+            (
+                &[
+                    ("AWS_BATCH_JOB_ARRAY_INDEX", "0"),
+                    ("AWS_BATCH_JOB_ARRAY_SIZE", "10"),
+                ],
+                None,
+                Some((0, 10)),
+            ),
+            (
+                &[
+                    ("AWS_BATCH_JOB_ARRAY_INDEX", " 9 "),
+                    ("AWS_BATCH_JOB_ARRAY_SIZE", "10"),
+                ],
+                None,
+                Some((9, 10)),
+            ),
+            // Kubernetes first when a pod somehow carries several.
+            (
+                &[
+                    ("SLURM_ARRAY_TASK_ID", "1"),
+                    ("SLURM_ARRAY_TASK_COUNT", "2"),
+                    ("JOB_COMPLETION_INDEX", "3"),
+                    ("DOCPIPE_SHARDS", "5"),
+                ],
+                None,
+                Some((3, 5)),
+            ),
+        ];
+        for (vars, shards, expected) in cases {
+            let shard = from_env(vars, shards).unwrap();
+            assert_eq!(
+                shard.map(|s| (s.index(), s.count())),
+                expected,
+                "{vars:?} {shards:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn scheduler_variables_are_checked() {
+        let cases: [EnvCase<&str>; 6] = [
+            (
+                &[("JOB_COMPLETION_INDEX", "1")],
+                None,
+                "DOCPIPE_SHARDS is not set",
+            ),
+            (
+                &[("SLURM_ARRAY_TASK_ID", "1")],
+                None,
+                "SLURM_ARRAY_TASK_COUNT is not set",
+            ),
+            (
+                &[
+                    ("AWS_BATCH_JOB_ARRAY_INDEX", "4"),
+                    ("AWS_BATCH_JOB_ARRAY_SIZE", "4"),
+                ],
+                None,
+                "AWS_BATCH_JOB_ARRAY_INDEX=4, AWS_BATCH_JOB_ARRAY_SIZE=4",
+            ),
+            (
+                &[("JOB_COMPLETION_INDEX", "3")],
+                Some(3),
+                "JOB_COMPLETION_INDEX=3, --shards=3",
+            ),
+            (
+                &[("JOB_COMPLETION_INDEX", "x"), ("DOCPIPE_SHARDS", "2")],
+                None,
+                "JOB_COMPLETION_INDEX=x",
+            ),
+            (
+                &[("JOB_COMPLETION_INDEX", "0"), ("DOCPIPE_SHARDS", "two")],
+                None,
+                "DOCPIPE_SHARDS=two",
+            ),
+        ];
+        for (vars, shards, expected) in cases {
+            let err = from_env(vars, shards).unwrap_err();
+            assert!(matches!(err, SourceError::Shard { .. }), "{err:?}");
+            assert!(err.to_string().contains(expected), "{vars:?}: {err}");
+        }
+    }
+
+    /// The shards of a 4-way run over fixed URIs, computed independently (Python FNV-1a 64):
+    /// whichever way the shard is chosen (flag or scheduler), the same documents go to it.
+    #[test]
+    fn scheduler_shard_owns_the_fixed_documents() {
+        let shard = from_env(
+            &[
+                ("SLURM_ARRAY_TASK_ID", "3"),
+                ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ],
+            None,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(shard.owns("s3://bucket/a.pdf"));
+        assert!(!shard.owns("s3://bucket/b.pdf"));
+        assert_eq!(shard, "3/4".parse().unwrap());
     }
 }
