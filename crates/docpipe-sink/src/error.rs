@@ -21,6 +21,9 @@ pub enum SinkError {
     },
     #[error("cannot read {url}: {message}")]
     Read { url: String, message: String },
+    /// `docpipe commit` cannot tell how many shards the dataset has.
+    #[error("cannot tell the shard count of {url}: {reason}")]
+    ShardCount { url: String, reason: String },
     /// A run manifest is already there: this run (or shard) was completed before.
     #[error("run manifest {url} already exists: this run was already completed")]
     ManifestExists { url: String },

@@ -8,6 +8,9 @@
 //! report[-shard-I-of-N].json                 the run report (counts, errors, timings)
 //! ```
 //!
+//! A sharded run's `manifest.json` is the dataset manifest, written by [`commit_dataset`]
+//! (`docpipe commit`) once every shard's manifest is there.
+//!
 //! `<shard>` is `all` or `shard-I-of-N`, `<unix-ms>` is the flush time, zero-padded to 13
 //! digits so names sort by time, and `<random>` is 16 hex digits from a per-part random draw:
 //! reruns, retries and shards never pick the same name.
@@ -19,6 +22,7 @@
 //! buffered documents, which a rerun redoes after [`Sink::committed`] has listed what is
 //! already there. (On S3, configure a lifecycle rule to abort incomplete multipart uploads.)
 
+mod dataset;
 mod error;
 mod read;
 mod report;
@@ -27,6 +31,7 @@ mod row;
 mod schema;
 mod writer;
 
+pub use dataset::{commit_dataset, DatasetCommit, DatasetManifest, ShardEntry, ShardProblem};
 pub use error::SinkError;
 pub use read::{read_batches, read_rows};
 pub use report::{RunManifest, RunReport};

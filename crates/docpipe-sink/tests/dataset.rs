@@ -1,0 +1,198 @@
+//! The dataset manifest of a sharded run (`docpipe commit`), over shards written to a local
+//! folder by real sinks.
+
+mod common;
+
+use common::document_rows;
+use docpipe_sink::{
+    commit_dataset, DatasetCommit, RunManifest, RunReport, ShardProblem, Sink, SinkError,
+    SinkOptions,
+};
+use docpipe_source::Shard;
+use docpipe_store::Stores;
+
+fn location(dir: &tempfile::TempDir) -> String {
+    dir.path().to_str().unwrap().to_owned()
+}
+
+/// Runs shard `spec` to completion over the documents it owns among `uris`; returns its rows.
+async fn complete_shard(dir: &tempfile::TempDir, spec: &str, uris: &[String]) -> u64 {
+    let shard: Shard = spec.parse().unwrap();
+    let mut sink = Sink::open(
+        &Stores::default(),
+        SinkOptions {
+            shard: Some(shard),
+            key_columns: vec!["contract_id".into()],
+            documents_per_part: 2,
+            ..SinkOptions::new(location(dir))
+        },
+    )
+    .unwrap();
+    for uri in uris.iter().filter(|uri| shard.owns(uri)) {
+        sink.commit_document(document_rows(uri, "v1", 1))
+            .await
+            .unwrap();
+    }
+    let manifest = sink
+        .finish(RunManifest {
+            run_id: format!("run-{}", shard.index()),
+            model: "tiny@abc".into(),
+            ..RunManifest::default()
+        })
+        .await
+        .unwrap();
+    manifest.rows
+}
+
+fn uris() -> Vec<String> {
+    (0..12).map(|i| format!("s3://in/doc-{i}.pdf")).collect()
+}
+
+async fn commit(dir: &tempfile::TempDir, shards: Option<u32>) -> Result<DatasetCommit, SinkError> {
+    commit_dataset(&Stores::default(), &location(dir), shards).await
+}
+
+#[tokio::test]
+async fn complete_shards_are_committed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = 0;
+    for spec in ["0/3", "1/3", "2/3"] {
+        rows += complete_shard(&dir, spec, &uris()).await;
+    }
+    // Two questions per one-page document.
+    assert_eq!(rows, 24);
+    let DatasetCommit::Written { url, manifest } = commit(&dir, None).await.unwrap() else {
+        panic!("expected the dataset manifest to be written");
+    };
+    assert!(url.ends_with("/manifest.json"), "{url}");
+    assert_eq!(manifest.shards, 3);
+    assert_eq!(manifest.rows, 24);
+    assert_eq!(manifest.documents, 12);
+    assert_eq!(manifest.key_columns, ["contract_id"]);
+    let shards: Vec<&str> = manifest
+        .shard_manifests
+        .iter()
+        .map(|entry| entry.shard.as_str())
+        .collect();
+    assert_eq!(shards, ["0/3", "1/3", "2/3"]);
+    for entry in &manifest.shard_manifests {
+        let label = entry.shard.replace('/', "-of-");
+        assert_eq!(entry.manifest, format!("manifest-shard-{label}.json"));
+        assert!(!entry.parts.is_empty());
+        for part in &entry.parts {
+            assert!(part.path.starts_with(&format!("parts/shard-{label}-")));
+            assert!(dir.path().join(&part.path).is_file(), "{}", part.path);
+        }
+        assert_eq!(entry.rows, entry.parts.iter().map(|p| p.rows).sum::<u64>());
+    }
+    let written: docpipe_sink::DatasetManifest =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(written, manifest);
+
+    // Create-only: a second commit leaves it alone.
+    assert!(matches!(
+        commit(&dir, Some(3)).await.unwrap(),
+        DatasetCommit::AlreadyCommitted { .. }
+    ));
+    let again: docpipe_sink::DatasetManifest =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(again, manifest);
+}
+
+#[tokio::test]
+async fn missing_and_failed_shards_are_named_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    complete_shard(&dir, "0/4", &uris()).await;
+    complete_shard(&dir, "2/4", &uris()).await;
+    // A shard of another count.
+    complete_shard(&dir, "1/2", &uris()).await;
+    // Shard 3 finished, but its report says it left documents undone (source.limit).
+    complete_shard(&dir, "3/4", &uris()).await;
+    let report = RunReport {
+        shard: Some("3/4".into()),
+        documents_listed: 5,
+        documents_committed: 2,
+        documents_skipped: 1,
+        ..RunReport::default()
+    };
+    std::fs::write(
+        dir.path().join("report-shard-3-of-4.json"),
+        serde_json::to_vec(&report).unwrap(),
+    )
+    .unwrap();
+
+    let result = commit(&dir, Some(4)).await.unwrap();
+    let DatasetCommit::Incomplete { problems } = result else {
+        panic!("expected missing shards, got {result:?}");
+    };
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 3, "{text:?}");
+    assert_eq!(
+        problems[1],
+        ShardProblem::Missing {
+            shard: "1/4".into()
+        }
+    );
+    assert!(
+        text[0].contains("shard 1/2") && text[0].contains("2 shards"),
+        "{text:?}"
+    );
+    assert!(
+        text[2].contains("shard 3/4") && text[2].contains("2 of 5 listed documents"),
+        "{text:?}"
+    );
+    assert!(!dir.path().join("manifest.json").exists());
+
+    // Without --shards the manifests disagree on the count.
+    let err = commit(&dir, None).await.unwrap_err();
+    assert!(matches!(err, SinkError::ShardCount { .. }), "{err}");
+    assert!(err.to_string().contains("--shards"), "{err}");
+}
+
+#[tokio::test]
+async fn a_part_listed_but_absent_fails_its_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    complete_shard(&dir, "0/2", &uris()).await;
+    complete_shard(&dir, "1/2", &uris()).await;
+    let part = std::fs::read_dir(dir.path().join("parts"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().contains("shard-1-of-2-"))
+        .unwrap();
+    std::fs::remove_file(&part).unwrap();
+    let result = commit(&dir, None).await.unwrap();
+    let DatasetCommit::Incomplete { problems } = result else {
+        panic!("expected a failed shard, got {result:?}");
+    };
+    assert_eq!(problems.len(), 1);
+    let ShardProblem::Failed { shard, reason } = &problems[0] else {
+        panic!("{problems:?}");
+    };
+    assert_eq!(shard, "1/2");
+    assert!(reason.contains("absent"), "{reason}");
+}
+
+#[tokio::test]
+async fn the_shard_count_is_needed_when_no_shard_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = commit(&dir, None).await.unwrap_err();
+    assert!(matches!(err, SinkError::ShardCount { .. }), "{err}");
+    let result = commit(&dir, Some(2)).await.unwrap();
+    assert_eq!(
+        result,
+        DatasetCommit::Incomplete {
+            problems: vec![
+                ShardProblem::Missing {
+                    shard: "0/2".into()
+                },
+                ShardProblem::Missing {
+                    shard: "1/2".into()
+                },
+            ]
+        }
+    );
+    assert!(matches!(
+        commit(&dir, Some(0)).await.unwrap_err(),
+        SinkError::ShardCount { .. }
+    ));
+}
