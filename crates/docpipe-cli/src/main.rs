@@ -32,6 +32,9 @@ enum Command {
     /// Run a pipeline (pipelines/*.toml): source → render → model → Parquet. Without a file,
     /// the embedded demo pipeline.
     Run(commands::run::RunArgs),
+    /// Finish a sharded run: write the dataset manifest once every shard is complete, or list
+    /// the missing and failed shards.
+    Commit(commands::commit::CommitArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Commit(args) => commands::commit::run(args),
     };
     ExitCode::from(code)
 }

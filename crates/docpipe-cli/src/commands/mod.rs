@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod commit;
 pub mod eval;
 pub mod generate;
 pub mod render;
