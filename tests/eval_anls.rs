@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use docpipe_store::object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 
 fn fixture(rel: &str) -> String {
@@ -22,6 +23,25 @@ fn docpipe_with_env(args: &[&str], env: &[(String, String)]) -> Output {
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run docpipe")
+}
+
+/// `docpipe eval anls --annotations A --predictions P`, then `extra` arguments.
+fn eval_anls(
+    annotations: &str,
+    predictions: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Output {
+    let mut args = vec![
+        "eval",
+        "anls",
+        "--annotations",
+        annotations,
+        "--predictions",
+        predictions,
+    ];
+    args.extend(extra);
+    docpipe_with_env(&args, env)
 }
 
 fn write_predictions(dir: &Path, predictions: &Value) -> String {
@@ -145,15 +165,7 @@ fn json_report_matches_hand_computed_scores_for_both_layouts() {
     let dir = tempfile::tempdir().unwrap();
     let preds = write_predictions(dir.path(), &predictions().0);
     for annotations in [fixture("json/val_v1.0.json"), fixture("parquet")] {
-        let output = docpipe(&[
-            "eval",
-            "anls",
-            "--annotations",
-            &annotations,
-            "--predictions",
-            &preds,
-            "--json",
-        ]);
+        let output = eval_anls(&annotations, &preds, &["--json"], &[]);
         check_json_output(&output);
     }
 }
@@ -163,12 +175,12 @@ fn json_report_matches_hand_computed_scores_for_both_layouts() {
 fn reads_annotations_and_predictions_from_s3() {
     let server = docpipe_testkit::MotoServer::start("eval").unwrap();
     let env = server.env();
+    let stores = docpipe_store::Stores::new(server.store_options());
     let upload = |key: &str, bytes: Vec<u8>| {
-        let url = format!("s3://eval/{key}");
-        let location = docpipe_eval::store::open_with(&url, env.clone()).unwrap();
+        let location = stores.open(&format!("s3://eval/{key}")).unwrap();
         tokio::runtime::Runtime::new()
             .unwrap()
-            .block_on(location.write(bytes))
+            .block_on(location.store().put(location.prefix(), bytes.into()))
             .unwrap();
     };
     upload(
@@ -190,16 +202,10 @@ fn reads_annotations_and_predictions_from_s3() {
         "s3://eval/docvqa/val_v1.0.json",
         "s3://eval/docvqa/parquet/",
     ] {
-        let output = docpipe_with_env(
-            &[
-                "eval",
-                "anls",
-                "--annotations",
-                annotations,
-                "--predictions",
-                "s3://eval/preds/predictions.json",
-                "--json",
-            ],
+        let output = eval_anls(
+            annotations,
+            "s3://eval/preds/predictions.json",
+            &["--json"],
             &env,
         );
         check_json_output(&output);
@@ -211,14 +217,7 @@ fn table_report_names_types_and_unknown_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let preds = write_predictions(dir.path(), &predictions().0);
     let annotations = fixture("json/val_v1.0.json");
-    let output = docpipe(&[
-        "eval",
-        "anls",
-        "--annotations",
-        &annotations,
-        "--predictions",
-        &preds,
-    ]);
+    let output = eval_anls(&annotations, &preds, &[], &[]);
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8(output.stdout).unwrap();
     for needle in [

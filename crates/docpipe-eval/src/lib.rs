@@ -14,7 +14,6 @@ pub mod evaluate;
 mod ids;
 pub mod predictions;
 pub mod report;
-pub mod store;
 
 pub use dataset::{
     Annotation, DatasetError, DocVqaDataset, DocVqaQuestion, ImageSource, PageGroup, PageReader,

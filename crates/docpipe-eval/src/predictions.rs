@@ -1,9 +1,8 @@
 //! Prediction files in the official DocVQA submission format:
 //! `[{"questionId": 123, "answer": "..."}, ...]`.
 
+use docpipe_store::{StoreError, Stores};
 use serde::{Deserialize, Serialize};
-
-use crate::store::{self, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictionsError {
@@ -26,10 +25,10 @@ pub struct Prediction {
 }
 
 /// Reads a predictions file from a local path or an object-store URL.
-pub async fn read(location: &str) -> Result<Vec<Prediction>, PredictionsError> {
-    let file = store::open(location)?;
+pub async fn read(stores: &Stores, location: &str) -> Result<Vec<Prediction>, PredictionsError> {
+    let file = stores.open(location)?;
     let bytes = file.read().await?;
-    parse(&bytes, file.url.as_str())
+    parse(&bytes, file.display())
 }
 
 /// Parses predictions; `file` names the source in errors.

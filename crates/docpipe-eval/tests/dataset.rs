@@ -6,14 +6,21 @@ use std::path::PathBuf;
 use futures::StreamExt;
 
 use docpipe_eval::{Annotation, DatasetError, DocVqaDataset, ImageSource, PageGroup};
+use docpipe_store::Stores;
 
 fn fixture(rel: &str) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/docvqa");
     root.join(rel).to_str().unwrap().to_owned()
 }
 
+async fn open(location: &str) -> DocVqaDataset {
+    DocVqaDataset::open(&Stores::default(), location)
+        .await
+        .unwrap()
+}
+
 async fn all_pages(location: &str, limit: Option<usize>) -> Vec<PageGroup> {
-    let dataset = DocVqaDataset::open(location).await.unwrap();
+    let dataset = open(location).await;
     let mut reader = dataset.pages(limit).await.unwrap();
     let mut pages = Vec::new();
     while let Some(page) = reader.next().await {
@@ -31,9 +38,7 @@ fn by_id(annotations: Vec<Annotation>) -> BTreeMap<i64, Annotation> {
 
 #[tokio::test]
 async fn json_layout_reads_all_questions_in_file_order() {
-    let dataset = DocVqaDataset::open(&fixture("json/val_v1.0.json"))
-        .await
-        .unwrap();
+    let dataset = open(&fixture("json/val_v1.0.json")).await;
     let annotations = dataset.annotations(None).await.unwrap();
     let ids: Vec<i64> = annotations.iter().map(|a| a.question_id).collect();
     assert_eq!(ids, (5001..=5010).collect::<Vec<_>>());
@@ -49,10 +54,8 @@ async fn json_layout_reads_all_questions_in_file_order() {
 
 #[tokio::test]
 async fn parquet_folder_has_the_same_annotations_as_the_json() {
-    let json = DocVqaDataset::open(&fixture("json/val_v1.0.json"))
-        .await
-        .unwrap();
-    let parquet = DocVqaDataset::open(&fixture("parquet")).await.unwrap();
+    let json = open(&fixture("json/val_v1.0.json")).await;
+    let parquet = open(&fixture("parquet")).await;
     let from_parquet = parquet.annotations(None).await.unwrap();
     assert_eq!(from_parquet.len(), 10);
     assert_eq!(
@@ -91,8 +94,8 @@ async fn stored_and_inline_images_are_the_same_bytes() {
         let ImageSource::Stored(location) = &page.image else {
             panic!("json layout gives stored images");
         };
-        assert!(location.url.as_str().starts_with("file://"));
-        assert!(location.url.path().contains("/json/documents/"));
+        assert!(location.url().as_str().starts_with("file://"));
+        assert!(location.url().path().contains("/json/documents/"));
         let stored = page.read_image().await.unwrap();
         assert!(stored.starts_with(b"\x89PNG"));
         let doc = page.questions[0].doc_id;
@@ -116,7 +119,7 @@ async fn limit_takes_the_first_questions_in_dataset_order() {
     assert_eq!(json.len(), 2);
 
     // The Parquet rows are shuffled: the first 5 rows of the first file.
-    let dataset = DocVqaDataset::open(&fixture("parquet")).await.unwrap();
+    let dataset = open(&fixture("parquet")).await;
     let parquet: Vec<PageGroup> = dataset
         .pages(Some(5))
         .await
@@ -136,9 +139,7 @@ async fn limit_takes_the_first_questions_in_dataset_order() {
 
 #[tokio::test]
 async fn a_single_parquet_file_opens_too() {
-    let dataset = DocVqaDataset::open(&fixture("parquet/validation-00001-of-00002.parquet"))
-        .await
-        .unwrap();
+    let dataset = open(&fixture("parquet/validation-00001-of-00002.parquet")).await;
     assert_eq!(dataset.annotations(None).await.unwrap().len(), 5);
 }
 
@@ -151,7 +152,7 @@ async fn malformed_json_names_the_file_and_position() {
         "{\"data\": [\n  {\"questionId\": 1, \"question\": \"q\"\n]}",
     )
     .unwrap();
-    let dataset = DocVqaDataset::open(path.to_str().unwrap()).await.unwrap();
+    let dataset = open(path.to_str().unwrap()).await;
     let err = dataset.annotations(None).await.unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, DatasetError::Json { .. }), "{err:?}");
@@ -196,7 +197,7 @@ async fn missing_image_is_an_error_for_that_page_only() {
 #[tokio::test]
 async fn folder_without_parquet_and_file_without_columns_are_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let err = DocVqaDataset::open(dir.path().to_str().unwrap())
+    let err = DocVqaDataset::open(&Stores::default(), dir.path().to_str().unwrap())
         .await
         .unwrap_err();
     assert!(matches!(err, DatasetError::NoFiles { .. }), "{err:?}");
@@ -215,7 +216,7 @@ async fn folder_without_parquet_and_file_without_columns_are_reported() {
     .unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
-    let dataset = DocVqaDataset::open(path.to_str().unwrap()).await.unwrap();
+    let dataset = open(path.to_str().unwrap()).await;
     let err = dataset.annotations(None).await.unwrap_err();
     assert!(matches!(err, DatasetError::Malformed { .. }), "{err:?}");
     assert!(
@@ -231,9 +232,7 @@ async fn folder_without_parquet_and_file_without_columns_are_reported() {
 
 #[tokio::test]
 async fn missing_annotation_file_is_not_found() {
-    let dataset = DocVqaDataset::open(&fixture("json/nope.json"))
-        .await
-        .unwrap();
+    let dataset = open(&fixture("json/nope.json")).await;
     let err = dataset.annotations(None).await.unwrap_err();
     assert!(err.to_string().contains("nope.json: not found"), "{err}");
 }

@@ -33,4 +33,14 @@ pub enum StoreError {
         #[source]
         source: object_store::Error,
     },
+    /// Kept apart from [`StoreError::Access`] so that callers can treat an absent input as
+    /// a bad argument rather than a store failure.
+    #[error("{location}: not found")]
+    NotFound { location: String },
+    #[error("{location}: {source}")]
+    Access {
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
 }

@@ -1,8 +1,9 @@
-use std::path::PathBuf;
+use std::path::{Component, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
 use crate::StoreError;
@@ -62,6 +63,68 @@ impl Location {
         )
     }
 
+    /// Another object or prefix in the same store, e.g. one found by listing this location.
+    pub fn at(&self, path: Path) -> Location {
+        Location {
+            store: Arc::clone(&self.store),
+            display: redact(&self.url_of(&path)),
+            prefix: path,
+            root: self.root.clone(),
+        }
+    }
+
+    /// The folder holding the object this location names: what relative paths inside a file
+    /// (an annotation file naming its images) are resolved against. The store's root is its
+    /// own parent.
+    pub fn parent(&self) -> Location {
+        let parts: Vec<_> = self.prefix.parts().collect();
+        let keep = parts.len().saturating_sub(1);
+        self.at(parts.into_iter().take(keep).collect())
+    }
+
+    /// The location of `relative` (`/`-separated, e.g. `documents/a.png`) below this one.
+    ///
+    /// Unlike [`Location::child`], which percent-encodes whatever it is given, this rejects
+    /// empty, `.` and `..` segments: such paths come from data files, and one that climbs out
+    /// of the folder it is resolved against is an error in the data, not a path to follow.
+    pub fn join(&self, relative: &str) -> Result<Location, StoreError> {
+        let path = Path::parse(relative).map_err(|e| StoreError::InvalidLocation {
+            location: relative.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(self.at(self.prefix.parts().chain(path.parts()).collect()))
+    }
+
+    /// The whole object this location names, in one request: for small files such as
+    /// annotations or predictions (Parquet files are read in ranges, see
+    /// [`crate::ParquetObjectFile`]).
+    pub async fn read(&self) -> Result<Bytes, StoreError> {
+        let result = match self.store.get(&self.prefix).await {
+            Ok(result) => result.bytes().await,
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| self.error(e))
+    }
+
+    /// A store error about this location, naming it; a missing object is
+    /// [`StoreError::NotFound`].
+    pub fn error(&self, source: object_store::Error) -> StoreError {
+        match source {
+            object_store::Error::NotFound { .. } => StoreError::NotFound {
+                location: self.display.clone(),
+            },
+            source => StoreError::Access {
+                location: self.display.clone(),
+                source,
+            },
+        }
+    }
+
+    /// The URL of the object or prefix this location names.
+    pub fn url(&self) -> Url {
+        self.url_of(&self.prefix)
+    }
+
     /// The URL of an object in this store, e.g. `s3://bucket/a/b.pdf` or `file:///data/b.pdf`.
     pub fn url_of(&self, path: &Path) -> Url {
         let mut url = self.root.clone();
@@ -99,7 +162,9 @@ impl std::fmt::Display for Location {
 }
 
 /// Turns a location string into a URL: URLs (`scheme://...`) are parsed as they are, anything
-/// else is a local path, made absolute against the current directory.
+/// else is a local path, made absolute against the current directory, with `.` and `..`
+/// resolved without touching the file system (the object may not exist yet, and object-store
+/// paths reject both).
 pub fn to_url(location: &str) -> Result<Url, StoreError> {
     let invalid = |reason: String| StoreError::InvalidLocation {
         location: location.to_owned(),
@@ -112,7 +177,22 @@ pub fn to_url(location: &str) -> Result<Url, StoreError> {
         return Url::parse(location).map_err(|e| invalid(e.to_string()));
     }
     let absolute = std::path::absolute(location).map_err(|e| invalid(e.to_string()))?;
-    Url::from_file_path(&absolute).map_err(|()| invalid("not an absolute local path".into()))
+    Url::from_file_path(lexically_normal(&absolute))
+        .map_err(|()| invalid("not an absolute local path".into()))
+}
+
+fn lexically_normal(path: &std::path::Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The URL without user name or password, for messages.
@@ -135,6 +215,13 @@ mod tests {
         let url = to_url("some/dir").unwrap();
         assert_eq!(url.scheme(), "file");
         let expected = std::env::current_dir().unwrap().join("some/dir");
+        assert_eq!(url.to_file_path().unwrap(), expected);
+    }
+
+    #[test]
+    fn dot_segments_of_local_paths_are_resolved() {
+        let url = to_url("fixtures/./a/../x.json").unwrap();
+        let expected = std::env::current_dir().unwrap().join("fixtures/x.json");
         assert_eq!(url.to_file_path().unwrap(), expected);
     }
 

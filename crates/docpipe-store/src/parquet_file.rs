@@ -11,6 +11,8 @@ use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::{ParquetError, Result};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
+use crate::{Location, StoreError};
+
 /// A Parquet file in an object store, read with range requests (parquet 60 deprecated its
 /// own `ParquetObjectReader` in favour of this pattern). The size comes from the listing or a
 /// `head`, so the footer is fetched with a single ranged read.
@@ -24,6 +26,21 @@ pub struct ParquetObjectFile {
 impl ParquetObjectFile {
     pub fn new(store: Arc<dyn ObjectStore>, path: Path, size: u64) -> Self {
         Self { store, path, size }
+    }
+
+    /// The file a location names, sized with one HEAD request: for a file named directly
+    /// rather than found by a listing (which gives the size for free).
+    pub async fn open(location: &Location) -> Result<Self, StoreError> {
+        let meta = location
+            .store()
+            .head(location.prefix())
+            .await
+            .map_err(|e| location.error(e))?;
+        Ok(Self::new(
+            Arc::clone(location.store()),
+            location.prefix().clone(),
+            meta.size,
+        ))
     }
 }
 

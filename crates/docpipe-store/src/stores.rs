@@ -115,8 +115,10 @@ impl Stores {
 mod tests {
     use object_store::path::Path;
     use object_store::ObjectStoreExt;
+    use parquet::arrow::async_reader::AsyncFileReader;
 
     use super::*;
+    use crate::ParquetObjectFile;
 
     #[tokio::test]
     async fn local_paths_round_trip_through_urls() {
@@ -153,6 +155,67 @@ mod tests {
         let reader = stores.open("memory:///").unwrap();
         let meta = reader.store().head(&Path::from("out/x")).await.unwrap();
         assert_eq!(meta.size, 1);
+    }
+
+    #[test]
+    fn join_and_parent_resolve_relative_paths() {
+        let stores = Stores::default();
+        let file = stores.open("memory:///data/val_v1.0.json").unwrap();
+        let root = file.parent();
+        assert_eq!(root.prefix().as_ref(), "data");
+        assert_eq!(root.url().as_str(), "memory:///data");
+        assert_eq!(root.parent().prefix().as_ref(), "");
+        assert_eq!(root.parent().parent().prefix().as_ref(), "");
+        let image = root.join("documents/a b.png").unwrap();
+        assert_eq!(image.prefix().as_ref(), "data/documents/a b.png");
+        assert_eq!(image.url().as_str(), "memory:///data/documents/a%20b.png");
+        assert_eq!(image.to_string(), image.url().as_str());
+        for bad in ["../x", "documents/./a.png", "a//b"] {
+            assert!(
+                matches!(root.join(bad), Err(StoreError::InvalidLocation { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn written_objects_read_back_and_missing_ones_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Stores::default();
+        let file = stores
+            .open(dir.path().join("out/metrics.json").to_str().unwrap())
+            .unwrap();
+        file.store().put(file.prefix(), "{}".into()).await.unwrap();
+        assert_eq!(&file.read().await.unwrap()[..], b"{}");
+
+        let missing = file.parent().join("absent.json").unwrap();
+        let err = missing.read().await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+        assert!(
+            err.to_string().ends_with("out/absent.json: not found"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn parquet_files_opened_by_name_read_their_footer() {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/docvqa/parquet/validation-00001-of-00002.parquet"
+        );
+        let stores = Stores::default();
+        let file = stores.open("memory:///x.parquet").unwrap();
+        file.store()
+            .put(file.prefix(), std::fs::read(fixture).unwrap().into())
+            .await
+            .unwrap();
+        let mut reader = ParquetObjectFile::open(&file).await.unwrap();
+        let metadata = reader.get_metadata(None).await.unwrap();
+        assert_eq!(metadata.file_metadata().num_rows(), 5);
+        let err = ParquetObjectFile::open(&file.parent().join("y.parquet").unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
     }
 
     #[test]

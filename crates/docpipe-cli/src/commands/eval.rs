@@ -4,6 +4,7 @@
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use docpipe_eval::{dataset::DocVqaDataset, evaluate, predictions, report};
+use docpipe_store::{StoreOptions, Stores};
 
 use crate::exit;
 
@@ -56,10 +57,11 @@ fn anls(args: AnlsArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .map_err(|e| anyhow!("starting the I/O runtime: {e}"))?;
+    let stores = Stores::new(StoreOptions::default());
     let (annotations, predictions) = runtime.block_on(async {
-        let dataset = DocVqaDataset::open(&args.annotations).await?;
+        let dataset = DocVqaDataset::open(&stores, &args.annotations).await?;
         let annotations = dataset.annotations(None).await?;
-        let predictions = predictions::read(&args.predictions).await?;
+        let predictions = predictions::read(&stores, &args.predictions).await?;
         anyhow::Ok((annotations, predictions))
     })?;
     let evaluation = evaluate(&annotations, &predictions);

@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
+use docpipe_store::Location;
 use serde::Deserialize;
 
 use super::{DatasetError, DocVqaQuestion, ImageSource, PageGroup};
-use crate::store::StoreLocation;
 
 #[derive(Deserialize)]
 struct AnnotationFile {
@@ -28,13 +28,13 @@ struct RawQuestion {
 
 /// Reads the first `limit` questions of the file, images resolved against the file's folder.
 pub(super) async fn read(
-    file: &StoreLocation,
+    file: &Location,
     limit: Option<usize>,
 ) -> Result<Vec<DocVqaQuestion>, DatasetError> {
     let bytes = file.read().await?;
     let parsed: AnnotationFile =
         serde_json::from_slice(&bytes).map_err(|source| DatasetError::Json {
-            file: file.url.to_string(),
+            file: file.to_string(),
             source,
         })?;
     let root = file.parent();
@@ -44,7 +44,7 @@ pub(super) async fn read(
         .take(limit.unwrap_or(usize::MAX))
         .map(|raw| {
             let image = root.join(&raw.image).map_err(|e| DatasetError::Malformed {
-                file: file.url.to_string(),
+                file: file.to_string(),
                 problem: format!("question {}: image path: {e}", raw.question_id),
             })?;
             Ok(DocVqaQuestion {

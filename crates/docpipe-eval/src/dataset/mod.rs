@@ -10,12 +10,11 @@
 //! encode each image once for all its questions.
 
 mod json_layout;
-mod object_reader;
 mod parquet_layout;
 
 use std::sync::Arc;
 
-use crate::store::{self, StoreError, StoreLocation};
+use docpipe_store::{Location, StoreError, Stores};
 
 pub use parquet_layout::PageReader;
 
@@ -46,7 +45,7 @@ pub enum DatasetError {
         url: String,
         question_id: i64,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
 }
 
@@ -65,7 +64,7 @@ pub struct Annotation {
 #[derive(Clone)]
 pub enum ImageSource {
     /// A file next to the annotations, resolved against the dataset's folder.
-    Stored(StoreLocation),
+    Stored(Location),
     /// Bytes inlined in a Parquet row; `path` is the original file name when the row has one.
     Inline {
         bytes: Arc<[u8]>,
@@ -76,7 +75,7 @@ pub enum ImageSource {
 impl std::fmt::Debug for ImageSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ImageSource::Stored(location) => write!(f, "Stored({})", location.url),
+            ImageSource::Stored(location) => write!(f, "Stored({location})"),
             ImageSource::Inline { bytes, path } => {
                 write!(f, "Inline({} bytes, path {path:?})", bytes.len())
             }
@@ -88,7 +87,7 @@ impl ImageSource {
     /// A name for logs and error rows: the URL of a stored image, the path of an inline one.
     pub fn describe(&self) -> String {
         match self {
-            ImageSource::Stored(location) => location.url.to_string(),
+            ImageSource::Stored(location) => location.display().to_owned(),
             ImageSource::Inline { path, bytes } => path
                 .clone()
                 .unwrap_or_else(|| format!("<inline image, {} bytes>", bytes.len())),
@@ -133,11 +132,11 @@ impl PageGroup {
         match &self.image {
             ImageSource::Inline { bytes, .. } => Ok(Arc::clone(bytes)),
             ImageSource::Stored(location) => match location.read().await {
-                Ok(bytes) => Ok(bytes.into()),
+                Ok(bytes) => Ok(Arc::from(&bytes[..])),
                 Err(source) => Err(DatasetError::MissingImage {
-                    url: location.url.to_string(),
+                    url: location.display().to_owned(),
                     question_id: self.questions.first().map_or(0, |q| q.question_id),
-                    source,
+                    source: Box::new(source),
                 }),
             },
         }
@@ -146,8 +145,8 @@ impl PageGroup {
 
 #[derive(Debug)]
 enum Layout {
-    Json(StoreLocation),
-    Parquet(Vec<StoreLocation>),
+    Json(Location),
+    Parquet(Vec<Location>),
 }
 
 /// A DocVQA dataset opened from a URL or local path: a `.json` annotation file, a `.parquet`
@@ -158,10 +157,10 @@ pub struct DocVqaDataset {
 }
 
 impl DocVqaDataset {
-    pub async fn open(location: &str) -> Result<Self, DatasetError> {
-        let root = store::open(location)?;
+    pub async fn open(stores: &Stores, location: &str) -> Result<Self, DatasetError> {
+        let root = stores.open(location)?;
         let name = root
-            .path
+            .prefix()
             .filename()
             .unwrap_or_default()
             .to_ascii_lowercase();

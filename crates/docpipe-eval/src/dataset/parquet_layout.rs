@@ -14,14 +14,13 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int64Type};
+use docpipe_store::{Location, ParquetObjectFile};
 use futures::{Stream, StreamExt};
 use object_store::path::Path;
 use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 
-use super::object_reader::ObjectReader;
 use super::{Annotation, DatasetError, DocVqaQuestion, ImageSource, PageGroup};
-use crate::store::StoreLocation;
 
 const QUESTION_ID: &str = "questionId";
 const QUESTION: &str = "question";
@@ -34,8 +33,8 @@ const IMAGE: &str = "image";
 const BATCH_ROWS: usize = 64;
 
 /// The `.parquet` objects under a folder or prefix, in name order (the shard order of the hub).
-pub(super) async fn list_files(root: &StoreLocation) -> Result<Vec<StoreLocation>, DatasetError> {
-    let mut listing = root.store.list(Some(&root.path));
+pub(super) async fn list_files(root: &Location) -> Result<Vec<Location>, DatasetError> {
+    let mut listing = root.store().list(Some(root.prefix()));
     let mut paths: Vec<Path> = Vec::new();
     while let Some(meta) = listing.next().await {
         let meta = meta.map_err(|e| root.error(e))?;
@@ -50,25 +49,16 @@ pub(super) async fn list_files(root: &StoreLocation) -> Result<Vec<StoreLocation
     }
     if paths.is_empty() {
         return Err(DatasetError::NoFiles {
-            url: root.url.to_string(),
+            url: root.to_string(),
         });
     }
     paths.sort();
-    paths
-        .iter()
-        .map(|path| {
-            let relative: Vec<String> = path
-                .prefix_match(&root.path)
-                .map(|parts| parts.map(|p| p.as_ref().to_owned()).collect())
-                .unwrap_or_default();
-            Ok(root.join(&relative.join("/"))?)
-        })
-        .collect()
+    Ok(paths.into_iter().map(|path| root.at(path)).collect())
 }
 
 /// Reads the first `limit` questions without their images.
 pub(super) async fn read_annotations(
-    files: &[StoreLocation],
+    files: &[Location],
     limit: Option<usize>,
 ) -> Result<Vec<Annotation>, DatasetError> {
     let limit = limit.unwrap_or(usize::MAX);
@@ -88,26 +78,26 @@ pub(super) async fn read_annotations(
     Ok(out)
 }
 
-fn parquet_error(file: &StoreLocation, source: parquet::errors::ParquetError) -> DatasetError {
+fn parquet_error(file: &Location, source: parquet::errors::ParquetError) -> DatasetError {
     DatasetError::Parquet {
-        file: file.url.to_string(),
+        file: file.to_string(),
         source,
     }
 }
 
-fn malformed(file: &StoreLocation, problem: impl Into<String>) -> DatasetError {
+fn malformed(file: &Location, problem: impl Into<String>) -> DatasetError {
     DatasetError::Malformed {
-        file: file.url.to_string(),
+        file: file.to_string(),
         problem: problem.into(),
     }
 }
 
 /// Streams the file's rows, with the image column only when `with_image`.
 async fn open_batches(
-    file: &StoreLocation,
+    file: &Location,
     with_image: bool,
-) -> Result<ParquetRecordBatchStream<ObjectReader>, DatasetError> {
-    let reader = ObjectReader::new(Arc::clone(&file.store), file.path.clone());
+) -> Result<ParquetRecordBatchStream<ParquetObjectFile>, DatasetError> {
+    let reader = ParquetObjectFile::open(file).await?;
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(|source| parquet_error(file, source))?;
@@ -154,7 +144,7 @@ fn utf8_list() -> DataType {
 }
 
 impl Columns {
-    fn from_batch(batch: &RecordBatch, file: &StoreLocation) -> Result<Self, DatasetError> {
+    fn from_batch(batch: &RecordBatch, file: &Location) -> Result<Self, DatasetError> {
         let column = |name: &str, to: &DataType| -> Result<Option<ArrayRef>, DatasetError> {
             batch
                 .column_by_name(name)
@@ -227,7 +217,7 @@ struct Images {
 }
 
 impl Images {
-    fn from_batch(batch: &RecordBatch, file: &StoreLocation) -> Result<Self, DatasetError> {
+    fn from_batch(batch: &RecordBatch, file: &Location) -> Result<Self, DatasetError> {
         let image = batch
             .column_by_name(IMAGE)
             .ok_or_else(|| malformed(file, format!("missing column `{IMAGE}`")))?;
@@ -284,8 +274,8 @@ pub struct PageReader {
 }
 
 struct ParquetPages {
-    files: VecDeque<StoreLocation>,
-    current: Option<(StoreLocation, ParquetRecordBatchStream<ObjectReader>)>,
+    files: VecDeque<Location>,
+    current: Option<(Location, ParquetRecordBatchStream<ParquetObjectFile>)>,
     /// Rows of the selection still to read.
     rows_left: usize,
     /// Selected questions not yet seen, per docId.
@@ -303,7 +293,7 @@ impl PageReader {
     }
 
     pub(super) async fn parquet(
-        files: Vec<StoreLocation>,
+        files: Vec<Location>,
         limit: Option<usize>,
     ) -> Result<Self, DatasetError> {
         let annotations = read_annotations(&files, limit).await?;
@@ -383,7 +373,7 @@ impl ParquetPages {
     fn add_batch(
         &mut self,
         batch: &RecordBatch,
-        file: &StoreLocation,
+        file: &Location,
         ready: &mut VecDeque<PageGroup>,
     ) -> Result<(), DatasetError> {
         let columns = Columns::from_batch(batch, file)?;
