@@ -393,3 +393,33 @@ fn results_do_not_depend_on_the_batch() {
         }
     }
 }
+
+#[test]
+fn bad_requests_are_invalid_requests() {
+    let model = load("tiny-chatty");
+    let page = Arc::new(load_image(&fixtures().join("images/page.png")).unwrap());
+    let user = |content: Vec<ContentItem>| ChatMessage {
+        role: "user".into(),
+        content,
+    };
+    let one_marker = ChatRequest {
+        messages: vec![user(vec![ContentItem::Image { path: None }])],
+        images: vec![page.clone(), page.clone()],
+        max_new_tokens: 2,
+    };
+    let err = model.prepare(&one_marker).unwrap_err();
+    assert!(
+        matches!(&err, docpipe_core::ModelError::InvalidRequest(m) if m.contains("1 <image> markers") && m.contains("2 images")),
+        "{err}"
+    );
+    let empty = ChatRequest {
+        messages: Vec::new(),
+        images: Vec::new(),
+        max_new_tokens: 2,
+    };
+    let err = model.prepare(&empty).unwrap_err();
+    assert!(
+        matches!(&err, docpipe_core::ModelError::InvalidRequest(m) if m.contains("empty")),
+        "{err}"
+    );
+}
