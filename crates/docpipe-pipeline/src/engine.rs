@@ -91,6 +91,8 @@ pub enum EngineError {
     Pool(#[from] PoolError),
     #[error("the sink stopped accepting documents")]
     SinkClosed,
+    #[error("cannot start the preparation threads: {0}")]
+    Threads(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -157,6 +159,14 @@ where
         }
         .into());
     };
+    // Preparation gets its own rayon pool: on the global one, a page's preparation would queue
+    // behind the CPU model's own parallel kernels and the render threads would starve the model.
+    let prepare_pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("prepare-{i}"))
+            .build()
+            .map_err(|e| EngineError::Threads(e.to_string()))?,
+    );
     let (events, event_rx) = mpsc::channel::<Event>();
     let pool = InferencePool::start(replicas, config.budget, config.queue, events.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -182,6 +192,7 @@ where
             let worker = RenderThread {
                 renderer: renderer.clone(),
                 model: preparer.clone(),
+                prepare_pool: prepare_pool.clone(),
                 plan: plan.clone(),
                 submitter: pool.submitter(),
                 events: events.clone(),
@@ -217,6 +228,7 @@ where
 struct RenderThread<M: VisionLanguageModel, R> {
     renderer: Arc<R>,
     model: Arc<M>,
+    prepare_pool: Arc<rayon::ThreadPool>,
     plan: Arc<TaskPlan>,
     submitter: Submitter<M::Prepared, Tag>,
     events: mpsc::Sender<Event>,
@@ -313,10 +325,12 @@ impl<M: VisionLanguageModel, R: Renderer> RenderThread<M, R> {
     fn page(&mut self, id: u64, image: &PageImage, queries: &[Query]) -> Result<(), ()> {
         let started = Instant::now();
         let model = &*self.model;
-        let prepared: Vec<_> = queries
-            .par_iter()
-            .map(|query| model.prepare(&chat_request(query, &image.image)))
-            .collect();
+        let prepared: Vec<_> = self.prepare_pool.install(|| {
+            queries
+                .par_iter()
+                .map(|query| model.prepare(&chat_request(query, &image.image)))
+                .collect()
+        });
         self.stats.prepare += started.elapsed();
         let expected = prepared.iter().filter(|p| p.is_ok()).count();
         self.send(Event::Expect { id, rows: expected });

@@ -5,8 +5,8 @@
 //! Run it for several N in separate processes to see whether memory stays flat.
 //!
 //! `pipeline-bench model --pages N`: the model stage alone on the same pages: they are rendered
-//! up front, then prepared and generated through the same inference pool and budgets, timed
-//! from the first request to the last answer.
+//! up front, then prepared (in parallel on rayon) and generated through the same inference pool
+//! and budgets, timed from the first request to the last answer.
 //!
 //! Render workers are the `docpipe` binary (`--docpipe`, default `target/release/docpipe`).
 //! Results go to docs/benchmarks.md, section "Pipeline".
@@ -52,7 +52,9 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--pages" => parsed.pages = value.parse().map_err(|_| format!("bad --pages {value}"))?,
+            "--pages" => {
+                parsed.pages = value.parse().map_err(|_| format!("bad --pages {value}"))?
+            }
             "--work" => parsed.work = value.into(),
             "--docpipe" => parsed.docpipe = value.into(),
             other => return Err(format!("unknown flag {other}")),
@@ -65,7 +67,12 @@ fn run() -> Result<(), String> {
     let args = parse_args()?;
     let pdfs = args.work.join(format!("pdfs-{}", args.pages));
     write_pdfs(&pdfs, args.pages).map_err(|e| format!("{}: {e}", pdfs.display()))?;
-    let config = bench_config(&pdfs, &args.work.join(format!("out-{}-{}", args.pages, std::process::id())))?;
+    let config = bench_config(
+        &pdfs,
+        &args
+            .work
+            .join(format!("out-{}-{}", args.pages, std::process::id())),
+    )?;
     let worker = WorkerCommand::new(&args.docpipe).arg("render-worker");
     match args.mode.as_str() {
         "e2e" => end_to_end(config, worker, args.pages),
@@ -127,7 +134,12 @@ fn end_to_end(config: PipelineConfig, worker: WorkerCommand, pages: usize) -> Re
     Ok(())
 }
 
-fn model_alone(config: PipelineConfig, worker: WorkerCommand, pdfs: &Path, pages: usize) -> Result<(), String> {
+fn model_alone(
+    config: PipelineConfig,
+    worker: WorkerCommand,
+    pdfs: &Path,
+    pages: usize,
+) -> Result<(), String> {
     let LoadedModel::Idefics2(replicas) = model::load(&config.model).map_err(|e| e.to_string())?;
     let pool = RenderPool::new(RenderPoolConfig {
         workers: config.render.workers,
@@ -144,7 +156,9 @@ fn model_alone(config: PipelineConfig, worker: WorkerCommand, pdfs: &Path, pages
     let images: Vec<Arc<image::RgbImage>> = files
         .par_iter()
         .map(|path| {
-            let mut stream = pool.render(path, &DocumentOptions::default()).map_err(|e| e.to_string())?;
+            let mut stream = pool
+                .render(path, &DocumentOptions::default())
+                .map_err(|e| e.to_string())?;
             let page = stream.next().ok_or("no page")?.map_err(|e| e.to_string())?;
             Ok(Arc::new(page.image))
         })
@@ -164,13 +178,23 @@ fn model_alone(config: PipelineConfig, worker: WorkerCommand, pdfs: &Path, pages
         tx,
     );
     let submitter = infer.submitter();
+    // Pages are prepared in parallel on rayon, a few at a time, as the pipeline's render threads
+    // do; submitting (which blocks while the queue is full) stays off the rayon pool, which the
+    // model's CPU kernels also use.
     let producer = std::thread::spawn(move || {
-        for (i, image) in images.iter().enumerate() {
-            let prepared: Vec<_> = queries
+        for (chunk_index, chunk) in images.chunks(8).enumerate() {
+            let prepared: Vec<(usize, _)> = chunk
                 .par_iter()
-                .map(|q| preparer.prepare(&chat_request(q, image)))
+                .enumerate()
+                .flat_map_iter(|(j, image)| {
+                    queries
+                        .iter()
+                        .filter_map(|query| preparer.prepare(&chat_request(query, image)).ok())
+                        .map(move |p| (chunk_index * 8 + j, p))
+                        .collect::<Vec<_>>()
+                })
                 .collect();
-            for prepared in prepared.into_iter().flatten() {
+            for (i, prepared) in prepared {
                 let job = Job {
                     tag: i,
                     cost: preparer.cost(&prepared),
@@ -213,7 +237,10 @@ fn write_pdfs(dir: &Path, n: usize) -> std::io::Result<()> {
     for i in 0..n {
         let path = dir.join(format!("doc-{i:05}.pdf"));
         if !path.exists() {
-            std::fs::write(path, tiny_pdf(&format!("Invoice {i} total {} EUR", i * 7 % 1000)))?;
+            std::fs::write(
+                path,
+                tiny_pdf(&format!("Invoice {i} total {} EUR", i * 7 % 1000)),
+            )?;
         }
     }
     Ok(())
@@ -227,7 +254,10 @@ fn tiny_pdf(text: &str) -> Vec<u8> {
         "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 396] /Contents 4 0 R \
          /Resources << /Font << /F1 5 0 R >> >> >>"
             .to_owned(),
-        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
+        format!(
+            "<< /Length {} >>\nstream\n{content}\nendstream",
+            content.len()
+        ),
         "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_owned(),
     ];
     let mut pdf = b"%PDF-1.4\n".to_vec();
@@ -237,12 +267,18 @@ fn tiny_pdf(text: &str) -> Vec<u8> {
         pdf.extend_from_slice(format!("{} 0 obj\n{object}\nendobj\n", i + 1).as_bytes());
     }
     let xref = pdf.len();
-    pdf.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    pdf.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
     for offset in offsets {
         pdf.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
     }
     pdf.extend_from_slice(
-        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).as_bytes(),
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
     );
     pdf
 }
