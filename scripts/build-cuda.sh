@@ -123,11 +123,14 @@ mkdir -p "$GPU_DIR"
 cp "$CARGO_TARGET_DIR/release/docpipe" "$GPU_DIR/docpipe"
 cp "$CUDA/lib/libcudart.so.13" "$GPU_DIR/"
 cp .cache/pdfium/libpdfium.so "$GPU_DIR/"
+needed=$(readelf -d "$GPU_DIR/docpipe" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')
 cat <<EOF
 build-cuda: built $GPU_DIR/docpipe (CUDA 13.0, sm_$CUDA_COMPUTE_CAP), with libcudart.so.13 and libpdfium.so beside it.
-Carry that folder to the GPU machine (driver >= 580, CUDA 13.0 libraries on the loader path:
-libcuda.so.1, libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libnvrtc.so.13) and run, e.g.:
-  ./gpu/docpipe --help
+It needs: $needed
+Carry that folder to the GPU machine (driver >= 580, the CUDA 13.0 libraries above on the loader
+path, glibc >= 2.34) and check there, e.g.:
+  ldd gpu/docpipe && gpu/docpipe --help
 If a library is reported missing there, add its folder, e.g.:
-  LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/nvidia/lib64 ./gpu/docpipe ...
+  LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/nvidia/lib64 gpu/docpipe ...
+Here it only starts with the stubs: LD_LIBRARY_PATH=$STUBS $GPU_DIR/docpipe --help
 EOF
