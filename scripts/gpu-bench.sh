@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Idefics2 throughput on one GPU: docpipe (CUDA build) next to transformers, same checkpoint, same
+# requests, same run. See "Idefics2 on GPU (H100)" in docs/benchmarks.md.
+#
+# On the build machine:
+#   /work/venv-fixtures/bin/python scripts/gpu_bench_prepare.py      # -> .cache/gpu-bench (23 MB)
+#   (the packed binary .cache/gpu-stripped.tar.xz: see docs/gpu.md)
+# On the GPU machine, from the repository root, with .cache/gpu-bench and the tarball copied along:
+#   OUT=results bash scripts/gpu-bench.sh
+# Needs python3 with torch (CUDA) and transformers, nvidia-smi, ~17 GB free in $WORK (default /tmp).
+# Every phase is time-boxed so that the whole run ends within BUDGET_S seconds (default 540).
+set -uo pipefail
+
+OUT=${OUT:?set OUT to a results folder}
+# The 17 GB checkpoint goes to /dev/shm when it has room (no disk writes), else /tmp.
+if [[ -z ${WORK:-} ]]; then
+  shm_kb=$(df --output=avail /dev/shm 2>/dev/null | tail -1 || echo 0)
+  if ((${shm_kb:-0} > 30000000)); then WORK=/dev/shm/gpu-bench; else WORK=/tmp/gpu-bench; fi
+fi
+BUDGET_S=${BUDGET_S:-540}
+BATCH_DOCVQA=${BATCH_DOCVQA:-8}
+BATCH_OCR=${BATCH_OCR:-4}
+START=$(date +%s)
+RES=$WORK/results
+BIN=$WORK/gpu/docpipe
+export PYTHONUNBUFFERED=1 CUDA_CACHE_PATH=$WORK/nvcache CUDA_CACHE_MAXSIZE=4294967296
+
+# phase NAME MAX_SECONDS COMMAND...: runs COMMAND with at most MAX_SECONDS and never past the budget.
+phase() {
+  local name=$1 max=$2
+  shift 2
+  local left=$((BUDGET_S - ($(date +%s) - START) - 15))
+  if ((left < 20)); then
+    echo "=== $name: skipped, ${left}s of the budget left"
+    return
+  fi
+  ((max > left)) && max=$left
+  echo "=== $name (at most ${max}s, t=$(($(date +%s) - START))s)"
+  local t0=$SECONDS
+  timeout -k 5 "$max" "$@"
+  echo "=== $name: rc=$? in $((SECONDS - t0))s"
+}
+
+main() {
+  mkdir -p "$OUT" "$RES"
+  nvidia-smi
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit --format=csv
+  python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+  echo "WORK=$WORK"; df -h /tmp /dev/shm 2>/dev/null || true
+  nproc
+  rm -rf "$WORK/gpu" "$WORK/bench" && mkdir -p "$WORK" && tar -C "$WORK" -xJf .cache/gpu-stripped.tar.xz
+  cp -r .cache/gpu-bench "$WORK/bench"
+  ldd "$BIN" | grep -E 'not found|cuda|cublas|curand' || true
+
+  phase setup 170 python3 scripts/gpu_bench.py setup "$WORK/bench" "$WORK/models"
+  # The first CUDA run JIT-compiles candle's PTX (cached under CUDA_CACHE_PATH for the next runs).
+  phase warmup 90 python3 scripts/gpu_bench.py docpipe "$BIN" fixtures/idefics2/models/tiny-gqa-split \
+    fixtures/idefics2/reference/tiny-gqa-split/requests.jsonl "$RES/warmup" --batch 8
+  phase docpipe-docvqa-split 100 python3 scripts/gpu_bench.py docpipe "$BIN" "$WORK/models/split" \
+    "$WORK/bench/docvqa.jsonl" "$RES/docpipe_docvqa_split" --batch "$BATCH_DOCVQA"
+  phase transformers 210 python3 scripts/gpu_bench.py transformers "$WORK/bench" "$WORK/models" \
+    "$RES/transformers.json" --batch-docvqa "$BATCH_DOCVQA" --batch-ocr "$BATCH_OCR" --time-box 150
+  phase docpipe-docvqa-nosplit 70 python3 scripts/gpu_bench.py docpipe "$BIN" "$WORK/models/nosplit" \
+    "$WORK/bench/docvqa.jsonl" "$RES/docpipe_docvqa_nosplit" --batch "$BATCH_DOCVQA"
+  phase docpipe-ocr-split 100 python3 scripts/gpu_bench.py docpipe "$BIN" "$WORK/models/split" \
+    "$WORK/bench/ocr.jsonl" "$RES/docpipe_ocr_split" --batch "$BATCH_OCR"
+  phase docpipe-ocr-nosplit 100 python3 scripts/gpu_bench.py docpipe "$BIN" "$WORK/models/nosplit" \
+    "$WORK/bench/ocr.jsonl" "$RES/docpipe_ocr_nosplit" --batch "$BATCH_OCR"
+  python3 scripts/gpu_bench.py summary "$WORK/bench" "$WORK/models" "$RES" > "$OUT/summary.json" || true
+  cp "$RES/transformers.json" "$OUT/" 2>/dev/null || true
+  tar -C "$WORK" -czf "$OUT/results.tar.gz" results "models/params.json" bench/docvqa.jsonl bench/ocr.jsonl
+  echo "=== done in $(($(date +%s) - START))s"
+}
+
+mkdir -p "$OUT"
+main 2>&1 | tee "$OUT/log.txt"
