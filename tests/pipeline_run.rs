@@ -1,8 +1,10 @@
 //! End-to-end tests of `docpipe run`: the real binary, render worker processes, the tiny
 //! Idefics2 fixture checkpoint on the CPU, and Parquet output read back with docpipe-sink.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,33 +14,14 @@ use docpipe_idefics2::{device_from_spec, dtype_from_name, Idefics2Model};
 use docpipe_pipeline::config::{PipelineConfig, DEMO_PIPELINE};
 use docpipe_pipeline::tasks::{chat_request, TaskPlan};
 use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig, WorkerCommand};
-use docpipe_sink::{read_rows, OutputRow};
+use docpipe_sink::OutputRow;
 use docpipe_store::object_store::ObjectStoreExt;
 use docpipe_store::{StoreOptions, Stores};
+use support::{
+    assert_exactly_once, docpipe, page_count, repo, rows_at, runtime, text, BIN, DEMO_QUERIES,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_docpipe");
 const TINY_MODEL: &str = "fixtures/idefics2/models/tiny-gqa-split";
-/// Queries per page in the demo pipeline: OCR, two questions, two fields.
-const DEMO_QUERIES: usize = 5;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn docpipe(args: &[&str], env: &[(String, String)]) -> Output {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .current_dir(repo())
-        .env("DOCPIPE_LOG", "warn");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("docpipe runs")
-}
 
 fn run_demo(extra: &[String], env: &[(String, String)]) -> Output {
     let mut args = vec!["run".to_owned(), "pipelines/demo.toml".to_owned()];
@@ -50,28 +33,6 @@ fn run_demo(extra: &[String], env: &[(String, String)]) -> Output {
     docpipe(&args, env)
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn rows_at(location: &str, options: StoreOptions) -> Vec<OutputRow> {
-    runtime()
-        .block_on(read_rows(&Stores::new(options), location))
-        .expect("output rows read back")
-}
-
 /// A folder holding copies of the given fixture files (paths relative to `fixtures/`).
 fn source_folder(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -79,61 +40,6 @@ fn source_folder(files: &[(&str, &str)]) -> tempfile::TempDir {
         std::fs::copy(repo().join("fixtures").join(fixture), dir.path().join(name)).unwrap();
     }
     dir
-}
-
-fn page_count(path: &Path) -> u32 {
-    let pool = RenderPool::new(RenderPoolConfig {
-        workers: 1,
-        worker_command: WorkerCommand::new(BIN).arg("render-worker"),
-        ..RenderPoolConfig::new().unwrap()
-    })
-    .unwrap();
-    pool.render(path, &DocumentOptions::default())
-        .unwrap()
-        .page_count()
-}
-
-type Key = (String, Option<u32>, String, Option<String>);
-
-fn key(row: &OutputRow) -> Key {
-    (
-        row.doc_uri.clone(),
-        row.page,
-        row.task.clone(),
-        row.question_id.clone(),
-    )
-}
-
-/// Asserts one row per (document, page, query) and returns the rows by key.
-fn assert_exactly_once(
-    rows: &[OutputRow],
-    pages_by_doc: &HashMap<String, u32>,
-    queries: usize,
-) -> HashMap<Key, OutputRow> {
-    let mut by_key = HashMap::new();
-    for row in rows {
-        assert!(
-            by_key.insert(key(row), row.clone()).is_none(),
-            "duplicate row {:?}",
-            key(row)
-        );
-    }
-    let expected: u32 = pages_by_doc.values().sum();
-    assert_eq!(
-        rows.len(),
-        expected as usize * queries,
-        "rows = pages × queries"
-    );
-    for row in rows {
-        let pages = pages_by_doc[&row.doc_uri];
-        assert_eq!(row.page_count, Some(pages), "{:?}", key(row));
-        assert!(
-            row.page.is_some_and(|p| (1..=pages).contains(&p)),
-            "{:?}",
-            key(row)
-        );
-    }
-    by_key
 }
 
 fn pages_of(dir: &Path) -> HashMap<String, u32> {

@@ -10,7 +10,9 @@ use docpipe_render::{
     DocumentOptions, PageSelection, RenderError, RenderPool, RenderPoolConfig, WorkerCommand,
 };
 use docpipe_sink::{unix_micros, RunManifest, RunReport, Sink, SinkError, SinkOptions};
-use docpipe_source::{list_documents, Fetcher, ListingSpec, ManifestSpec, SourceError, SourceSpec};
+use docpipe_source::{
+    list_documents, Fetcher, ListingSpec, ManifestSpec, Shard, SourceError, SourceSpec,
+};
 use docpipe_store::{StoreError, StoreOptions, Stores};
 
 use crate::config::{expand_date, PipelineConfig};
@@ -31,6 +33,8 @@ pub struct RunOptions {
     pub store_options: StoreOptions,
     /// Seconds between progress log lines when stderr is not a terminal.
     pub log_every: Duration,
+    /// The slice of the source this process owns (`--shard I/N`); `None` for all of it.
+    pub shard: Option<Shard>,
 }
 
 /// A run that finished: every listed document is committed.
@@ -93,6 +97,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
     let sink = Sink::open(
         &stores,
         SinkOptions {
+            shard: options.shard,
             key_columns,
             documents_per_part: config.sink.documents_per_part,
             ..SinkOptions::new(sink_uri.clone())
@@ -100,8 +105,10 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
     )
     .map_err(RunError::Sink)?;
     let source = source_spec(&config);
-    let (listed, committed) =
-        tokio::join!(list_documents(&source, &stores, None), sink.committed());
+    let (listed, committed) = tokio::join!(
+        list_documents(&source, &stores, options.shard),
+        sink.committed()
+    );
     let listed = listed.map_err(RunError::Source)?;
     let committed = committed.map_err(RunError::Sink)?;
     let documents_listed = listed.len();
@@ -117,6 +124,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
         listed = documents_listed,
         skipped = documents_skipped,
         to_process = todo.len(),
+        shard = %options.shard.map_or_else(|| "all".to_owned(), |s| s.to_string()),
         sink = %sink_uri,
         "documents listed"
     );
@@ -133,6 +141,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
         todo,
         documents_listed,
         documents_skipped,
+        shard: options.shard,
         worker_command: options.worker_command,
         log_every: options.log_every,
         started,
@@ -166,6 +175,7 @@ struct Job {
     todo: Vec<docpipe_core::DocumentRef>,
     documents_listed: usize,
     documents_skipped: usize,
+    shard: Option<Shard>,
     worker_command: WorkerCommand,
     log_every: Duration,
     started: Instant,
@@ -184,6 +194,7 @@ impl Job {
             todo,
             documents_listed,
             documents_skipped,
+            shard,
             worker_command,
             log_every,
             started,
@@ -196,6 +207,7 @@ impl Job {
         let mut report = RunReport {
             run_id: run_id.clone(),
             model: model_id.clone(),
+            shard: shard.map(|shard| shard.to_string()),
             documents_listed: documents_listed as u64,
             documents_skipped: documents_skipped as u64,
             ..RunReport::default()

@@ -8,6 +8,7 @@ use clap::Args;
 use docpipe_pipeline::config::DEMO_PIPELINE;
 use docpipe_pipeline::{PipelineConfig, RunOptions};
 use docpipe_render::WorkerCommand;
+use docpipe_source::Shard;
 use docpipe_store::StoreOptions;
 
 use crate::exit;
@@ -25,6 +26,33 @@ pub struct RunArgs {
     /// `--set model.devices='["cpu","cpu"]'` (repeatable; values are TOML, else strings).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     set: Vec<String>,
+    /// Process only shard I of N: the documents whose doc_uri hashes (FNV-1a 64) to I mod N.
+    /// Default: the scheduler's array index when one is set (JOB_COMPLETION_INDEX,
+    /// SLURM_ARRAY_TASK_ID, AWS_BATCH_JOB_ARRAY_INDEX), else the whole source. See docs/scale.md.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+    /// The shard count N when the index comes from the scheduler (wins over DOCPIPE_SHARDS,
+    /// SLURM_ARRAY_TASK_COUNT, AWS_BATCH_JOB_ARRAY_SIZE).
+    #[arg(long, value_name = "N")]
+    shards: Option<u32>,
+}
+
+/// The shard this process runs: `--shard`, else the scheduler's variables, else none.
+fn shard(args: &RunArgs) -> Result<Option<Shard>, String> {
+    match (args.shard, args.shards) {
+        (Some(shard), Some(count)) if shard.count() != count => Err(format!(
+            "--shard {shard} and --shards {count} disagree on the shard count"
+        )),
+        (Some(shard), _) => Ok(Some(shard)),
+        (None, count) => match Shard::from_scheduler_env(|key| std::env::var(key).ok(), count) {
+            Ok(None) if count.is_some() => Err(
+                "--shards needs a shard index: --shard I/N, or JOB_COMPLETION_INDEX, \
+                 SLURM_ARRAY_TASK_ID or AWS_BATCH_JOB_ARRAY_INDEX from the scheduler"
+                    .to_owned(),
+            ),
+            result => result.map_err(|e| e.to_string()),
+        },
+    }
 }
 
 pub fn run(args: RunArgs) -> u8 {
@@ -40,6 +68,13 @@ pub fn run(args: RunArgs) -> u8 {
     };
     let config = match PipelineConfig::load(&origin, &text, &args.set) {
         Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let shard = match shard(&args) {
+        Ok(shard) => shard,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;
@@ -67,6 +102,7 @@ pub fn run(args: RunArgs) -> u8 {
         worker_command,
         store_options: StoreOptions::default(),
         log_every: LOG_EVERY,
+        shard,
     };
     match runtime.block_on(docpipe_pipeline::run(options)) {
         Ok(summary) => {

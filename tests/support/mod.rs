@@ -1,0 +1,112 @@
+//! Helpers shared by the end-to-end tests that run the `docpipe` binary (pipeline_run.rs,
+//! shards.rs). Each test binary uses a subset of them.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig, WorkerCommand};
+use docpipe_sink::{read_rows, OutputRow};
+use docpipe_store::{StoreOptions, Stores};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_docpipe");
+
+/// Queries per page in the demo pipeline: OCR, two questions, two fields.
+pub const DEMO_QUERIES: usize = 5;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+pub fn docpipe(args: &[&str], env: &[(String, String)]) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .current_dir(repo())
+        .env("DOCPIPE_LOG", "warn");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("docpipe runs")
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub fn rows_at(location: &str, options: StoreOptions) -> Vec<OutputRow> {
+    runtime()
+        .block_on(read_rows(&Stores::new(options), location))
+        .expect("output rows read back")
+}
+
+pub fn page_count(path: &Path) -> u32 {
+    let pool = RenderPool::new(RenderPoolConfig {
+        workers: 1,
+        worker_command: WorkerCommand::new(BIN).arg("render-worker"),
+        ..RenderPoolConfig::new().unwrap()
+    })
+    .unwrap();
+    pool.render(path, &DocumentOptions::default())
+        .unwrap()
+        .page_count()
+}
+
+type Key = (String, Option<u32>, String, Option<String>);
+
+fn key(row: &OutputRow) -> Key {
+    (
+        row.doc_uri.clone(),
+        row.page,
+        row.task.clone(),
+        row.question_id.clone(),
+    )
+}
+
+/// Asserts one row per (document, page, query) and returns the rows by key.
+pub fn assert_exactly_once(
+    rows: &[OutputRow],
+    pages_by_doc: &HashMap<String, u32>,
+    queries: usize,
+) -> HashMap<Key, OutputRow> {
+    let mut by_key = HashMap::new();
+    for row in rows {
+        assert!(
+            by_key.insert(key(row), row.clone()).is_none(),
+            "duplicate row {:?}",
+            key(row)
+        );
+    }
+    let expected: u32 = pages_by_doc.values().sum();
+    assert_eq!(
+        rows.len(),
+        expected as usize * queries,
+        "rows = pages × queries"
+    );
+    for row in rows {
+        let pages = pages_by_doc[&row.doc_uri];
+        assert_eq!(row.page_count, Some(pages), "{:?}", key(row));
+        assert!(
+            row.page.is_some_and(|p| (1..=pages).contains(&p)),
+            "{:?}",
+            key(row)
+        );
+    }
+    by_key
+}
