@@ -8,6 +8,8 @@ use docpipe_store::{StoreOptions, Stores};
 
 use crate::exit;
 
+mod docvqa;
+
 #[derive(Args)]
 pub struct EvalArgs {
     #[command(subcommand)]
@@ -18,6 +20,9 @@ pub struct EvalArgs {
 pub enum EvalCommand {
     /// Score a DocVQA predictions file with ANLS (overall, per question type) and exact match.
     Anls(AnlsArgs),
+    /// Answer a DocVQA dataset with a model through the `docpipe run` pipeline, then write
+    /// predictions.json, per-question rows and (with gold answers) metrics.json.
+    Docvqa(docvqa::DocvqaArgs),
 }
 
 #[derive(Args)]
@@ -38,6 +43,7 @@ pub struct AnlsArgs {
 pub fn run(args: EvalArgs) -> u8 {
     let result = match args.command {
         EvalCommand::Anls(args) => anls(args),
+        EvalCommand::Docvqa(args) => return docvqa::run(args),
     };
     match result {
         Ok(code) => code,
