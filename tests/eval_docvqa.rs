@@ -249,3 +249,108 @@ fn a_malformed_annotation_file_exits_2_naming_it() {
     );
     assert!(!out.path().join("predictions.json").exists());
 }
+
+/// Dataset and outputs on S3 (a local moto server), two CPU replicas set through `--set`.
+#[test]
+fn s3_dataset_and_output_with_pipeline_overrides() {
+    use docpipe_store::object_store::ObjectStoreExt;
+
+    let server = docpipe_testkit::MotoServer::start("docvqa").expect("moto (run `make setup`)");
+    let stores = docpipe_store::Stores::new(server.store_options());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let upload = |key: &str, bytes: Vec<u8>| {
+        let location = stores.open(&format!("s3://docvqa/{key}")).unwrap();
+        runtime
+            .block_on(location.store().put(location.prefix(), bytes.into()))
+            .unwrap();
+    };
+    let download = |key: &str| -> Vec<u8> {
+        let location = stores.open(&format!("s3://docvqa/{key}")).unwrap();
+        runtime
+            .block_on(async { location.read().await })
+            .unwrap()
+            .to_vec()
+    };
+    upload(
+        "data/val_v1.0.json",
+        std::fs::read(fixture("docvqa/json/val_v1.0.json")).unwrap(),
+    );
+    for entry in std::fs::read_dir(fixture("docvqa/json/documents")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        upload(
+            &format!("data/documents/{name}"),
+            std::fs::read(&path).unwrap(),
+        );
+    }
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_docpipe"))
+            .args([
+                "eval",
+                "docvqa",
+                "--dataset",
+                "s3://docvqa/data/val_v1.0.json",
+                "--model",
+                &fixture("idefics2/models/tiny-gqa-split"),
+                "--set",
+                "model.max_new_tokens=8",
+                "--set",
+                r#"model.devices=["cpu","cpu"]"#,
+                "--out",
+                "s3://docvqa/run",
+            ])
+            .envs(server.env())
+            .current_dir(repo())
+            .output()
+            .unwrap()
+    };
+    let output = run();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let predictions: Value = serde_json::from_slice(&download("run/predictions.json")).unwrap();
+    let ids: BTreeSet<i64> = predictions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["questionId"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, dataset_question_ids());
+    let metrics: Value = serde_json::from_slice(&download("run/metrics.json")).unwrap();
+    assert_eq!(metrics["questions"].as_u64(), Some(10));
+    assert!(!download("run/questions.parquet").is_empty());
+
+    let output = run();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("0 pages answered, 4 skipped"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&download("run/predictions.json")).unwrap(),
+        predictions
+    );
+}
+
+#[test]
+fn an_unknown_answer_setting_exits_2_before_any_work() {
+    let out = tempfile::tempdir().unwrap();
+    let output = docpipe(&[
+        "eval",
+        "docvqa",
+        "--dataset",
+        &fixture("docvqa/json/val_v1.0.json"),
+        "--model",
+        &fixture("idefics2/models/tiny-gqa-split"),
+        "--set",
+        "answer.lowercase=true",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("lowercase"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}

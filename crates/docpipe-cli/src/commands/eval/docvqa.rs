@@ -7,7 +7,7 @@
 //! (their object version must not change between runs, or resume would not recognize them).
 //! The scoring files are then built from the committed rows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,7 +39,10 @@ pub struct DocvqaArgs {
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
     /// Override a pipeline key, e.g. `--set model.dtype=bf16` or
-    /// `--set model.devices='["cpu","cpu"]'` (repeatable; values are TOML, else strings).
+    /// `--set model.devices='["cpu","cpu"]'` (values are TOML, else strings); or the prompt and
+    /// answer clean-up: `--set prompt.template='{question} Answer briefly.'`,
+    /// `--set answer.strip_trailing_period=false` (also `answer.trim`,
+    /// `answer.strip_end_of_utterance`). Repeatable.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
     /// Output folder or prefix: parts/ (the pipeline's rows), predictions.json,
@@ -83,8 +86,8 @@ async fn eval(args: DocvqaArgs) -> Result<u8, Failure> {
     let stores = Stores::new(StoreOptions::default());
     let usage = Failure::Usage;
     let incomplete = Failure::Incomplete;
-    let prompt = ShortAnswerPrompt::default();
-    prompt.validate().map_err(|e| usage(e.into()))?;
+    let settings = EvalSettings::from_overrides(&args.set).map_err(usage)?;
+    let prompt = &settings.prompt;
     let out = stores
         .open(&args.out)
         .map_err(|e| usage(anyhow!("--out {}: {e}", args.out)))?;
@@ -99,7 +102,7 @@ async fn eval(args: DocvqaArgs) -> Result<u8, Failure> {
     write_manifest(&dataset, args.limit, &out, &manifest)
         .await
         .map_err(usage)?;
-    let config = pipeline_config(&args, &prompt, &manifest).map_err(usage)?;
+    let config = pipeline_config(&args, prompt, &manifest, &settings.pipeline).map_err(usage)?;
     let worker_command = WorkerCommand::current_exe().map_err(|e| {
         incomplete(anyhow!(
             "cannot locate the docpipe executable for the render workers: {e}"
@@ -123,7 +126,10 @@ async fn eval(args: DocvqaArgs) -> Result<u8, Failure> {
     let rows = docpipe_sink::read_rows(&stores, &summary.sink_uri)
         .await
         .map_err(|e| incomplete(e.into()))?;
-    let postprocess = AnswerPostprocess::default();
+    let postprocess = &settings.answer;
+    // Rows of questions outside this selection (an earlier run with a larger --limit) are not
+    // this evaluation's predictions.
+    let selected: HashSet<i64> = annotations.iter().map(|a| a.question_id).collect();
     let mut predictions: Vec<Prediction> = Vec::new();
     let mut failed = 0usize;
     for row in &rows {
@@ -135,6 +141,9 @@ async fn eval(args: DocvqaArgs) -> Result<u8, Failure> {
                 row.doc_uri
             ))
         })?;
+        if !selected.contains(&question_id) {
+            continue;
+        }
         match &row.answer {
             Some(answer) => predictions.push(Prediction {
                 question_id,
@@ -202,6 +211,7 @@ fn pipeline_config(
     args: &DocvqaArgs,
     prompt: &ShortAnswerPrompt,
     manifest: &Location,
+    overrides: &[String],
 ) -> anyhow::Result<PipelineConfig> {
     // JSON strings are valid TOML basic strings.
     let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
@@ -227,8 +237,54 @@ fn pipeline_config(
     Ok(PipelineConfig::load(
         "docpipe eval docvqa",
         &text,
-        &args.set,
+        overrides,
     )?)
+}
+
+/// `--set` split by section: `prompt.*` and `answer.*` configure the evaluation, the rest the
+/// pipeline.
+#[derive(Debug)]
+struct EvalSettings {
+    prompt: ShortAnswerPrompt,
+    answer: AnswerPostprocess,
+    pipeline: Vec<String>,
+}
+
+impl EvalSettings {
+    fn from_overrides(overrides: &[String]) -> anyhow::Result<Self> {
+        let mut prompt = serde_json::Map::new();
+        let mut answer = serde_json::Map::new();
+        let mut pipeline = Vec::new();
+        for item in overrides {
+            let section = match item.split_once('.') {
+                Some(("prompt", _)) => &mut prompt,
+                Some(("answer", _)) => &mut answer,
+                _ => {
+                    pipeline.push(item.clone());
+                    continue;
+                }
+            };
+            let (key, raw) = item
+                .split_once('=')
+                .and_then(|(path, raw)| Some((path.trim().split_once('.')?.1, raw.trim())))
+                .ok_or_else(|| anyhow!("--set {item:?}: expected section.key=value"))?;
+            let value = serde_json::from_str(raw)
+                .unwrap_or_else(|_| serde_json::Value::String(raw.to_owned()));
+            section.insert(key.to_owned(), value);
+        }
+        let prompt: ShortAnswerPrompt =
+            serde_json::from_value(prompt.into()).map_err(|e| anyhow!("--set prompt.*: {e}"))?;
+        prompt
+            .validate()
+            .map_err(|e| anyhow!("--set prompt.template: {e}"))?;
+        let answer =
+            serde_json::from_value(answer.into()).map_err(|e| anyhow!("--set answer.*: {e}"))?;
+        Ok(EvalSettings {
+            prompt,
+            answer,
+            pipeline,
+        })
+    }
 }
 
 /// One manifest line per page image: its URL (inline images spilled under `eval/images/`) and
@@ -304,4 +360,54 @@ async fn put(out: &Location, relative: &str, bytes: Vec<u8>) -> anyhow::Result<(
         .map_err(|e| location.error(e))
         .with_context(|| format!("writing {}", location.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(items: &[&str]) -> anyhow::Result<EvalSettings> {
+        let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+        EvalSettings::from_overrides(&items)
+    }
+
+    #[test]
+    fn prompt_and_answer_keys_are_taken_out_of_the_pipeline_overrides() {
+        let s = settings(&[
+            "model.dtype=bf16",
+            "prompt.template={question} Answer briefly.",
+            "answer.strip_trailing_period=false",
+            "model.devices=[\"cpu\",\"cpu\"]",
+        ])
+        .unwrap();
+        assert_eq!(s.prompt.template, "{question} Answer briefly.");
+        assert!(!s.answer.strip_trailing_period);
+        assert!(s.answer.trim && s.answer.strip_end_of_utterance);
+        assert_eq!(
+            s.pipeline,
+            ["model.dtype=bf16", "model.devices=[\"cpu\",\"cpu\"]"]
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_idefics2_short_answer_settings() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.prompt, ShortAnswerPrompt::default());
+        assert_eq!(s.answer, AnswerPostprocess::default());
+    }
+
+    #[test]
+    fn bad_evaluation_keys_are_named() {
+        let unknown = settings(&["answer.lowercase=true"])
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("lowercase"), "{unknown}");
+        let not_bool = settings(&["answer.trim=yes"]).unwrap_err().to_string();
+        assert!(not_bool.contains("answer"), "{not_bool}");
+        let template = settings(&["prompt.template=no placeholder"])
+            .unwrap_err()
+            .to_string();
+        assert!(template.contains("prompt.template"), "{template}");
+        assert!(settings(&["answer.trim"]).is_err());
+    }
 }
