@@ -13,9 +13,10 @@ use std::time::SystemTime;
 use docpipe_source::Shard;
 use docpipe_store::{Location, Stores};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
+use crate::create_only::{put_json_create_only, Created};
 use crate::report::{RunManifest, RunReport};
 use crate::resume::{part_objects, PartInfo};
 use crate::SinkError;
@@ -313,25 +314,13 @@ async fn write_create_only(
     manifest: &DatasetManifest,
 ) -> Result<DatasetCommit, SinkError> {
     let url = location.url_of(path).to_string();
-    let body = serde_json::to_vec_pretty(manifest).map_err(|e| SinkError::Write {
-        url: url.clone(),
-        message: e.to_string(),
-    })?;
-    let options = PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    match location.store().put_opts(path, body.into(), options).await {
-        Ok(_) => Ok(DatasetCommit::Written {
-            url,
-            manifest: manifest.clone(),
-        }),
-        Err(object_store::Error::AlreadyExists { .. }) => {
-            Ok(DatasetCommit::AlreadyCommitted { url })
-        }
-        Err(e) => Err(SinkError::Write {
-            url,
-            message: e.to_string(),
-        }),
-    }
+    Ok(
+        match put_json_create_only(location, path, manifest).await? {
+            Created::Written => DatasetCommit::Written {
+                url,
+                manifest: manifest.clone(),
+            },
+            Created::AlreadyExists => DatasetCommit::AlreadyCommitted { url },
+        },
+    )
 }

@@ -22,6 +22,7 @@
 //! buffered documents, which a rerun redoes after [`Sink::committed`] has listed what is
 //! already there. (On S3, configure a lifecycle rule to abort incomplete multipart uploads.)
 
+mod create_only;
 mod dataset;
 mod error;
 mod read;

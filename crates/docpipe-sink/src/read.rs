@@ -1,11 +1,8 @@
-use std::sync::Arc;
-
 use arrow::array::RecordBatch;
-use docpipe_store::{ParquetObjectFile, Stores};
+use docpipe_store::Stores;
 use futures::TryStreamExt;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
-use crate::resume::part_objects;
+use crate::resume::{open_part, part_objects};
 use crate::schema::batch_to_rows;
 use crate::{OutputRow, SinkError};
 
@@ -20,14 +17,8 @@ pub async fn read_batches(stores: &Stores, location: &str) -> Result<Vec<RecordB
             url: url.clone(),
             message: e.to_string(),
         };
-        let reader = ParquetObjectFile::new(
-            Arc::clone(location.store()),
-            object.location.clone(),
-            object.size,
-        );
-        let stream = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(error)?
+        let stream = open_part(&location, &object)
+            .await?
             .build()
             .map_err(error)?;
         batches.extend(stream.try_collect::<Vec<_>>().await.map_err(error)?);

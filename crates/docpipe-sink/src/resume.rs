@@ -99,6 +99,24 @@ pub(crate) async fn part_objects(location: &Location) -> Result<Vec<ObjectMeta>,
     Ok(objects)
 }
 
+/// A part file's parquet stream builder: footer read, nothing decoded yet.
+pub(crate) async fn open_part(
+    location: &Location,
+    object: &ObjectMeta,
+) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectFile>, SinkError> {
+    let reader = ParquetObjectFile::new(
+        Arc::clone(location.store()),
+        object.location.clone(),
+        object.size,
+    );
+    ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| SinkError::Read {
+            url: location.url_of(&object.location).to_string(),
+            message: e.to_string(),
+        })
+}
+
 async fn read_part_documents(
     location: &Location,
     object: ObjectMeta,
@@ -108,14 +126,7 @@ async fn read_part_documents(
         url: url.clone(),
         message,
     };
-    let reader = ParquetObjectFile::new(
-        Arc::clone(location.store()),
-        object.location.clone(),
-        object.size,
-    );
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(|e| error(e.to_string()))?;
+    let builder = open_part(location, &object).await?;
     let schema = Arc::clone(builder.schema());
     let index = |name: &str| {
         schema

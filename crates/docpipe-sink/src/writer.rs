@@ -5,11 +5,12 @@ use arrow::datatypes::SchemaRef;
 use docpipe_source::Shard;
 use docpipe_store::{Location, Stores};
 use object_store::buffered::BufWriter;
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use object_store::ObjectStoreExt;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use crate::create_only::{put_json_create_only, Created};
 use crate::report::{RunManifest, RunReport};
 use crate::resume::{self, Committed, PartInfo};
 use crate::schema::{output_schema, rows_to_batch};
@@ -239,28 +240,10 @@ impl Sink {
         manifest.finished_at_ms =
             u64::try_from(crate::unix_micros(SystemTime::now()) / 1000).unwrap_or_default();
         let path = self.location.child(&self.file_name("manifest"));
-        let url = self.location.url_of(&path).to_string();
-        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| SinkError::Write {
-            url: url.clone(),
-            message: e.to_string(),
-        })?;
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .location
-            .store()
-            .put_opts(&path, body.into(), options)
-            .await
-        {
-            Ok(_) => Ok(manifest),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                Err(SinkError::ManifestExists { url })
-            }
-            Err(e) => Err(SinkError::Write {
-                url,
-                message: e.to_string(),
+        match put_json_create_only(&self.location, &path, &manifest).await? {
+            Created::Written => Ok(manifest),
+            Created::AlreadyExists => Err(SinkError::ManifestExists {
+                url: self.location.url_of(&path).to_string(),
             }),
         }
     }
