@@ -6,7 +6,8 @@
 #   /work/venv-fixtures/bin/python scripts/gpu_bench_prepare.py      # -> .cache/gpu-bench (23 MB)
 #   (the packed binary .cache/gpu-stripped.tar.xz: see docs/gpu.md)
 # On the GPU machine, from the repository root, with .cache/gpu-bench and the tarball copied along:
-#   OUT=results bash scripts/gpu-bench.sh
+#   OUT=results bash scripts/gpu-bench.sh              # the comparison
+#   OUT=results bash scripts/gpu-bench.sh breakdown    # prefill-only runs, docpipe batch sizes
 # Needs python3 with torch (CUDA) and transformers, nvidia-smi, ~17 GB free in $WORK (default /tmp).
 # Every phase is time-boxed so that the whole run ends within BUDGET_S seconds (default 540).
 set -uo pipefail
@@ -56,6 +57,33 @@ main() {
   # The first CUDA run JIT-compiles candle's PTX (cached under CUDA_CACHE_PATH for the next runs).
   phase warmup 90 python3 scripts/gpu_bench.py docpipe "$BIN" fixtures/idefics2/models/tiny-gqa-split \
     fixtures/idefics2/reference/tiny-gqa-split/requests.jsonl "$RES/warmup" --batch 8
+  if [[ ${1:-} == breakdown ]]; then
+    breakdown
+  else
+    comparison
+  fi
+  tar -C "$WORK" -czf "$OUT/results.tar.gz" results "models/params.json" bench/docvqa.jsonl bench/ocr.jsonl
+  echo "=== done in $(($(date +%s) - START))s"
+}
+
+# Prefill alone (every request cut to one new token), docpipe's batch size, decode at batch 1.
+breakdown() {
+  sed 's/"max_new_tokens": 16/"max_new_tokens": 1/' "$WORK/bench/docvqa.jsonl" > "$WORK/bench/docvqa_prefill.jsonl"
+  sed 's/"max_new_tokens": 512/"max_new_tokens": 128/' "$WORK/bench/ocr.jsonl" | head -1 > "$WORK/bench/ocr_one.jsonl"
+  for mode in split nosplit; do
+    phase "docpipe-prefill-$mode" 60 python3 scripts/gpu_bench.py docpipe "$BIN" "$WORK/models/$mode" \
+      "$WORK/bench/docvqa_prefill.jsonl" "$RES/docpipe_prefill_$mode" --batch "$BATCH_DOCVQA"
+  done
+  phase docpipe-docvqa-split-batch32 60 python3 scripts/gpu_bench.py docpipe "$BIN" "$WORK/models/split" \
+    "$WORK/bench/docvqa.jsonl" "$RES/docpipe_docvqa_split_b32" --batch 32
+  phase docpipe-ocr-one 40 python3 scripts/gpu_bench.py docpipe "$BIN" "$WORK/models/nosplit" \
+    "$WORK/bench/ocr_one.jsonl" "$RES/docpipe_ocr_one" --batch 1
+  phase transformers-prefill 100 python3 scripts/gpu_bench.py transformers "$WORK/bench" "$WORK/models" \
+    "$RES/transformers_breakdown.json" --batch-docvqa "$BATCH_DOCVQA" --batch-ocr 1 --time-box 80 \
+    --workloads docvqa_prefill,ocr_one
+}
+
+comparison() {
   phase docpipe-docvqa-split 100 python3 scripts/gpu_bench.py docpipe "$BIN" "$WORK/models/split" \
     "$WORK/bench/docvqa.jsonl" "$RES/docpipe_docvqa_split" --batch "$BATCH_DOCVQA"
   phase transformers 210 python3 scripts/gpu_bench.py transformers "$WORK/bench" "$WORK/models" \
@@ -68,9 +96,7 @@ main() {
     "$WORK/bench/ocr.jsonl" "$RES/docpipe_ocr_nosplit" --batch "$BATCH_OCR"
   python3 scripts/gpu_bench.py summary "$WORK/bench" "$WORK/models" "$RES" > "$OUT/summary.json" || true
   cp "$RES/transformers.json" "$OUT/" 2>/dev/null || true
-  tar -C "$WORK" -czf "$OUT/results.tar.gz" results "models/params.json" bench/docvqa.jsonl bench/ocr.jsonl
-  echo "=== done in $(($(date +%s) - START))s"
 }
 
 mkdir -p "$OUT"
-main 2>&1 | tee "$OUT/log.txt"
+main "$@" 2>&1 | tee "$OUT/log.txt"

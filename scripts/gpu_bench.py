@@ -245,7 +245,8 @@ def transformers_bench(args):
         run(procs[mode], warm, 2)
     sync()
     deadline = time.time() + args.time_box
-    for workload, batch in (("docvqa", args.batch_docvqa), ("ocr", args.batch_ocr)):
+    for workload in args.workloads.split(","):
+        batch = args.batch_ocr if workload.startswith("ocr") else args.batch_docvqa
         reqs = load_requests(bench / f"{workload}.jsonl")
         for mode in ("split", "nosplit"):
             if time.time() > deadline:
@@ -413,6 +414,7 @@ if __name__ == "__main__":
     t.add_argument("--batch-docvqa", type=int, default=8)
     t.add_argument("--batch-ocr", type=int, default=4)
     t.add_argument("--time-box", type=float, default=200)
+    t.add_argument("--workloads", default="docvqa,ocr", help="request files in BENCH_DIR, without .jsonl")
     d = sub.add_parser("docpipe")
     d.add_argument("bin")
     d.add_argument("model")
