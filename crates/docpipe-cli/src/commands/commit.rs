@@ -22,15 +22,9 @@ pub struct CommitArgs {
 }
 
 pub fn run(args: CommitArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::io_runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the I/O runtime: {e}");
-            return exit::INCOMPLETE;
-        }
+        Err(code) => return code,
     };
     let stores = Stores::new(StoreOptions::default());
     let result = runtime.block_on(commit_dataset(&stores, &args.run_url, args.shards));

@@ -87,15 +87,9 @@ pub fn run(args: RunArgs) -> u8 {
             return exit::INCOMPLETE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::io_runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the I/O runtime: {e}");
-            return exit::INCOMPLETE;
-        }
+        Err(code) => return code,
     };
     let options = RunOptions {
         config,
