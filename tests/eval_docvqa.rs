@@ -354,3 +354,62 @@ fn an_unknown_answer_setting_exits_2_before_any_work() {
     );
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
 }
+
+/// Killed once a page is committed, a rerun answers only the rest and every question once.
+#[test]
+fn killed_then_rerun_answers_each_question_once() {
+    let out = tempfile::tempdir().unwrap();
+    let annotations = fixture("docvqa/json/val_v1.0.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_docpipe"))
+        .args([
+            "eval",
+            "docvqa",
+            "--dataset",
+            &annotations,
+            "--model",
+            &fixture("idefics2/models/tiny-gqa-split"),
+            "--set",
+            "model.max_new_tokens=8",
+            "--out",
+            out.path().to_str().unwrap(),
+        ])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let parts = out.path().join("parts");
+    // Only finished parts: the local store stages a write under another name first.
+    let committed = || {
+        std::fs::read_dir(&parts).map_or(0, |dir| {
+            dir.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+            })
+            .count()
+        })
+    };
+    while committed() == 0 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = committed();
+    assert!(before >= 1);
+
+    let output = eval_docvqa(&annotations, out.path());
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("{} pages answered, {before} skipped", 4 - before)),
+        "{}",
+        text(&output)
+    );
+    let ids = prediction_ids(out.path());
+    assert_eq!(ids.len(), 10, "each question exactly once");
+    assert_eq!(
+        ids.into_iter().collect::<BTreeSet<_>>(),
+        dataset_question_ids()
+    );
+    check_metrics_against_eval_anls(out.path(), &annotations);
+}
