@@ -12,8 +12,10 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "docpipe", version, about, long_about = None)]
-#[command(after_help = "Exit codes: 0 all succeeded, 1 finished with some failures, \
-2 usage or configuration error, 3 the run could not finish (rerun resumes).")]
+#[command(
+    after_help = "Exit codes: 0 all succeeded, 1 finished with some failures, \
+2 usage or configuration error, 3 the run could not finish (rerun resumes)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
