@@ -5,16 +5,13 @@ use candle_core::{Module, Result, Tensor};
 
 use crate::config::{Idefics2Config, PerceiverConfig};
 use crate::error::LoadError;
-use crate::nn::{attention, split_heads, GatedMlp, Linear, RmsNorm};
+use crate::nn::{attention, split_heads, AttentionProjections, GatedMlp, RmsNorm};
 use crate::weights::Weights;
 
 struct PerceiverLayer {
     latents_norm: RmsNorm,
     context_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    attn: AttentionProjections,
     post_norm: RmsNorm,
     mlp: GatedMlp,
 }
@@ -63,10 +60,15 @@ impl Connector {
                         h,
                         eps,
                     )?,
-                    q: Linear::load(w, &format!("{l}.self_attn.q_proj"), h, q_dim, false)?,
-                    k: Linear::load(w, &format!("{l}.self_attn.k_proj"), h, kv_dim, false)?,
-                    v: Linear::load(w, &format!("{l}.self_attn.v_proj"), h, kv_dim, false)?,
-                    o: Linear::load(w, &format!("{l}.self_attn.o_proj"), q_dim, h, false)?,
+                    attn: AttentionProjections::load(
+                        w,
+                        &format!("{l}.self_attn"),
+                        "o_proj",
+                        h,
+                        q_dim,
+                        kv_dim,
+                        false,
+                    )?,
                     post_norm: RmsNorm::load(
                         w,
                         &format!("{l}.post_attention_layernorm.weight"),
@@ -98,19 +100,19 @@ impl Connector {
             // Keys and values see the context first, then the latents; no mask is needed
             // because only valid patches were encoded.
             let kv_in = Tensor::cat(&[&cn, &ln], 0)?;
-            let q = split_heads(&layer.q.forward(&ln)?, pc.n_heads, pc.head_dim)?;
+            let q = split_heads(&layer.attn.q.forward(&ln)?, pc.n_heads, pc.head_dim)?;
             let k = split_heads(
-                &layer.k.forward(&kv_in)?,
+                &layer.attn.k.forward(&kv_in)?,
                 pc.num_key_value_heads,
                 pc.head_dim,
             )?;
             let v = split_heads(
-                &layer.v.forward(&kv_in)?,
+                &layer.attn.v.forward(&kv_in)?,
                 pc.num_key_value_heads,
                 pc.head_dim,
             )?;
             let a = attention(&q, &k, &v, scale, None)?;
-            latents = (latents + layer.o.forward(&a)?)?;
+            latents = (latents + layer.attn.o.forward(&a)?)?;
             latents = (&latents + layer.mlp.forward(&layer.post_norm.forward(&latents)?)?)?;
         }
         self.norm.forward(&latents)

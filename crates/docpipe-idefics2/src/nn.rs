@@ -169,6 +169,35 @@ impl Module for GatedMlp {
     }
 }
 
+/// The four projections of a self-attention block. The output one is `o_proj` in the Mistral
+/// and perceiver checkpoints and `out_proj` in SigLIP's, hence `out_name`.
+#[derive(Debug, Clone)]
+pub struct AttentionProjections {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+}
+
+impl AttentionProjections {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        out_name: &str,
+        hidden: usize,
+        q_dim: usize,
+        kv_dim: usize,
+        bias: bool,
+    ) -> std::result::Result<Self, LoadError> {
+        Ok(AttentionProjections {
+            q: Linear::load(w, &format!("{prefix}.q_proj"), hidden, q_dim, bias)?,
+            k: Linear::load(w, &format!("{prefix}.k_proj"), hidden, kv_dim, bias)?,
+            v: Linear::load(w, &format!("{prefix}.v_proj"), hidden, kv_dim, bias)?,
+            o: Linear::load(w, &format!("{prefix}.{out_name}"), q_dim, hidden, bias)?,
+        })
+    }
+}
+
 /// Splits `(tokens, heads·dim)` into `(heads, tokens, dim)`, contiguous.
 pub fn split_heads(xs: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
     let tokens = xs.dim(0)?;

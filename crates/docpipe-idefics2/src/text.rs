@@ -11,15 +11,12 @@ use candle_nn::kv_cache::KvCache;
 
 use crate::config::TextConfig;
 use crate::error::LoadError;
-use crate::nn::{attention, split_heads, GatedMlp, Linear, RmsNorm};
+use crate::nn::{attention, split_heads, AttentionProjections, GatedMlp, Linear, RmsNorm};
 use crate::weights::Weights;
 
 struct DecoderLayer {
     input_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    attn: AttentionProjections,
     post_norm: RmsNorm,
     mlp: GatedMlp,
 }
@@ -75,10 +72,15 @@ impl TextModel {
                 let l = format!("{prefix}.layers.{i}");
                 Ok(DecoderLayer {
                     input_norm: RmsNorm::load(w, &format!("{l}.input_layernorm.weight"), h, eps)?,
-                    q: Linear::load(w, &format!("{l}.self_attn.q_proj"), h, q_dim, false)?,
-                    k: Linear::load(w, &format!("{l}.self_attn.k_proj"), h, kv_dim, false)?,
-                    v: Linear::load(w, &format!("{l}.self_attn.v_proj"), h, kv_dim, false)?,
-                    o: Linear::load(w, &format!("{l}.self_attn.o_proj"), q_dim, h, false)?,
+                    attn: AttentionProjections::load(
+                        w,
+                        &format!("{l}.self_attn"),
+                        "o_proj",
+                        h,
+                        q_dim,
+                        kv_dim,
+                        false,
+                    )?,
                     post_norm: RmsNorm::load(
                         w,
                         &format!("{l}.post_attention_layernorm.weight"),
@@ -208,9 +210,21 @@ impl TextModel {
         let mut hidden = embeds.clone();
         for (li, layer) in self.layers.iter().enumerate() {
             let x = layer.input_norm.forward(&hidden)?;
-            let q = split_heads(&layer.q.forward(&x)?, cfg.num_attention_heads, cfg.head_dim)?;
-            let k = split_heads(&layer.k.forward(&x)?, cfg.num_key_value_heads, cfg.head_dim)?;
-            let v = split_heads(&layer.v.forward(&x)?, cfg.num_key_value_heads, cfg.head_dim)?;
+            let q = split_heads(
+                &layer.attn.q.forward(&x)?,
+                cfg.num_attention_heads,
+                cfg.head_dim,
+            )?;
+            let k = split_heads(
+                &layer.attn.k.forward(&x)?,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+            )?;
+            let v = split_heads(
+                &layer.attn.v.forward(&x)?,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+            )?;
             // rope works on (batch, heads, tokens, dim) with one position per token.
             let q = candle_nn::rotary_emb::rope(&q.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
             let k = candle_nn::rotary_emb::rope(&k.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
@@ -227,7 +241,7 @@ impl TextModel {
                 offset += t;
             }
             let a = Tensor::cat(&outputs, 0)?;
-            hidden = (hidden + layer.o.forward(&a)?)?;
+            hidden = (hidden + layer.attn.o.forward(&a)?)?;
             let x = layer.post_norm.forward(&hidden)?;
             hidden = (&hidden + layer.mlp.forward(&x)?)?;
         }

@@ -10,7 +10,7 @@ use candle_core::{Device, Module, Result, Tensor};
 
 use crate::config::VisionConfig;
 use crate::error::LoadError;
-use crate::nn::{attention, split_heads, LayerNorm, Linear};
+use crate::nn::{attention, split_heads, AttentionProjections, LayerNorm, Linear};
 use crate::processor::ProcessedImage;
 use crate::weights::Weights;
 
@@ -68,10 +68,7 @@ fn patchify(image: &ProcessedImage, patch: usize, device: &Device) -> Result<Ten
 
 struct EncoderLayer {
     norm1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    attn: AttentionProjections,
     norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
@@ -113,10 +110,15 @@ impl VisionTower {
                 let l = format!("{prefix}.encoder.layers.{i}");
                 Ok(EncoderLayer {
                     norm1: LayerNorm::load(w, &format!("{l}.layer_norm1"), h, eps)?,
-                    q: Linear::load(w, &format!("{l}.self_attn.q_proj"), h, h, true)?,
-                    k: Linear::load(w, &format!("{l}.self_attn.k_proj"), h, h, true)?,
-                    v: Linear::load(w, &format!("{l}.self_attn.v_proj"), h, h, true)?,
-                    out: Linear::load(w, &format!("{l}.self_attn.out_proj"), h, h, true)?,
+                    attn: AttentionProjections::load(
+                        w,
+                        &format!("{l}.self_attn"),
+                        "out_proj",
+                        h,
+                        h,
+                        h,
+                        true,
+                    )?,
                     norm2: LayerNorm::load(w, &format!("{l}.layer_norm2"), h, eps)?,
                     fc1: Linear::load(
                         w,
@@ -169,11 +171,11 @@ impl VisionTower {
         let scale = (head_dim as f64).powf(-0.5);
         for layer in &self.layers {
             let x = layer.norm1.forward(&hidden)?;
-            let q = split_heads(&layer.q.forward(&x)?, heads, head_dim)?;
-            let k = split_heads(&layer.k.forward(&x)?, heads, head_dim)?;
-            let v = split_heads(&layer.v.forward(&x)?, heads, head_dim)?;
+            let q = split_heads(&layer.attn.q.forward(&x)?, heads, head_dim)?;
+            let k = split_heads(&layer.attn.k.forward(&x)?, heads, head_dim)?;
+            let v = split_heads(&layer.attn.v.forward(&x)?, heads, head_dim)?;
             let a = attention(&q, &k, &v, scale, None)?;
-            hidden = (hidden + layer.out.forward(&a)?)?;
+            hidden = (hidden + layer.attn.o.forward(&a)?)?;
             let x = layer.norm2.forward(&hidden)?;
             let x = layer
                 .fc2
