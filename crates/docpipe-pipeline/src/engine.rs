@@ -338,16 +338,12 @@ impl<M: VisionLanguageModel, R: Renderer> RenderThread<M, R> {
         for (query, prepared) in prepared.into_iter().enumerate() {
             match prepared {
                 Ok(prepared) => {
-                    let job = Job {
-                        tag: Tag {
-                            doc: id,
-                            page: image.page,
-                            query,
-                        },
-                        cost: model.cost(&prepared),
-                        prepared,
-                        image_group,
+                    let tag = Tag {
+                        doc: id,
+                        page: image.page,
+                        query,
                     };
+                    let job = Job::new(model, tag, prepared, image_group);
                     self.submitter.submit(job).map_err(|_| ())?;
                 }
                 Err(error) => {

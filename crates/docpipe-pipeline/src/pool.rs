@@ -25,6 +25,22 @@ pub struct Job<P, T> {
     pub image_group: u64,
 }
 
+impl<P, T> Job<P, T> {
+    /// Costs `prepared` with the model that will run it, so the batcher's budget is the one the
+    /// replica allocates for.
+    pub fn new<M>(model: &M, tag: T, prepared: P, image_group: u64) -> Self
+    where
+        M: VisionLanguageModel<Prepared = P> + ?Sized,
+    {
+        Job {
+            tag,
+            cost: model.cost(&prepared),
+            prepared,
+            image_group,
+        }
+    }
+}
+
 impl<P, T> Batchable for Job<P, T> {
     fn cost(&self) -> RequestCost {
         self.cost
@@ -319,12 +335,7 @@ mod tests {
             std::thread::spawn(move || {
                 for (i, prompt) in prompts.iter().enumerate() {
                     let prepared = preparer.prepare(&request(prompt)).unwrap();
-                    let job = Job {
-                        tag: i,
-                        cost: preparer.cost(&prepared),
-                        prepared,
-                        image_group: i as u64,
-                    };
+                    let job = Job::new(&*preparer, i, prepared, i as u64);
                     if submitter.submit(job).is_err() {
                         break;
                     }

@@ -196,12 +196,7 @@ fn model_alone(
                 })
                 .collect();
             for (i, prepared) in prepared {
-                let job = Job {
-                    tag: i,
-                    cost: preparer.cost(&prepared),
-                    prepared,
-                    image_group: i as u64,
-                };
+                let job = Job::new(&*preparer, i, prepared, i as u64);
                 if submitter.submit(job).is_err() {
                     return;
                 }
