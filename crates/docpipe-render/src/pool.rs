@@ -357,59 +357,48 @@ impl Drop for Worker {
 /// Page items a stream can produce from the worker's replies.
 pub trait FromReply: Sized + private::Sealed {
     #[doc(hidden)]
-    fn from_reply(
-        page: u32,
-        page_count: u32,
-        width: u32,
-        height: u32,
-        text: String,
-        png: Option<PathBuf>,
-        payload: Vec<u8>,
-    ) -> Option<Self>;
+    fn from_reply(reply: private::PageReply) -> Option<Self>;
 }
 
 mod private {
+    use std::path::PathBuf;
+
     pub trait Sealed {}
     impl Sealed for crate::RenderedPage {}
     impl Sealed for crate::SavedPage {}
+
+    /// One page reply: its header fields and the payload that followed it.
+    pub struct PageReply {
+        pub page: u32,
+        pub page_count: u32,
+        pub width: u32,
+        pub height: u32,
+        pub text: String,
+        pub png: Option<PathBuf>,
+        pub payload: Vec<u8>,
+    }
 }
 
 impl FromReply for RenderedPage {
-    fn from_reply(
-        page: u32,
-        page_count: u32,
-        width: u32,
-        height: u32,
-        text: String,
-        _png: Option<PathBuf>,
-        payload: Vec<u8>,
-    ) -> Option<Self> {
+    fn from_reply(reply: private::PageReply) -> Option<Self> {
         Some(RenderedPage {
-            page,
-            page_count,
-            image: RgbImage::from_raw(width, height, payload)?,
-            text,
+            page: reply.page,
+            page_count: reply.page_count,
+            image: RgbImage::from_raw(reply.width, reply.height, reply.payload)?,
+            text: reply.text,
         })
     }
 }
 
 impl FromReply for SavedPage {
-    fn from_reply(
-        page: u32,
-        page_count: u32,
-        width: u32,
-        height: u32,
-        text: String,
-        png: Option<PathBuf>,
-        _payload: Vec<u8>,
-    ) -> Option<Self> {
+    fn from_reply(reply: private::PageReply) -> Option<Self> {
         Some(SavedPage {
-            page,
-            page_count,
-            width,
-            height,
-            path: png?,
-            text,
+            page: reply.page,
+            page_count: reply.page_count,
+            width: reply.width,
+            height: reply.height,
+            path: reply.png?,
+            text: reply.text,
         })
     }
 }
@@ -549,14 +538,19 @@ impl<T: FromReply> Iterator for PageStream<T> {
                     png,
                 },
                 payload,
-            )) if page == expected => {
-                T::from_reply(page, self.page_count, width, height, text, png, payload).ok_or_else(
-                    || RenderError::Protocol {
-                        path: self.path.clone(),
-                        reason: format!("page {page}: the reply does not match its header"),
-                    },
-                )
-            }
+            )) if page == expected => T::from_reply(private::PageReply {
+                page,
+                page_count: self.page_count,
+                width,
+                height,
+                text,
+                png,
+                payload,
+            })
+            .ok_or_else(|| RenderError::Protocol {
+                path: self.path.clone(),
+                reason: format!("page {page}: the reply does not match its header"),
+            }),
             Ok((Reply::PageFailed { problem }, _)) => Err(problem.into_error(self.path.clone())),
             Ok((other, _)) => return Some(Err(self.protocol_error(&other))),
         };
