@@ -58,15 +58,9 @@ enum Failure {
 }
 
 pub fn run(args: DocvqaArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::commands::io_runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the I/O runtime: {e}");
-            return exit::INCOMPLETE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(eval(args)) {
         Ok(code) => code,
