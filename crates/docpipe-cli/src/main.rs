@@ -29,7 +29,7 @@ enum Command {
     RenderWorker(commands::render::WorkerArgs),
     /// Batched greedy generation with an Idefics2 checkpoint over a JSONL file of chat requests.
     Generate(commands::generate::GenerateArgs),
-    /// Evaluate answers: `docpipe eval anls` scores a DocVQA predictions file.
+    /// DocVQA evaluation: `eval docvqa` runs a checkpoint on a dataset, `eval anls` scores predictions.
     Eval(commands::eval::EvalArgs),
     /// Run a pipeline (pipelines/*.toml): source → render → model → Parquet. Without a file,
     /// the embedded demo pipeline.
