@@ -18,7 +18,8 @@ use docpipe_sink::OutputRow;
 use docpipe_store::object_store::ObjectStoreExt;
 use docpipe_store::{StoreOptions, Stores};
 use support::{
-    assert_exactly_once, docpipe, page_count, repo, rows_at, runtime, text, BIN, DEMO_QUERIES,
+    assert_exactly_once, assert_usage_error, docpipe, page_count, repo, rows_at, runtime, text,
+    BIN, DEMO_QUERIES,
 };
 
 const TINY_MODEL: &str = "fixtures/idefics2/models/tiny-gqa-split";
@@ -268,17 +269,7 @@ fn config_errors_exit_2_naming_the_key_before_any_work() {
         let mut args = vec!["run", "pipelines/demo.toml", "--set", &sink_set];
         args.extend_from_slice(extra);
         let output = docpipe(&args, &[]);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{extra:?}: {}",
-            text(&output)
-        );
-        assert!(
-            String::from_utf8_lossy(&output.stderr).contains(named),
-            "{extra:?}: {}",
-            text(&output)
-        );
+        assert_usage_error(&output, named, &format!("{extra:?}"));
         assert!(!sink.exists(), "{extra:?} wrote output");
     }
     let file = out.path().join("bad.toml");

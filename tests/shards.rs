@@ -13,7 +13,8 @@ use docpipe_store::object_store::ObjectStoreExt;
 use docpipe_store::{StoreOptions, Stores};
 use docpipe_testkit::MotoServer;
 use support::{
-    assert_exactly_once, docpipe, page_count, repo, rows_at, runtime, text, BIN, DEMO_QUERIES,
+    assert_exactly_once, assert_usage_error, docpipe, page_count, repo, rows_at, runtime, text,
+    BIN, DEMO_QUERIES,
 };
 
 const SHARDS: u32 = 3;
@@ -246,17 +247,7 @@ fn shard_options_are_checked_before_any_work() {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let output = run_command(args, &env).output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{args:?} {vars:?}: {}",
-            text(&output)
-        );
-        assert!(
-            String::from_utf8_lossy(&output.stderr).contains(expected),
-            "{args:?} {vars:?}: {}",
-            text(&output)
-        );
+        assert_usage_error(&output, expected, &format!("{args:?} {vars:?}"));
     }
 }
 

@@ -43,6 +43,17 @@ pub fn text(output: &Output) -> String {
     )
 }
 
+/// A usage or configuration error: exit code 2 with `named` (the key, flag or variable at fault)
+/// in the message. `case` says which input this was when the assertion fails.
+pub fn assert_usage_error(output: &Output, named: &str, case: &str) {
+    assert_eq!(output.status.code(), Some(2), "{case}: {}", text(output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(named),
+        "{case}: {}",
+        text(output)
+    );
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
