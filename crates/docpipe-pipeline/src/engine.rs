@@ -557,11 +557,9 @@ mod tests {
     #[test]
     fn every_expected_row_comes_out_once_with_failures_as_rows() {
         let uris = ["pages-3", "broken-1", "badpage-4", "short-3", "pages-1"];
-        let flaky = Arc::new(EchoModel {
-            device_fails_after_batches: Some(2),
-            ..EchoModel::default()
-        });
-        let (result, docs) = run_docs(&uris, vec![flaky, Arc::new(EchoModel::default())]);
+        let flaky = Arc::new(EchoModel::failing_after(2));
+        let healthy = Arc::new(EchoModel::waiting_for_failure_of(&flaky));
+        let (result, docs) = run_docs(&uris, vec![flaky, healthy]);
         let stats = result.unwrap();
         assert_eq!(
             stats
@@ -609,10 +607,7 @@ mod tests {
 
     #[test]
     fn a_run_without_replicas_fails_and_sends_no_partial_document() {
-        let models = vec![Arc::new(EchoModel {
-            device_fails_after_batches: Some(1),
-            ..EchoModel::default()
-        })];
+        let models = vec![Arc::new(EchoModel::failing_after(1))];
         let (result, docs) = run_docs(&["pages-4", "pages-5", "pages-6"], models);
         assert!(matches!(
             result,

@@ -358,11 +358,8 @@ mod tests {
 
     #[test]
     fn a_replica_failing_mid_run_loses_and_duplicates_nothing() {
-        let flaky = Arc::new(EchoModel {
-            device_fails_after_batches: Some(3),
-            ..EchoModel::default()
-        });
-        let healthy = Arc::new(EchoModel::default());
+        let flaky = Arc::new(EchoModel::failing_after(3));
+        let healthy = Arc::new(EchoModel::waiting_for_failure_of(&flaky));
         let prompts = prompts(200);
         let (answers, stats) = run_pool(vec![flaky.clone(), healthy.clone()], &prompts, WIDE);
         let stats = stats.unwrap();
@@ -424,12 +421,7 @@ mod tests {
     #[test]
     fn the_pool_fails_when_no_replica_is_left() {
         let models = (0..2)
-            .map(|_| {
-                Arc::new(EchoModel {
-                    device_fails_after_batches: Some(1),
-                    ..EchoModel::default()
-                })
-            })
+            .map(|_| Arc::new(EchoModel::failing_after(1)))
             .collect();
         let (answers, stats) = run_pool(models, &prompts(100), WIDE);
         match stats {

@@ -1,11 +1,16 @@
 //! A small deterministic model for unit tests: it answers each request with a hash of its
 //! prompt and image sizes, and can be told to run out of memory above a batch size, to reject
 //! prompts containing "invalid", or to fail its device after some batches.
+//!
+//! Tests of replica failure pair a failing model with one that holds its first batch until
+//! the other has failed: otherwise a fast healthy replica can take every batch on a loaded
+//! machine and the failure the test is about never happens.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use docpipe_core::{
     ChatRequest, ContentItem, FinishReason, Generation, ModelError, RequestCost,
@@ -16,8 +21,31 @@ use docpipe_core::{
 pub struct EchoModel {
     pub oom_above: Option<usize>,
     pub device_fails_after_batches: Option<usize>,
+    /// Hold the first batch until this model's device has failed (at most 10 s).
+    pub waits_for_failure_of: Option<Arc<EchoModel>>,
     pub batches: AtomicUsize,
     pub batch_sizes: Mutex<Vec<usize>>,
+}
+
+impl EchoModel {
+    pub fn failing_after(batches: usize) -> Self {
+        EchoModel {
+            device_fails_after_batches: Some(batches),
+            ..EchoModel::default()
+        }
+    }
+
+    pub fn waiting_for_failure_of(other: &Arc<EchoModel>) -> Self {
+        EchoModel {
+            waits_for_failure_of: Some(other.clone()),
+            ..EchoModel::default()
+        }
+    }
+
+    fn has_failed(&self) -> bool {
+        self.device_fails_after_batches
+            .is_some_and(|n| self.batches.load(Ordering::SeqCst) > n)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +106,12 @@ impl VisionLanguageModel for EchoModel {
             return Err(ModelError::InvalidRequest("the prompt says invalid".into()));
         }
         let done = self.batches.fetch_add(1, Ordering::SeqCst);
+        if let Some(other) = self.waits_for_failure_of.as_ref().filter(|_| done == 0) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !other.has_failed() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         if self.device_fails_after_batches.is_some_and(|n| done >= n) {
             return Err(ModelError::Device("the test device fell over".into()));
         }
