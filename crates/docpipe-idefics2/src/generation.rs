@@ -2,14 +2,20 @@
 //! `<image>` positions), then one token per unfinished sequence per step, with bad-words
 //! masking and stopping on any eos id or at `max_new_tokens`.
 //!
+//! A prompt with images is prefilled in two parts: its tokens up to the last image token,
+//! then the rest (the question) after them. Several questions about one page then compute
+//! the page's tokens, most of each prompt, once: causal attention makes a prefix's keys and
+//! values independent of what follows it.
+//!
 //! Finished sequences leave the batch instead of being fed padding, and every sequence is
-//! computed independently of the others (see `text`), so a request's tokens do not depend on
-//! its batch.
+//! computed independently of the others (see `text` and `kv_cache`), so a request's tokens do
+//! not depend on its batch.
 
 use candle_core::{Result, Tensor};
 use docpipe_core::FinishReason;
 
 use crate::config::GenerationConfig;
+use crate::kv_cache::BatchCache;
 use crate::text::{Segment, TextModel};
 
 /// One sequence to generate for.
@@ -17,6 +23,9 @@ pub struct SequenceInput<'a> {
     pub input_ids: &'a [u32],
     /// `(number of image-token positions, hidden)` features in prompt order, if any.
     pub image_features: Option<Tensor>,
+    /// Identities of the input images in prompt order: sequences with equal ids get the same
+    /// image features, so the tokens their prompts start with in common are computed once.
+    pub image_ids: Vec<usize>,
     pub max_new_tokens: usize,
 }
 
@@ -106,6 +115,50 @@ fn prompt_embeddings(
     table.index_select(&index, 0)
 }
 
+/// The prompt prefix of sequences with images: every token up to the last image token, computed
+/// once for all the sequences of a batch that have the same images and the same prefix.
+struct ImagePrefix {
+    /// The sequence whose embeddings it is taken from.
+    source: usize,
+    len: usize,
+}
+
+/// Finds each active sequence's image prefix, shared between sequences where identical.
+/// Returns the distinct prefixes and, per sequence, the index of its own.
+///
+/// Every sequence with images is split there, alone or in a batch, shared or not: the two
+/// passes multiply matrices of other shapes than one pass over the whole prompt (another
+/// summation order in the backend), and a request must give the same bits in any batch.
+fn image_prefixes(
+    inputs: &[SequenceInput<'_>],
+    active: &[usize],
+    image_token_id: u32,
+) -> (Vec<ImagePrefix>, Vec<Option<usize>>) {
+    let mut prefixes: Vec<ImagePrefix> = Vec::new();
+    let mut of_sequence = vec![None; inputs.len()];
+    for &i in active {
+        let ids = inputs[i].input_ids;
+        let Some(last_image) = ids.iter().rposition(|&id| id == image_token_id) else {
+            continue;
+        };
+        let len = last_image + 1;
+        let same = |p: &ImagePrefix| {
+            let other = &inputs[p.source];
+            p.len == len
+                && other.image_ids == inputs[i].image_ids
+                && other.input_ids[..len] == ids[..len]
+        };
+        of_sequence[i] = Some(match prefixes.iter().position(same) {
+            Some(p) => p,
+            None => {
+                prefixes.push(ImagePrefix { source: i, len });
+                prefixes.len() - 1
+            }
+        });
+    }
+    (prefixes, of_sequence)
+}
+
 /// Greedy generation for a batch of sequences.
 pub fn generate(
     model: &TextModel,
@@ -116,10 +169,6 @@ pub fn generate(
 ) -> Result<Vec<SequenceOutput>> {
     let vocab = model.config().vocab_size;
     let bad_words = BadWords::new(config);
-    let mut caches: Vec<_> = inputs
-        .iter()
-        .map(|i| model.new_cache(i.input_ids.len() + i.max_new_tokens))
-        .collect();
     let mut seqs: Vec<Sequence> = inputs
         .iter()
         .map(|i| Sequence {
@@ -133,29 +182,54 @@ pub fn generate(
     let mut active: Vec<usize> = (0..seqs.len())
         .filter(|&i| seqs[i].finish.is_none())
         .collect();
-    let mut step_embeds: Vec<Tensor> = active
+    if active.is_empty() {
+        return Ok(finished(seqs));
+    }
+    let embeds: Vec<Tensor> = inputs
         .iter()
-        .map(|&i| prompt_embeddings(model, &inputs[i], image_token_id))
+        .map(|i| prompt_embeddings(model, i, image_token_id))
         .collect::<Result<_>>()?;
-    let mut step_tokens: Vec<usize> = active.iter().map(|&i| inputs[i].input_ids.len()).collect();
-    let mut first_step = true;
-    while !active.is_empty() {
-        let embeds = Tensor::cat(&step_embeds, 0)?;
-        // `active` is ascending, so filtering the caches keeps them aligned with it.
-        let mut segments: Vec<Segment<'_>> = caches
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| active.binary_search(i).is_ok())
-            .zip(&step_tokens)
-            .map(|((_, cache), &tokens)| Segment { tokens, cache })
+    let (prefixes, prefix_of) = image_prefixes(inputs, &active, image_token_id);
+    let prefix_kv = if prefixes.is_empty() {
+        Vec::new()
+    } else {
+        let packed = prefixes
+            .iter()
+            .map(|p| embeds[p.source].narrow(0, 0, p.len))
+            .collect::<Result<Vec<_>>>()?;
+        let segments: Vec<Segment<'_>> = prefixes
+            .iter()
+            .map(|p| Segment {
+                tokens: p.len,
+                past: None,
+            })
             .collect();
-        let logits = model.forward(&embeds, &mut segments)?;
-        if first_step && keep_first_logits {
-            for (row, &i) in logits.to_vec2::<f32>()?.into_iter().zip(&active) {
-                seqs[i].first_logits = Some(row);
-            }
+        model.prefill(&Tensor::cat(&packed, 0)?, &segments)?.1
+    };
+    let mut packed = Vec::with_capacity(active.len());
+    let mut segments = Vec::with_capacity(active.len());
+    for &i in &active {
+        let past = prefix_of[i].map(|p| &prefix_kv[p]);
+        let skip = past.map_or(0, |kv| kv.len());
+        let tokens = inputs[i].input_ids.len() - skip;
+        packed.push(embeds[i].narrow(0, skip, tokens)?);
+        segments.push(Segment { tokens, past });
+    }
+    let (mut logits, kvs) = model.prefill(&Tensor::cat(&packed, 0)?, &segments)?;
+    drop((prefix_kv, embeds));
+    if keep_first_logits {
+        for (row, &i) in logits.to_vec2::<f32>()?.into_iter().zip(&active) {
+            seqs[i].first_logits = Some(row);
         }
-        first_step = false;
+    }
+    let max_len = active
+        .iter()
+        .map(|&i| inputs[i].input_ids.len() + inputs[i].max_new_tokens)
+        .max()
+        .unwrap_or(0);
+    let mut cache = BatchCache::new(&kvs, max_len)?;
+    drop(kvs);
+    loop {
         let mut bans: Vec<Vec<u32>> = active
             .iter()
             .map(|&i| bad_words.banned(&seqs[i].tokens))
@@ -184,27 +258,27 @@ pub fn generate(
                 seq.finish = Some(FinishReason::Length);
             }
         }
-        let still: Vec<(usize, u32)> = active
-            .iter()
-            .zip(&next)
-            .filter(|(&i, _)| seqs[i].finish.is_none())
-            .map(|(&i, &t)| (i, t))
+        // Rows of the cache follow `active`; finished sequences leave both.
+        let rows: Vec<usize> = (0..active.len())
+            .filter(|&r| seqs[active[r]].finish.is_none())
             .collect();
-        active = still.iter().map(|&(i, _)| i).collect();
-        step_tokens = vec![1; active.len()];
-        step_embeds = if active.is_empty() {
-            Vec::new()
-        } else {
-            let ids: Vec<u32> = still.iter().map(|&(_, t)| t).collect();
-            vec![model.embed(&ids)?]
-        };
+        if rows.is_empty() {
+            break;
+        }
+        cache.retain(&rows)?;
+        let ids: Vec<u32> = rows.iter().map(|&r| next[r]).collect();
+        active = rows.iter().map(|&r| active[r]).collect();
+        logits = model.decode(&model.embed(&ids)?, &mut cache)?;
     }
-    Ok(seqs
-        .into_iter()
+    Ok(finished(seqs))
+}
+
+fn finished(seqs: Vec<Sequence>) -> Vec<SequenceOutput> {
+    seqs.into_iter()
         .map(|s| SequenceOutput {
             token_ids: s.generated,
             finish_reason: s.finish.unwrap_or(FinishReason::Length),
             first_logits: s.first_logits,
         })
-        .collect())
+        .collect()
 }

@@ -3,7 +3,7 @@
 //!
 //! One module per component: [`config`] (checkpoint settings), [`processor`] (images),
 //! [`prompt`] (chat template and tokens), [`vision`] (SigLIP tower), [`connector`]
-//! (modality projection and perceiver resampler), [`text`] (Mistral decoder with KV cache) and
+//! (modality projection and perceiver resampler), [`text`] (Mistral decoder), [`kv_cache`] and
 //! [`generation`] (batched greedy decoding); [`model`] assembles them behind
 //! `docpipe_core::VisionLanguageModel`.
 //!
@@ -35,14 +35,19 @@
 //! fake-token space above by checking that the 5.x rule alone explains each differing prompt
 //! and then feeding the reference ids.
 //!
-//! Generation never pads: prompts of a batch are packed end to end, attention runs per
-//! sequence, and finished sequences leave the batch. A request's tokens therefore do not
-//! depend on the other requests of its batch.
+//! A request's tokens do not depend on the other requests of its batch (bit for bit on CPU):
+//! prompts of a batch are packed end to end with attention per sequence, a prompt with images
+//! is always prefilled in two parts (up to its last image token, then the rest) so that
+//! several questions about one page share the first, the decoding cache pads rows only on the
+//! right ([`kv_cache`]), small matmuls are padded to the CPU backend's general kernel
+//! (`nn`), and finished sequences leave the batch. On a GPU, cuBLAS picks kernels by shape, so
+//! there a batch can move results by float rounding.
 
 pub mod config;
 pub mod connector;
 pub mod error;
 pub mod generation;
+pub mod kv_cache;
 pub mod model;
 mod nn;
 pub mod processor;

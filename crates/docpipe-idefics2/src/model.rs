@@ -268,6 +268,11 @@ impl Idefics2Model {
             .map(|(r, image_features)| SequenceInput {
                 input_ids: &r.input_ids,
                 image_features,
+                image_ids: r
+                    .images
+                    .iter()
+                    .map(|i| Arc::as_ptr(&i.source) as usize)
+                    .collect(),
                 max_new_tokens: r.max_new_tokens,
             })
             .collect();

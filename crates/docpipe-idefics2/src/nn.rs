@@ -11,9 +11,7 @@ use crate::config::Activation;
 use crate::error::LoadError;
 use crate::weights::Weights;
 
-/// `x · Wᵀ (+ b)`. A single-row input is computed as two identical rows: the matmul backend
-/// switches to a matrix-vector kernel (with another summation order) for one row, and a
-/// request decoding alone must give the same bits as in a batch.
+/// `x · Wᵀ (+ b)`, through [`matmul_rows`].
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -45,14 +43,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let rows = xs.dim(0)?;
-        let out = if rows == 1 {
-            Tensor::cat(&[xs, xs], 0)?
-                .matmul(&self.weight.t()?)?
-                .narrow(0, 0, 1)?
-        } else {
-            xs.matmul(&self.weight.t()?)?
-        };
+        let out = matmul_rows(xs, &self.weight.t()?)?;
         match &self.bias {
             Some(b) => out.broadcast_add(b),
             None => Ok(out),
@@ -61,9 +52,15 @@ impl Module for Linear {
 }
 
 /// `weight · cast(x32 · rsqrt(mean(x32²) + eps))`, as `Idefics2RMSNorm` / `MistralRMSNorm`.
+///
+/// On a GPU the cast part is candle's fused kernel with a weight of ones (it rounds once, after
+/// its own multiply by the weight, and transformers rounds before multiplying): two kernels
+/// instead of nine per norm, the decode step's largest share of launches. The CPU keeps the
+/// op-by-op form the fixture references were compared with.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
+    ones: Tensor,
     eps: f64,
 }
 
@@ -74,23 +71,26 @@ impl RmsNorm {
         dim: usize,
         eps: f64,
     ) -> std::result::Result<Self, LoadError> {
-        Ok(RmsNorm {
-            weight: w.get(name, dim)?,
-            eps,
-        })
+        let weight = w.get(name, dim)?;
+        let ones = weight
+            .ones_like()
+            .map_err(|e| LoadError::Device(e.to_string()))?;
+        Ok(RmsNorm { weight, ones, eps })
     }
 }
 
 impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dtype = xs.dtype();
-        let x32 = xs.to_dtype(DType::F32)?;
-        let inv = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-            .sqrt()?
-            .recip()?;
-        x32.broadcast_mul(&inv)?
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)
+        let normalized = if xs.device().is_cpu() {
+            let x32 = xs.to_dtype(DType::F32)?;
+            let inv = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+                .sqrt()?
+                .recip()?;
+            x32.broadcast_mul(&inv)?.to_dtype(xs.dtype())?
+        } else {
+            candle_nn::ops::rms_norm(&xs.contiguous()?, &self.ones, self.eps as f32)?
+        };
+        normalized.broadcast_mul(&self.weight)
     }
 }
 
@@ -206,11 +206,46 @@ pub fn split_heads(xs: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor>
         .contiguous()
 }
 
+/// Outputs (rows × columns) from which the CPU matmul backend (`gemm`) runs its general kernel
+/// whatever the number of rows. Below, it switches to dot-product or matrix-vector kernels that
+/// order their sums differently, so a row's result would depend on how many rows came with it.
+const GENERAL_KERNEL_MIN_OUTPUTS: usize = 16 * 16 + 1;
+
+/// `a · b` over the last two dimensions, with `a` padded with zero rows (then dropped) up to
+/// the general kernel's size: a request decoding alone, or with a short question after a
+/// shared prefix, must give the same bits as in a big batch.
+fn matmul_rows(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let rows_dim = a.rank() - 2;
+    let rows = a.dim(rows_dim)?;
+    let min_rows = GENERAL_KERNEL_MIN_OUTPUTS
+        .div_ceil(b.dim(D::Minus1)?)
+        .max(2);
+    if rows >= min_rows {
+        return a.matmul(b);
+    }
+    let mut pad_shape = a.dims().to_vec();
+    pad_shape[rows_dim] = min_rows - rows;
+    let pad = Tensor::zeros(pad_shape, a.dtype(), a.device())?;
+    Tensor::cat(&[a, &pad], rows_dim)?
+        .matmul(b)?
+        .narrow(rows_dim, 0, rows)
+}
+
+/// `q · kᵀ · scale` in f32 (eager attention upcasts the scores and the softmax).
+fn scores(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
+    matmul_rows(q, &k.t()?)?.to_dtype(DType::F32)? * scale
+}
+
+/// `softmax(scores) · v`, the probabilities cast to `v`'s dtype.
+fn weighted_values(scores: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let probs = candle_nn::ops::softmax_last_dim(scores)?.to_dtype(v.dtype())?;
+    matmul_rows(&probs, v)
+}
+
 /// Scaled dot-product attention for one sequence with grouped key/value heads.
 ///
 /// `q` is `(heads, t, d)`, `k` and `v` are `(kv_heads, L, d)`; query head `h` uses kv head
-/// `h / (heads / kv_heads)`. `mask` is an additive `(t, L)` f32 mask. Scores and softmax are
-/// f32 (eager attention upcasts the softmax). Returns `(t, heads·d)`.
+/// `h / (heads / kv_heads)`. `mask` is an additive `(t, L)` f32 mask. Returns `(t, heads·d)`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -222,10 +257,9 @@ pub fn attention(
     let kv_heads = k.dim(0)?;
     let len = k.dim(1)?;
     let groups = heads / kv_heads;
-    let dtype = q.dtype();
     // Query heads that share a kv head become one longer query block: no kv repeat needed.
     let q = q.reshape((kv_heads, groups * t, d))?;
-    let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
+    let scores = scores(&q, k, scale)?;
     let scores = match mask {
         Some(m) => scores
             .reshape((kv_heads, groups, t, len))?
@@ -233,10 +267,50 @@ pub fn attention(
             .reshape((kv_heads, groups * t, len))?,
         None => scores,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    probs
-        .matmul(v)?
+    weighted_values(&scores, v)?
         .reshape((heads, t, d))?
         .transpose(0, 1)?
         .reshape((t, heads * d))
+}
+
+/// [`attention`] of one new query per sequence for a batch of sequences at once.
+///
+/// `q` is `(heads, batch, d)`, `k` and `v` are `(batch, kv_heads, L, d)` (views into a
+/// [`crate::kv_cache::BatchCache`]), `mask` an additive `(batch, 1, 1, L)` f32 mask. Each
+/// sequence goes through the same matmul shapes as alone. Returns `(batch, heads·d)`.
+pub fn batched_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let (heads, batch, d) = q.dims3()?;
+    let kv_heads = k.dim(1)?;
+    let q = q
+        .transpose(0, 1)?
+        .reshape((batch, kv_heads, heads / kv_heads, d))?;
+    let scores = scores(&q, k, scale)?.broadcast_add(mask)?;
+    weighted_values(&scores, v)?.reshape((batch, heads * d))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    #[test]
+    fn a_rows_result_does_not_depend_on_the_rows_computed_with_it() {
+        for (k, n) in [(64, 32), (64, 64), (16, 70), (128, 643), (96, 256)] {
+            let x = Tensor::randn(0f32, 1.0, (40, k), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let linear = Linear::new(w, None);
+            let all = linear.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+            for m in 1..40 {
+                let some = linear.forward(&x.narrow(0, 0, m).unwrap()).unwrap();
+                assert_eq!(some.to_vec2::<f32>().unwrap(), all[..m], "{m} of {k}x{n}");
+            }
+        }
+    }
 }

@@ -1,17 +1,21 @@
 //! The Mistral text decoder: token embeddings, pre-norm layers with grouped-query attention and
-//! rotary embeddings (rotate-half form), a per-sequence KV cache, the final norm and `lm_head`.
+//! rotary embeddings (rotate-half form), the final norm and `lm_head`.
 //!
-//! A forward call takes several sequences packed end to end (no padding): the linear layers
-//! run on all their tokens at once and attention runs per sequence against that sequence's own
-//! cache. Each sequence's positions continue from its cache length, which equals transformers'
-//! `cumsum(attention_mask) - 1` under left padding.
+//! [`TextModel::prefill`] takes several prompts packed end to end (no padding): the linear
+//! layers run on all their tokens at once and attention runs per sequence, after the keys and
+//! values of a prefix it shares with other sequences when it has one. [`TextModel::decode`]
+//! then adds one token per sequence with a batched [`BatchCache`]. A sequence's positions
+//! continue from its length, which equals transformers' `cumsum(attention_mask) - 1` under
+//! left padding.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::kv_cache::KvCache;
 
 use crate::config::TextConfig;
 use crate::error::LoadError;
-use crate::nn::{attention, split_heads, AttentionProjections, GatedMlp, Linear, RmsNorm};
+use crate::kv_cache::{BatchCache, SequenceKv};
+use crate::nn::{
+    attention, batched_attention, split_heads, AttentionProjections, GatedMlp, Linear, RmsNorm,
+};
 use crate::weights::Weights;
 
 struct DecoderLayer {
@@ -21,27 +25,40 @@ struct DecoderLayer {
     mlp: GatedMlp,
 }
 
-/// One sequence's keys (after RoPE) and values, per layer.
-pub struct SequenceCache {
-    layers: Vec<KvCache>,
+impl DecoderLayer {
+    /// The layer over packed tokens. `attend` gets q `(heads, tokens, d)` and k, v
+    /// `(kv_heads, tokens, d)` after RoPE and returns the attention output `(tokens, heads·d)`.
+    fn forward(
+        &self,
+        hidden: &Tensor,
+        cfg: &TextConfig,
+        (cos, sin): (&Tensor, &Tensor),
+        attend: impl FnOnce(Tensor, Tensor, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let x = self.input_norm.forward(hidden)?;
+        let heads = |proj: &Linear, n| split_heads(&proj.forward(&x)?, n, cfg.head_dim);
+        // rope works on (batch, heads, tokens, dim) with one position per token.
+        let rope = |t: Tensor| candle_nn::rotary_emb::rope(&t.unsqueeze(0)?, cos, sin)?.squeeze(0);
+        let q = rope(heads(&self.attn.q, cfg.num_attention_heads)?)?;
+        let k = rope(heads(&self.attn.k, cfg.num_key_value_heads)?)?;
+        let v = heads(&self.attn.v, cfg.num_key_value_heads)?;
+        let hidden = (hidden + self.attn.o.forward(&attend(q, k, v)?)?)?;
+        let x = self.post_norm.forward(&hidden)?;
+        &hidden + self.mlp.forward(&x)?
+    }
 }
 
-impl SequenceCache {
-    /// Tokens cached so far, i.e. the position of the next token.
-    pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, KvCache::current_seq_len)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// One sequence's share of a packed forward call.
+/// One sequence's share of a packed prefill: its new tokens, after the already computed keys
+/// and values of its first tokens, if any (a prompt prefix shared with other sequences).
 pub struct Segment<'a> {
-    /// Number of new tokens of this sequence in the packed input.
     pub tokens: usize,
-    pub cache: &'a mut SequenceCache,
+    pub past: Option<&'a SequenceKv>,
+}
+
+impl Segment<'_> {
+    fn past_len(&self) -> usize {
+        self.past.map_or(0, SequenceKv::len)
+    }
 }
 
 pub struct TextModel {
@@ -131,15 +148,6 @@ impl TextModel {
         self.embed_tokens.dtype()
     }
 
-    /// An empty cache for a sequence expected to reach `capacity` tokens.
-    pub fn new_cache(&self, capacity: usize) -> SequenceCache {
-        SequenceCache {
-            layers: (0..self.layers.len())
-                .map(|_| KvCache::new(1, capacity.max(1)))
-                .collect(),
-        }
-    }
-
     /// `(n, hidden)` embeddings of token ids.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, ids.len(), self.device())?;
@@ -190,69 +198,87 @@ impl TextModel {
         Tensor::from_vec(mask, (t, total), self.device()).map(Some)
     }
 
-    /// Runs the decoder over packed new tokens `(Σ tokens, hidden)` and returns the logits of
-    /// each segment's last token, `(segments, vocab)` in f32.
-    pub fn forward(&self, embeds: &Tensor, segments: &mut [Segment<'_>]) -> Result<Tensor> {
+    /// Runs the decoder over packed new tokens `(Σ tokens, hidden)`. Returns the logits of each
+    /// segment's last token, `(segments, vocab)` in f32, and each segment's keys and values,
+    /// its past included.
+    pub fn prefill(
+        &self,
+        embeds: &Tensor,
+        segments: &[Segment<'_>],
+    ) -> Result<(Tensor, Vec<SequenceKv>)> {
         let cfg = &self.config;
         let positions: Vec<usize> = segments
             .iter()
-            .flat_map(|s| {
-                let start = s.cache.len();
-                start..start + s.tokens
-            })
+            .flat_map(|s| s.past_len()..s.past_len() + s.tokens)
             .collect();
         let (cos, sin) = self.rotary(&positions)?;
         let masks = segments
             .iter()
-            .map(|s| self.causal_mask(s.tokens, s.cache.len()))
+            .map(|s| self.causal_mask(s.tokens, s.past_len()))
             .collect::<Result<Vec<_>>>()?;
-        let scale = (cfg.head_dim as f64).powf(-0.5);
+        let mut kvs: Vec<SequenceKv> = segments
+            .iter()
+            .map(|_| SequenceKv { layers: Vec::new() })
+            .collect();
         let mut hidden = embeds.clone();
         for (li, layer) in self.layers.iter().enumerate() {
-            let x = layer.input_norm.forward(&hidden)?;
-            let q = split_heads(
-                &layer.attn.q.forward(&x)?,
-                cfg.num_attention_heads,
-                cfg.head_dim,
-            )?;
-            let k = split_heads(
-                &layer.attn.k.forward(&x)?,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-            )?;
-            let v = split_heads(
-                &layer.attn.v.forward(&x)?,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-            )?;
-            // rope works on (batch, heads, tokens, dim) with one position per token.
-            let q = candle_nn::rotary_emb::rope(&q.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
-            let k = candle_nn::rotary_emb::rope(&k.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
-            let mut outputs = Vec::with_capacity(segments.len());
-            let mut offset = 0;
-            for (segment, mask) in segments.iter_mut().zip(&masks) {
-                let t = segment.tokens;
-                let qs = q.narrow(1, offset, t)?.contiguous()?;
-                let ks = k.narrow(1, offset, t)?.contiguous()?;
-                let vs = v.narrow(1, offset, t)?.contiguous()?;
-                let (k_all, v_all) = segment.cache.layers[li].append(&ks, &vs)?;
-                let (k_all, v_all) = (k_all.contiguous()?, v_all.contiguous()?);
-                outputs.push(attention(&qs, &k_all, &v_all, scale, mask.as_ref())?);
-                offset += t;
-            }
-            let a = Tensor::cat(&outputs, 0)?;
-            hidden = (hidden + layer.attn.o.forward(&a)?)?;
-            let x = layer.post_norm.forward(&hidden)?;
-            hidden = (&hidden + layer.mlp.forward(&x)?)?;
+            hidden = layer.forward(&hidden, cfg, (&cos, &sin), |q, k, v| {
+                let mut outputs = Vec::with_capacity(segments.len());
+                let mut offset = 0;
+                for ((segment, mask), kv) in segments.iter().zip(&masks).zip(&mut kvs) {
+                    let t = segment.tokens;
+                    let qs = q.narrow(1, offset, t)?.contiguous()?;
+                    let mut ks = k.narrow(1, offset, t)?.contiguous()?;
+                    let mut vs = v.narrow(1, offset, t)?.contiguous()?;
+                    if let Some(past) = segment.past {
+                        let (pk, pv) = &past.layers[li];
+                        ks = Tensor::cat(&[pk, &ks], 1)?;
+                        vs = Tensor::cat(&[pv, &vs], 1)?;
+                    }
+                    outputs.push(attention(&qs, &ks, &vs, self.scale(), mask.as_ref())?);
+                    kv.layers.push((ks, vs));
+                    offset += t;
+                }
+                Tensor::cat(&outputs, 0)
+            })?;
         }
         let mut last = Vec::with_capacity(segments.len());
         let mut end = 0;
-        for segment in segments.iter() {
+        for segment in segments {
             end += segment.tokens;
             last.push((end - 1) as u32);
         }
         let last = Tensor::from_vec(last, segments.len(), self.device())?;
-        let hidden = self.norm.forward(&hidden.index_select(&last, 0)?)?;
-        self.lm_head.forward(&hidden)?.to_dtype(DType::F32)
+        Ok((self.logits(&hidden.index_select(&last, 0)?)?, kvs))
+    }
+
+    /// One decoding step: the embeddings `(rows, hidden)` of one new token per cache row.
+    /// Returns their logits `(rows, vocab)` in f32 and counts the tokens into the cache.
+    pub fn decode(&self, embeds: &Tensor, cache: &mut BatchCache) -> Result<Tensor> {
+        let cfg = &self.config;
+        cache.reserve_step()?;
+        let (cos, sin) = self.rotary(cache.lens())?;
+        let slots = cache.step_slots(cfg.num_key_value_heads, cfg.head_dim, self.device())?;
+        let mask = cache.step_mask(cfg.sliding_window, self.device())?;
+        let mut hidden = embeds.clone();
+        for (li, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(&hidden, cfg, (&cos, &sin), |q, k, v| {
+                let (keys, values) = cache.append(li, &k, &v, &slots)?;
+                batched_attention(&q, &keys, &values, self.scale(), &mask)
+            })?;
+        }
+        cache.advance();
+        self.logits(&hidden)
+    }
+
+    fn scale(&self) -> f64 {
+        (self.config.head_dim as f64).powf(-0.5)
+    }
+
+    /// Final norm and `lm_head` in f32.
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head
+            .forward(&self.norm.forward(hidden)?)?
+            .to_dtype(DType::F32)
     }
 }

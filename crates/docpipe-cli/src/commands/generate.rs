@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use docpipe_core::VisionLanguageModel;
 use docpipe_idefics2::request_file::read_requests;
 use docpipe_idefics2::{device_from_spec, dtype_from_name, Idefics2Model, Idefics2Request};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::exit;
@@ -113,8 +114,9 @@ fn execute(args: &GenerateArgs) -> Result<(), Failure> {
         requests = requests.len(),
         "generating"
     );
+    // Image preprocessing is CPU work that would otherwise hold up the device for every page.
     let prepared: Vec<Idefics2Request> = requests
-        .iter()
+        .par_iter()
         .map(|r| {
             model
                 .prepare(&r.request)
