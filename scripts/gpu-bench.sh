@@ -6,7 +6,7 @@
 #   /work/venv-fixtures/bin/python scripts/gpu_bench_prepare.py      # -> .cache/gpu-bench (23 MB)
 #   (the packed binary .cache/gpu-stripped.tar.xz: see docs/gpu.md)
 # On the GPU machine, from the repository root, with .cache/gpu-bench and the tarball copied along:
-#   OUT=results bash scripts/gpu-bench.sh              # the comparison
+#   OUT=results bash scripts/gpu-bench.sh              # fixture check, then the comparison
 #   OUT=results bash scripts/gpu-bench.sh breakdown    # prefill-only runs, docpipe batch sizes
 # Needs python3 with torch (CUDA) and transformers, nvidia-smi, ~17 GB free in $WORK (default /tmp).
 # Every phase is time-boxed so that the whole run ends within BUDGET_S seconds (default 540).
@@ -54,9 +54,9 @@ main() {
   ldd "$BIN" | grep -E 'not found|cuda|cublas|curand' || true
 
   phase setup 170 python3 scripts/gpu_bench.py setup "$WORK/bench" "$WORK/models"
-  # The first CUDA run JIT-compiles candle's PTX (cached under CUDA_CACHE_PATH for the next runs).
-  phase warmup 90 python3 scripts/gpu_bench.py docpipe "$BIN" fixtures/idefics2/models/tiny-gqa-split \
-    fixtures/idefics2/reference/tiny-gqa-split/requests.jsonl "$RES/warmup" --batch 8
+  # The tiny fixtures on the GPU against the CPU, in f32. Being the first CUDA runs, they also
+  # JIT-compile candle's PTX (cached under CUDA_CACHE_PATH for the next runs).
+  phase check 120 python3 scripts/gpu_bench.py check "$BIN" fixtures/idefics2 "$RES"
   if [[ ${1:-} == breakdown ]]; then
     breakdown
   else
