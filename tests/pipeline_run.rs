@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use docpipe_core::{DocumentRef, VisionLanguageModel};
 use docpipe_idefics2::{device_from_spec, dtype_from_name, Idefics2Model};
 use docpipe_pipeline::config::{PipelineConfig, DEMO_PIPELINE};
+use docpipe_pipeline::pool::FAULT_ENV;
 use docpipe_pipeline::tasks::{chat_request, TaskPlan};
 use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig, WorkerCommand};
 use docpipe_sink::OutputRow;
@@ -122,6 +123,47 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
         "{summary}"
     );
     assert_eq!(rows_at(&sink, StoreOptions::default()).len(), rows.len());
+}
+
+/// Two CPU replicas, one of which fails mid-run (the pool's fault hook): every row comes out
+/// once, with the answers of a run on one replica.
+#[test]
+fn a_replica_failing_mid_run_changes_no_row() {
+    let pages = pages_of(&repo().join("fixtures/pdfs"));
+    let run = |devices: &str, env: &[(String, String)]| {
+        let out = tempfile::tempdir().unwrap();
+        let sink = out.path().display().to_string();
+        // Small batches, so that the run has several and the failing one is mid-run.
+        let sets = [
+            format!("sink.uri={sink}"),
+            format!("model.devices={devices}"),
+            "model.batch_tokens=600".to_owned(),
+        ];
+        let output = run_demo(&sets, env);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+        let rows = rows_at(&sink, StoreOptions::default());
+        (
+            text(&output),
+            assert_exactly_once(&rows, &pages, DEMO_QUERIES),
+        )
+    };
+    let (_, alone) = run(r#"["cpu"]"#, &[]);
+    let fault = [(FAULT_ENV.to_owned(), "3".to_owned())];
+    let (log, pair) = run(r#"["cpu","cpu"]"#, &fault);
+    assert!(
+        log.contains("replica retired") && log.contains("injected device failure"),
+        "{log}"
+    );
+    assert_eq!(pair.len(), alone.len());
+    for (key, row) in &alone {
+        let other = &pair[key];
+        assert!(row.answer.is_some(), "{key:?}: {:?}", row.error);
+        assert_eq!(
+            (&other.answer, other.answer_tokens, &other.error),
+            (&row.answer, row.answer_tokens, &row.error),
+            "{key:?}"
+        );
+    }
 }
 
 #[test]

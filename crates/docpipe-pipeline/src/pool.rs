@@ -7,6 +7,7 @@
 //! the others; only when no replica is left does the pool fail. The model guarantees batch
 //! invariance, so answers do not depend on which replica or batch served a request.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,6 +16,32 @@ use std::time::{Duration, Instant};
 use docpipe_core::{Generation, ModelError, RequestCost, VisionLanguageModel};
 
 use crate::queue::{BatchBudget, Batchable, QueueClosed, WorkQueue};
+
+/// Test hook: with `DOCPIPE_INFER_FAULT=N`, the N-th batch the pool starts (counted over all
+/// replicas, from 1) fails as a device failure would, retiring the replica that took it. This is
+/// how the end-to-end tests lose a replica mid-run with a real model on CPU.
+pub const FAULT_ENV: &str = "DOCPIPE_INFER_FAULT";
+
+/// The batch [`FAULT_ENV`] names, and how many batches have started.
+struct InjectedFault {
+    at: Option<usize>,
+    started: AtomicUsize,
+}
+
+impl InjectedFault {
+    fn from_env() -> Self {
+        InjectedFault {
+            at: std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok()),
+            started: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a batch starting; true when it is the one to fail.
+    fn trips(&self) -> bool {
+        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        self.at == Some(n)
+    }
+}
 
 /// One prepared request waiting for a replica, with the caller's tag to match the answer.
 pub struct Job<P, T> {
@@ -108,15 +135,17 @@ where
         results: Sender<E>,
     ) -> Self {
         let queue = Arc::new(WorkQueue::new(queue_capacity, replicas.len()));
+        let fault = Arc::new(InjectedFault::from_env());
         let threads = replicas
             .into_iter()
             .enumerate()
             .map(|(i, replica)| {
                 let queue = queue.clone();
                 let results = results.clone();
+                let fault = fault.clone();
                 std::thread::Builder::new()
                     .name(format!("infer-{i}-{}", replica.device))
-                    .spawn(move || replica_loop(replica, &queue, budget, &results))
+                    .spawn(move || replica_loop(replica, &queue, budget, &results, &fault))
                     .expect("spawning an inference thread")
             })
             .collect();
@@ -180,13 +209,19 @@ fn replica_loop<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     queue: &WorkQueue<Job<M::Prepared, T>>,
     budget: BatchBudget,
     results: &Sender<E>,
+    fault: &InjectedFault,
 ) -> ReplicaStats {
     let mut stats = ReplicaStats {
         device: replica.device.clone(),
         ..ReplicaStats::default()
     };
     while let Some(batch) = queue.take_batch(budget) {
-        if let Err((message, unfinished)) = run_batch(&*replica.model, batch, results, &mut stats) {
+        let outcome = if fault.trips() {
+            Err((format!("injected device failure ({FAULT_ENV})"), batch))
+        } else {
+            run_batch(&*replica.model, batch, results, &mut stats)
+        };
+        if let Err((message, unfinished)) = outcome {
             tracing::error!(
                 device = %replica.device,
                 requeued = unfinished.len(),
