@@ -425,6 +425,62 @@ fn storage_faults_are_retried() {
     assert!(rows.iter().all(|r| r.answer.is_some()));
 }
 
+/// A bucket that cannot be reached, as source or as sink: after the retries, exit 3 with one
+/// line naming the key and the URL, before any document is processed.
+#[test]
+fn unreachable_storage_exits_3_naming_the_key() {
+    // A loopback port nothing listens on: connections are refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env: Vec<(String, String)> = [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let local = tempfile::tempdir().unwrap();
+    let local = local.path().display().to_string();
+    for (sets, key, url) in [
+        (
+            [
+                "source.uri=s3://nowhere/in".to_owned(),
+                format!("sink.uri={local}"),
+            ],
+            "source.uri",
+            "s3://nowhere/in",
+        ),
+        (
+            [
+                "source.uri=fixtures/pdfs".to_owned(),
+                "sink.uri=s3://nowhere/out".to_owned(),
+            ],
+            "sink.uri",
+            "s3://nowhere/out",
+        ),
+    ] {
+        let output = run_demo(&sets, &env);
+        assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let error = stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_else(|| panic!("no error line: {stderr}"));
+        assert!(error.contains(key) && error.contains(url), "{error}");
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains("documents processed"),
+            "{}",
+            text(&output)
+        );
+    }
+}
+
 #[test]
 fn lake_enrichment_keeps_the_key_columns() {
     use arrow::array::{Int64Array, RecordBatch, StringArray};
