@@ -88,18 +88,30 @@ impl Connector {
         })
     }
 
-    /// Image features for one image's valid patches `(P, vision hidden)`: `(n_latents, text hidden)`.
-    pub fn forward(&self, patches: &Tensor) -> Result<Tensor> {
+    /// Image features for the packed valid patches `(Σ P, vision hidden)` of images of `lens`
+    /// patches each: `(images · n_latents, text hidden)`, the latents of each image in order.
+    ///
+    /// Projections and norms run over all images at once, attention per image (its latents
+    /// over its own context and latents), as for one image alone.
+    pub fn forward(&self, patches: &Tensor, lens: &[usize]) -> Result<Tensor> {
         let pc = &self.config;
+        let n = pc.n_latents;
         let context = self.projection.forward(patches)?;
         let scale = (pc.head_dim as f64).powf(-0.5);
-        let mut latents = self.latents.clone();
+        let mut latents = self.latents.repeat((lens.len(), 1))?;
         for layer in &self.layers {
             let ln = layer.latents_norm.forward(&latents)?;
             let cn = layer.context_norm.forward(&context)?;
-            // Keys and values see the context first, then the latents; no mask is needed
-            // because only valid patches were encoded.
-            let kv_in = Tensor::cat(&[&cn, &ln], 0)?;
+            // Keys and values see each image's context first, then its latents; no mask is
+            // needed because only valid patches were encoded.
+            let mut kv_in = Vec::with_capacity(2 * lens.len());
+            let mut offset = 0;
+            for (i, &len) in lens.iter().enumerate() {
+                kv_in.push(cn.narrow(0, offset, len)?);
+                kv_in.push(ln.narrow(0, i * n, n)?);
+                offset += len;
+            }
+            let kv_in = Tensor::cat(&kv_in, 0)?;
             let q = split_heads(&layer.attn.q.forward(&ln)?, pc.n_heads, pc.head_dim)?;
             let k = split_heads(
                 &layer.attn.k.forward(&kv_in)?,
@@ -111,7 +123,20 @@ impl Connector {
                 pc.num_key_value_heads,
                 pc.head_dim,
             )?;
-            let a = attention(&q, &k, &v, scale, None)?;
+            let part = |t: &Tensor, offset, len| t.narrow(1, offset, len)?.contiguous();
+            let mut outputs = Vec::with_capacity(lens.len());
+            let mut kv_offset = 0;
+            for (i, &len) in lens.iter().enumerate() {
+                outputs.push(attention(
+                    &part(&q, i * n, n)?,
+                    &part(&k, kv_offset, len + n)?,
+                    &part(&v, kv_offset, len + n)?,
+                    scale,
+                    None,
+                )?);
+                kv_offset += len + n;
+            }
+            let a = Tensor::cat(&outputs, 0)?;
             latents = (latents + layer.attn.o.forward(&a)?)?;
             latents = (&latents + layer.mlp.forward(&layer.post_norm.forward(&latents)?)?)?;
         }

@@ -180,16 +180,14 @@ impl Idefics2Model {
 
     /// Vision tower output (after the post layer norm) for one crop's valid patches.
     pub fn vision_hidden(&self, crop: &ProcessedImage) -> candle_core::Result<Tensor> {
-        self.vision.forward(crop)
+        Ok(self.vision.forward(std::slice::from_ref(crop))?.0)
     }
 
     /// Connector output for one input image's crops: `(crops · image_seq_len, text hidden)`.
+    /// The crops go through the towers together (see [`VisionTower::forward`]).
     pub fn image_features(&self, crops: &[ProcessedImage]) -> candle_core::Result<Tensor> {
-        let features = crops
-            .iter()
-            .map(|crop| self.connector.forward(&self.vision.forward(crop)?))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Tensor::cat(&features, 0)
+        let (patches, lens) = self.vision.forward(crops)?;
+        self.connector.forward(&patches, &lens)
     }
 
     fn preprocess_shared(

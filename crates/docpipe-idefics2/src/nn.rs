@@ -211,15 +211,24 @@ pub fn split_heads(xs: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor>
 /// order their sums differently, so a row's result would depend on how many rows came with it.
 const GENERAL_KERNEL_MIN_OUTPUTS: usize = 16 * 16 + 1;
 
-/// `a · b` over the last two dimensions, with `a` padded with zero rows (then dropped) up to
-/// the general kernel's size: a request decoding alone, or with a short question after a
-/// shared prefix, must give the same bits as in a big batch.
+/// When neither output side exceeds this, `gemm` cuts the summed dimension into blocks of
+/// [`SMALL_PRODUCT_BLOCK`] instead of its usual equal blocks, which regroups sums longer than
+/// that block.
+const SMALL_PRODUCT_SIDE: usize = 64;
+const SMALL_PRODUCT_BLOCK: usize = 512;
+
+/// `a · b` over the last two dimensions, with `a` padded with zero rows (then dropped) until
+/// `gemm` picks the kernel and blocking it uses for any number of rows: a request decoding
+/// alone, a short question after a shared prefix, or one crop of a page must give the same
+/// bits as in a big batch.
 fn matmul_rows(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let rows_dim = a.rank() - 2;
     let rows = a.dim(rows_dim)?;
-    let min_rows = GENERAL_KERNEL_MIN_OUTPUTS
-        .div_ceil(b.dim(D::Minus1)?)
-        .max(2);
+    let cols = b.dim(D::Minus1)?;
+    let mut min_rows = GENERAL_KERNEL_MIN_OUTPUTS.div_ceil(cols).max(2);
+    if cols <= SMALL_PRODUCT_SIDE && a.dim(D::Minus1)? > SMALL_PRODUCT_BLOCK {
+        min_rows = min_rows.max(SMALL_PRODUCT_SIDE + 1);
+    }
     if rows >= min_rows {
         return a.matmul(b);
     }
@@ -240,6 +249,21 @@ fn scores(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
 fn weighted_values(scores: &Tensor, v: &Tensor) -> Result<Tensor> {
     let probs = candle_nn::ops::softmax_last_dim(scores)?.to_dtype(v.dtype())?;
     matmul_rows(&probs, v)
+}
+
+/// Runs `f(offset, len)` for each of the consecutive row segments of the given lengths and
+/// concatenates the results along the rows: attention per sequence over packed sequences.
+pub fn per_segment(
+    lens: &[usize],
+    mut f: impl FnMut(usize, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let mut parts = Vec::with_capacity(lens.len());
+    let mut offset = 0;
+    for &len in lens {
+        parts.push(f(offset, len)?);
+        offset += len;
+    }
+    Tensor::cat(&parts, 0)
 }
 
 /// Scaled dot-product attention for one sequence with grouped key/value heads.
@@ -302,12 +326,20 @@ mod tests {
 
     #[test]
     fn a_rows_result_does_not_depend_on_the_rows_computed_with_it() {
-        for (k, n) in [(64, 32), (64, 64), (16, 70), (128, 643), (96, 256)] {
-            let x = Tensor::randn(0f32, 1.0, (40, k), &Device::Cpu).unwrap();
+        for (k, n) in [
+            (64, 32),
+            (64, 64),
+            (16, 70),
+            (128, 643),
+            (96, 256),
+            (588, 48),
+            (600, 70),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (100, k), &Device::Cpu).unwrap();
             let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
             let linear = Linear::new(w, None);
             let all = linear.forward(&x).unwrap().to_vec2::<f32>().unwrap();
-            for m in 1..40 {
+            for m in 1..100 {
                 let some = linear.forward(&x.narrow(0, 0, m).unwrap()).unwrap();
                 assert_eq!(some.to_vec2::<f32>().unwrap(), all[..m], "{m} of {k}x{n}");
             }

@@ -1,16 +1,17 @@
 //! The SigLIP vision tower in its NaViT form: patch embedding, position ids from bucketized
 //! fractional coordinates, pre-norm encoder layers and the post layer norm.
 //!
-//! Each image (crop) is encoded on its own at its own size. transformers pads a batch and
-//! masks patches that are not fully inside the image (`sum == 196`); the valid patches are
-//! exactly the `floor(h/14) × floor(w/14)` grid encoded here, so the features are the same
-//! as in a padded batch, and they do not depend on what else is in the batch.
+//! Each image (crop) is encoded at its own size, with attention over its own patches only.
+//! transformers pads a batch and masks patches that are not fully inside the image
+//! (`sum == 196`); the valid patches are exactly the `floor(h/14) × floor(w/14)` grid encoded
+//! here, so the features are the same as in a padded batch, and they do not depend on what
+//! else is in the batch.
 
 use candle_core::{Device, Module, Result, Tensor};
 
 use crate::config::VisionConfig;
 use crate::error::LoadError;
-use crate::nn::{attention, split_heads, AttentionProjections, LayerNorm, Linear};
+use crate::nn::{attention, per_segment, split_heads, AttentionProjections, LayerNorm, Linear};
 use crate::processor::ProcessedImage;
 use crate::weights::Weights;
 
@@ -146,22 +147,34 @@ impl VisionTower {
         })
     }
 
-    /// `last_hidden_state` of the valid patches of one image: `(P, hidden)`.
-    pub fn forward(&self, image: &ProcessedImage) -> Result<Tensor> {
+    /// `last_hidden_state` of the valid patches of several images (the crops of one page),
+    /// packed in image order: `(Σ P, hidden)`, and the number of patches of each image.
+    ///
+    /// Embeddings, norms and MLPs run over all patches at once and attention runs per image,
+    /// so each image's rows are the ones it gets alone, in fewer and larger matmuls.
+    pub fn forward(&self, images: &[ProcessedImage]) -> Result<(Tensor, Vec<usize>)> {
         let device = self.position_embedding.device();
         let dtype = self.position_embedding.dtype();
         let p = self.config.patch_size;
-        let (nb_h, nb_w) = patch_grid(image, p);
-        if nb_h == 0 || nb_w == 0 {
-            candle_core::bail!(
-                "image of {}x{} is smaller than one {p}x{p} patch",
-                image.width,
-                image.height
-            );
+        let side = self.config.num_patches_per_side();
+        let mut patches = Vec::with_capacity(images.len());
+        let mut ids = Vec::new();
+        let mut lens = Vec::with_capacity(images.len());
+        for image in images {
+            let (nb_h, nb_w) = patch_grid(image, p);
+            if nb_h == 0 || nb_w == 0 {
+                candle_core::bail!(
+                    "image of {}x{} is smaller than one {p}x{p} patch",
+                    image.width,
+                    image.height
+                );
+            }
+            patches.push(patchify(image, p, device)?);
+            ids.extend(position_ids(nb_h, nb_w, side));
+            lens.push(nb_h * nb_w);
         }
-        let patches = patchify(image, p, device)?.to_dtype(dtype)?;
-        let ids = position_ids(nb_h, nb_w, self.config.num_patches_per_side());
-        let ids = Tensor::from_vec(ids, nb_h * nb_w, device)?;
+        let patches = Tensor::cat(&patches, 0)?.to_dtype(dtype)?;
+        let ids = Tensor::from_vec(ids, lens.iter().sum::<usize>(), device)?;
         let mut hidden = self
             .patch_embedding
             .forward(&patches)?
@@ -174,7 +187,10 @@ impl VisionTower {
             let q = split_heads(&layer.attn.q.forward(&x)?, heads, head_dim)?;
             let k = split_heads(&layer.attn.k.forward(&x)?, heads, head_dim)?;
             let v = split_heads(&layer.attn.v.forward(&x)?, heads, head_dim)?;
-            let a = attention(&q, &k, &v, scale, None)?;
+            let a = per_segment(&lens, |offset, len| {
+                let part = |t: &Tensor| t.narrow(1, offset, len)?.contiguous();
+                attention(&part(&q)?, &part(&k)?, &part(&v)?, scale, None)
+            })?;
             hidden = (hidden + layer.attn.o.forward(&a)?)?;
             let x = layer.norm2.forward(&hidden)?;
             let x = layer
@@ -182,7 +198,7 @@ impl VisionTower {
                 .forward(&self.config.hidden_act.apply(&layer.fc1.forward(&x)?)?)?;
             hidden = (hidden + x)?;
         }
-        self.post_layernorm.forward(&hidden)
+        Ok((self.post_layernorm.forward(&hidden)?, lens))
     }
 }
 

@@ -394,6 +394,26 @@ fn results_do_not_depend_on_the_batch() {
     }
 }
 
+/// The crops of a page go through the vision tower and connector together; each crop's
+/// features are the bits it gets alone.
+#[test]
+fn crops_together_give_the_bits_of_crops_alone() {
+    let model = load("tiny-gqa-split");
+    let page = load_image(&fixtures().join("images/page.png")).unwrap();
+    let crops = model.processor().preprocess(&page).unwrap();
+    assert_eq!(crops.len(), 5);
+    let together = model.image_features(&crops).unwrap();
+    let alone: Vec<_> = crops
+        .iter()
+        .map(|c| model.image_features(std::slice::from_ref(c)).unwrap())
+        .collect();
+    let alone = candle_core::Tensor::cat(&alone, 0).unwrap();
+    assert_eq!(
+        together.to_vec2::<f32>().unwrap(),
+        alone.to_vec2::<f32>().unwrap()
+    );
+}
+
 #[test]
 fn bad_requests_are_invalid_requests() {
     let model = load("tiny-chatty");
