@@ -142,6 +142,10 @@ fn image_prefixes(
             continue;
         };
         let len = last_image + 1;
+        if len == ids.len() {
+            // The last token's logits choose the first new token: it must be the sequence's own.
+            continue;
+        }
         let same = |p: &ImagePrefix| {
             let other = &inputs[p.source];
             p.len == len
@@ -281,4 +285,44 @@ fn finished(seqs: Vec<Sequence>) -> Vec<SequenceOutput> {
             first_logits: s.first_logits,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IMG: u32 = 9;
+
+    fn input(ids: &'static [u32], image_ids: &[usize]) -> SequenceInput<'static> {
+        SequenceInput {
+            input_ids: ids,
+            image_features: None,
+            image_ids: image_ids.to_vec(),
+            max_new_tokens: 4,
+        }
+    }
+
+    #[test]
+    fn questions_about_one_page_share_its_prefix_and_nothing_else_does() {
+        let inputs = [
+            input(&[1, 5, IMG, IMG, 6, 20, 21], &[100]),
+            input(&[1, 5, IMG, IMG, 6, 30], &[100]),
+            input(&[1, 5, IMG, IMG, 6, 20, 21], &[200]),
+            input(&[1, 7, IMG, IMG, 6, 20], &[100]),
+            input(&[1, 5, 20, 21], &[]),
+            input(&[1, 5, IMG, IMG], &[100]),
+            input(&[1, 5, IMG, IMG, 6, 40], &[100]),
+        ];
+        let active: Vec<usize> = (0..inputs.len()).filter(|&i| i != 6).collect();
+        let (prefixes, of) = image_prefixes(&inputs, &active, IMG);
+        // Same page, same tokens up to the last image token: one prefix of 4 tokens.
+        assert_eq!(of[0], of[1]);
+        assert_eq!(prefixes[of[0].unwrap()].len, 4);
+        // Another page, or other tokens before the image: their own prefixes.
+        assert!(of[2].is_some() && of[2] != of[0]);
+        assert!(of[3].is_some() && of[3] != of[0]);
+        // No image, a prompt ending with its image, and inactive sequences: none.
+        assert_eq!((of[4], of[5], of[6]), (None, None, None));
+        assert_eq!(prefixes.len(), 3);
+    }
 }
