@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use docpipe_core::{DocumentRef, VisionLanguageModel};
+use docpipe_core::{DocumentRef, Stage, VisionLanguageModel};
 use docpipe_idefics2::{device_from_spec, dtype_from_name, Idefics2Model};
 use docpipe_pipeline::config::{PipelineConfig, DEMO_PIPELINE};
 use docpipe_pipeline::pool::FAULT_ENV;
@@ -606,4 +606,66 @@ fn docvqa_pipeline_asks_each_document_its_manifest_questions() {
     expected.sort();
     got.sort();
     assert_eq!(got, expected);
+}
+
+/// A manifest document with no questions (and none configured) still gets its row, an error of
+/// stage `prepare`, and is committed: the run exits 1 and the rerun skips it.
+#[test]
+fn a_document_without_questions_gets_an_error_row_and_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let documents = repo().join("fixtures/docvqa/json/documents");
+    let manifest = dir.path().join("manifest.jsonl");
+    let line = |name: &str, questions: serde_json::Value| {
+        serde_json::json!({
+            "uri": documents.join(name).display().to_string(),
+            "questions": questions,
+        })
+        .to_string()
+    };
+    let asked = line(
+        "invoice_acme.png",
+        serde_json::json!([{"id": "1", "text": "What is the invoice number?"}]),
+    );
+    let unasked = line("receipt_cafe.png", serde_json::json!([]));
+    std::fs::write(&manifest, format!("{asked}\n{unasked}\n")).unwrap();
+    let sink = dir.path().join("out").display().to_string();
+    let sets = [
+        format!("source.uri={}", manifest.display()),
+        format!("sink.uri={sink}"),
+    ];
+    let run = || {
+        docpipe(
+            &[
+                "run",
+                "pipelines/docvqa-eval.toml",
+                "--set",
+                &sets[0],
+                "--set",
+                &sets[1],
+            ],
+            &[],
+        )
+    };
+    let output = run();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let rows = rows_at(&sink, StoreOptions::default());
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (failed, answered): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.error.is_some());
+    assert!(answered[0].doc_uri.ends_with("invoice_acme.png"));
+    assert!(answered[0].answer.is_some());
+    let failed = failed[0];
+    assert!(failed.doc_uri.ends_with("receipt_cafe.png"));
+    assert_eq!(
+        (failed.task.as_str(), failed.page, failed.error_stage),
+        ("qa", None, Some(Stage::Prepare))
+    );
+
+    let again = run();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("0 documents processed, 2 skipped"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(rows_at(&sink, StoreOptions::default()).len(), 2);
 }

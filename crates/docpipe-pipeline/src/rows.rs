@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use docpipe_core::{DocumentRef, Failure, Stage};
 use docpipe_sink::OutputRow;
 
 use crate::engine::FinishedDocument;
@@ -60,6 +61,32 @@ pub fn output_rows(
         .collect()
 }
 
+/// The rows of a document that no task had a question for (its tasks are all `qa` tasks with
+/// no configured questions, and the manifest gave it none): one error row per task, so that the
+/// document is in the output, counted as failed, and committed like any other (a rerun skips
+/// it instead of listing it again).
+pub fn unasked_rows(
+    doc: &DocumentRef,
+    tasks: &[String],
+    run_id: &str,
+    model: &str,
+    created_at: i64,
+) -> Vec<OutputRow> {
+    let failure = Failure::new(
+        Stage::Prepare,
+        &doc.uri,
+        "no questions to ask: the task has none configured and the manifest has none for this document",
+    );
+    tasks
+        .iter()
+        .map(|task| {
+            let mut row = OutputRow::for_document(doc, run_id, model, created_at);
+            row.task = task.clone();
+            row.with_failure(&failure)
+        })
+        .collect()
+}
+
 fn saturate(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -69,7 +96,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use docpipe_core::{DocumentRef, Failure, FinishReason, Generation, Stage};
+    use docpipe_core::{FinishReason, Generation};
 
     use super::*;
     use crate::config::{PipelineConfig, DEMO_PIPELINE};
@@ -145,5 +172,20 @@ mod tests {
             fields,
             serde_json::json!({"sender": null, "total_amount": "12 EUR"})
         );
+    }
+
+    #[test]
+    fn a_document_without_questions_gets_an_error_row_per_task() {
+        let mut doc = DocumentRef::new("s3://b/empty.pdf");
+        doc.keys.insert("id".into(), "7".into());
+        let rows = unasked_rows(&doc, &["qa".into(), "checks".into()], "run", "m", 7);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].task, "checks");
+        for row in &rows {
+            assert_eq!((row.page, row.question_id.as_deref()), (None, None));
+            assert_eq!(row.error_stage, Some(Stage::Prepare));
+            assert!(row.error.as_deref().unwrap().contains("no questions"));
+            assert_eq!(row.keys.get("id").map(String::as_str), Some("7"));
+        }
     }
 }

@@ -22,7 +22,7 @@ use crate::pool::Replica;
 use crate::progress::{Counters, ProgressDisplay};
 use crate::queue::BatchBudget;
 use crate::renderer::PoolRenderer;
-use crate::rows::output_rows;
+use crate::rows::{output_rows, unasked_rows};
 use crate::tasks::TaskPlan;
 
 /// What a run needs besides its pipeline file.
@@ -275,14 +275,19 @@ impl Job {
         });
 
         let mut sink_time = Duration::ZERO;
+        let tasks: Vec<String> = config.tasks.iter().map(|t| t.name().to_owned()).collect();
+        let labels = RowLabels {
+            run_id: &run_id,
+            model_id: &model_id,
+            tasks: &tasks,
+        };
         let committed = commit_documents(
             &mut sink,
             &mut finished_rx,
             &mut report,
             &counters,
             &mut sink_time,
-            &run_id,
-            &model_id,
+            &labels,
         )
         .await;
         // Closing the channel stops the engine if the sink failed.
@@ -345,17 +350,28 @@ impl Job {
     }
 }
 
+/// What the rows of this run are labelled with.
+struct RowLabels<'a> {
+    run_id: &'a str,
+    model_id: &'a str,
+    /// The `task` column of each configured task, for documents no task had a question for.
+    tasks: &'a [String],
+}
+
 /// Commits finished documents as they arrive, and writes buffered ones when they get too old.
-#[allow(clippy::too_many_arguments)]
 async fn commit_documents(
     sink: &mut Sink,
     finished: &mut tokio::sync::mpsc::Receiver<FinishedDocument>,
     report: &mut RunReport,
     counters: &Counters,
     sink_time: &mut Duration,
-    run_id: &str,
-    model_id: &str,
+    labels: &RowLabels<'_>,
 ) -> Result<(), SinkError> {
+    let RowLabels {
+        run_id,
+        model_id,
+        tasks,
+    } = *labels;
     loop {
         let next = match sink.flush_deadline() {
             Some(deadline) => tokio::select! {
@@ -371,10 +387,11 @@ async fn commit_documents(
             }
             Some(None) => return Ok(()),
             Some(Some(doc)) => {
-                let rows = output_rows(&doc, run_id, model_id, unix_micros(SystemTime::now()));
+                let now = unix_micros(SystemTime::now());
+                let mut rows = output_rows(&doc, run_id, model_id, now);
                 if rows.is_empty() {
-                    tracing::warn!(doc = %doc.doc.uri, "no questions to ask about this document; nothing written");
-                    continue;
+                    tracing::warn!(doc = %doc.doc.uri, "no questions to ask about this document");
+                    rows = unasked_rows(&doc.doc, tasks, run_id, model_id, now);
                 }
                 let failed = rows.iter().filter(|r| r.error_stage.is_some()).count();
                 for row in &rows {
