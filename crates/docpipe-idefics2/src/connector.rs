@@ -5,7 +5,9 @@ use candle_core::{Module, Result, Tensor};
 
 use crate::config::{Idefics2Config, PerceiverConfig};
 use crate::error::LoadError;
-use crate::nn::{attention, split_heads, AttentionProjections, GatedMlp, RmsNorm};
+use crate::nn::{
+    attention, per_segment, split_heads, token_range, AttentionProjections, GatedMlp, RmsNorm,
+};
 use crate::weights::Weights;
 
 struct PerceiverLayer {
@@ -99,19 +101,15 @@ impl Connector {
         let context = self.projection.forward(patches)?;
         let scale = (pc.head_dim as f64).powf(-0.5);
         let mut latents = self.latents.repeat((lens.len(), 1))?;
+        let kv_lens: Vec<usize> = lens.iter().map(|len| len + n).collect();
         for layer in &self.layers {
             let ln = layer.latents_norm.forward(&latents)?;
             let cn = layer.context_norm.forward(&context)?;
             // Keys and values see each image's context first, then its latents; no mask is
             // needed because only valid patches were encoded.
-            let mut kv_in = Vec::with_capacity(2 * lens.len());
-            let mut offset = 0;
-            for (i, &len) in lens.iter().enumerate() {
-                kv_in.push(cn.narrow(0, offset, len)?);
-                kv_in.push(ln.narrow(0, i * n, n)?);
-                offset += len;
-            }
-            let kv_in = Tensor::cat(&kv_in, 0)?;
+            let kv_in = per_segment(lens, |i, offset, len| {
+                Tensor::cat(&[cn.narrow(0, offset, len)?, ln.narrow(0, i * n, n)?], 0)
+            })?;
             let q = split_heads(&layer.attn.q.forward(&ln)?, pc.n_heads, pc.head_dim)?;
             let k = split_heads(
                 &layer.attn.k.forward(&kv_in)?,
@@ -123,20 +121,15 @@ impl Connector {
                 pc.num_key_value_heads,
                 pc.head_dim,
             )?;
-            let part = |t: &Tensor, offset, len| t.narrow(1, offset, len)?.contiguous();
-            let mut outputs = Vec::with_capacity(lens.len());
-            let mut kv_offset = 0;
-            for (i, &len) in lens.iter().enumerate() {
-                outputs.push(attention(
-                    &part(&q, i * n, n)?,
-                    &part(&k, kv_offset, len + n)?,
-                    &part(&v, kv_offset, len + n)?,
+            let a = per_segment(&kv_lens, |i, offset, len| {
+                attention(
+                    &token_range(&q, i * n, n)?,
+                    &token_range(&k, offset, len)?,
+                    &token_range(&v, offset, len)?,
                     scale,
                     None,
-                )?);
-                kv_offset += len + n;
-            }
-            let a = Tensor::cat(&outputs, 0)?;
+                )
+            })?;
             latents = (latents + layer.attn.o.forward(&a)?)?;
             latents = (&latents + layer.mlp.forward(&layer.post_norm.forward(&latents)?)?)?;
         }

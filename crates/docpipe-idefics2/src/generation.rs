@@ -220,6 +220,7 @@ pub fn generate(
         segments.push(Segment { tokens, past });
     }
     let (mut logits, kvs) = model.prefill(&Tensor::cat(&packed, 0)?, &segments)?;
+    // Free the prompts' tensors before decoding; the cache below holds what is still needed.
     drop((prefix_kv, embeds));
     if keep_first_logits {
         for (row, &i) in logits.to_vec2::<f32>()?.into_iter().zip(&active) {

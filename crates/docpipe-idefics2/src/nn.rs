@@ -251,16 +251,21 @@ fn weighted_values(scores: &Tensor, v: &Tensor) -> Result<Tensor> {
     matmul_rows(&probs, v)
 }
 
-/// Runs `f(offset, len)` for each of the consecutive row segments of the given lengths and
-/// concatenates the results along the rows: attention per sequence over packed sequences.
+/// Tokens `offset..offset + len` of a `(heads, tokens, d)` tensor, contiguous.
+pub fn token_range(t: &Tensor, offset: usize, len: usize) -> Result<Tensor> {
+    t.narrow(1, offset, len)?.contiguous()
+}
+
+/// Runs `f(index, offset, len)` for each of the consecutive row segments of the given lengths
+/// and concatenates the results along the rows: attention per sequence over packed sequences.
 pub fn per_segment(
     lens: &[usize],
-    mut f: impl FnMut(usize, usize) -> Result<Tensor>,
+    mut f: impl FnMut(usize, usize, usize) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let mut parts = Vec::with_capacity(lens.len());
     let mut offset = 0;
-    for &len in lens {
-        parts.push(f(offset, len)?);
+    for (index, &len) in lens.iter().enumerate() {
+        parts.push(f(index, offset, len)?);
         offset += len;
     }
     Tensor::cat(&parts, 0)

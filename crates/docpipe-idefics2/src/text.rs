@@ -14,7 +14,8 @@ use crate::config::TextConfig;
 use crate::error::LoadError;
 use crate::kv_cache::{BatchCache, SequenceKv};
 use crate::nn::{
-    attention, batched_attention, split_heads, AttentionProjections, GatedMlp, Linear, RmsNorm,
+    attention, batched_attention, per_segment, split_heads, token_range, AttentionProjections,
+    GatedMlp, Linear, RmsNorm,
 };
 use crate::weights::Weights;
 
@@ -207,6 +208,7 @@ impl TextModel {
         segments: &[Segment<'_>],
     ) -> Result<(Tensor, Vec<SequenceKv>)> {
         let cfg = &self.config;
+        let tokens: Vec<usize> = segments.iter().map(|s| s.tokens).collect();
         let positions: Vec<usize> = segments
             .iter()
             .flat_map(|s| s.past_len()..s.past_len() + s.tokens)
@@ -223,31 +225,28 @@ impl TextModel {
         let mut hidden = embeds.clone();
         for (li, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(&hidden, cfg, (&cos, &sin), |q, k, v| {
-                let mut outputs = Vec::with_capacity(segments.len());
-                let mut offset = 0;
-                for ((segment, mask), kv) in segments.iter().zip(&masks).zip(&mut kvs) {
-                    let t = segment.tokens;
-                    let qs = q.narrow(1, offset, t)?.contiguous()?;
-                    let mut ks = k.narrow(1, offset, t)?.contiguous()?;
-                    let mut vs = v.narrow(1, offset, t)?.contiguous()?;
-                    if let Some(past) = segment.past {
+                per_segment(&tokens, |i, offset, t| {
+                    let qs = token_range(&q, offset, t)?;
+                    let mut ks = token_range(&k, offset, t)?;
+                    let mut vs = token_range(&v, offset, t)?;
+                    if let Some(past) = segments[i].past {
                         let (pk, pv) = &past.layers[li];
                         ks = Tensor::cat(&[pk, &ks], 1)?;
                         vs = Tensor::cat(&[pv, &vs], 1)?;
                     }
-                    outputs.push(attention(&qs, &ks, &vs, self.scale(), mask.as_ref())?);
-                    kv.layers.push((ks, vs));
-                    offset += t;
-                }
-                Tensor::cat(&outputs, 0)
+                    let out = attention(&qs, &ks, &vs, self.scale(), masks[i].as_ref())?;
+                    kvs[i].layers.push((ks, vs));
+                    Ok(out)
+                })
             })?;
         }
-        let mut last = Vec::with_capacity(segments.len());
-        let mut end = 0;
-        for segment in segments {
-            end += segment.tokens;
-            last.push((end - 1) as u32);
-        }
+        let last: Vec<u32> = tokens
+            .iter()
+            .scan(0, |end, t| {
+                *end += t;
+                Some((*end - 1) as u32)
+            })
+            .collect();
         let last = Tensor::from_vec(last, segments.len(), self.device())?;
         Ok((self.logits(&hidden.index_select(&last, 0)?)?, kvs))
     }

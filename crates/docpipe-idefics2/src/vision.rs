@@ -11,7 +11,9 @@ use candle_core::{Device, Module, Result, Tensor};
 
 use crate::config::VisionConfig;
 use crate::error::LoadError;
-use crate::nn::{attention, per_segment, split_heads, AttentionProjections, LayerNorm, Linear};
+use crate::nn::{
+    attention, per_segment, split_heads, token_range, AttentionProjections, LayerNorm, Linear,
+};
 use crate::processor::ProcessedImage;
 use crate::weights::Weights;
 
@@ -187,8 +189,8 @@ impl VisionTower {
             let q = split_heads(&layer.attn.q.forward(&x)?, heads, head_dim)?;
             let k = split_heads(&layer.attn.k.forward(&x)?, heads, head_dim)?;
             let v = split_heads(&layer.attn.v.forward(&x)?, heads, head_dim)?;
-            let a = per_segment(&lens, |offset, len| {
-                let part = |t: &Tensor| t.narrow(1, offset, len)?.contiguous();
+            let a = per_segment(&lens, |_, offset, len| {
+                let part = |t: &Tensor| token_range(t, offset, len);
                 attention(&part(&q)?, &part(&k)?, &part(&v)?, scale, None)
             })?;
             hidden = (hidden + layer.attn.o.forward(&a)?)?;
