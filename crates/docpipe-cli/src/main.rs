@@ -1,7 +1,8 @@
 //! `docpipe`: a batch document-understanding pipeline.
 //!
 //! Each subcommand lives in its own module under `commands/`; this file only parses the command
-//! line, sets up logging and turns results into the documented exit codes.
+//! line, sets up logging and hands each command's result to [`exit::code`], the one place that
+//! turns results into the documented exit codes.
 
 mod commands;
 mod exit;
@@ -12,10 +13,7 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "docpipe", version, about, long_about = None)]
-#[command(
-    after_help = "Exit codes: 0 all succeeded, 1 finished with some failures, \
-2 usage or configuration error, 3 the run could not finish (rerun resumes)."
-)]
+#[command(after_help = exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,19 +21,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(after_help = exit::HELP)]
     Render(commands::render::RenderArgs),
     /// Internal: a render worker process, driven over stdin/stdout by the render pool.
     #[command(hide = true)]
     RenderWorker(commands::render::WorkerArgs),
     /// Batched greedy generation with an Idefics2 checkpoint over a JSONL file of chat requests.
+    #[command(after_help = exit::HELP)]
     Generate(commands::generate::GenerateArgs),
     /// DocVQA evaluation: `eval docvqa` runs a checkpoint on a dataset, `eval anls` scores predictions.
     Eval(commands::eval::EvalArgs),
     /// Run a pipeline (pipelines/*.toml): source → render → model → Parquet. Without a file,
-    /// the embedded demo pipeline.
+    /// the embedded demo pipeline (its tiny fixture model has random weights: answers are noise;
+    /// point `--set model.path=DIR` at a real checkpoint).
+    #[command(after_help = exit::HELP)]
     Run(commands::run::RunArgs),
     /// Finish a sharded run: write the dataset manifest once every shard is complete, or list
     /// the missing and failed shards.
+    #[command(after_help = exit::HELP)]
     Commit(commands::commit::CommitArgs),
 }
 
@@ -48,7 +51,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let code = match cli.command {
+    let result = match cli.command {
         Command::Render(args) => commands::render::run(args),
         Command::RenderWorker(args) => commands::render::worker(args),
         Command::Generate(args) => commands::generate::run(args),
@@ -56,5 +59,5 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Commit(args) => commands::commit::run(args),
     };
-    ExitCode::from(code)
+    exit::code(result)
 }

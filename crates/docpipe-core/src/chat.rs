@@ -1,3 +1,8 @@
+//! What a model is asked and what it answers, independent of any model family: a
+//! [`ChatRequest`] (Hugging Face-style chat messages plus the page images they refer to) and
+//! its [`Generation`] with the [`FinishReason`]. Families turn requests into their own prompt
+//! format; the pipeline only builds requests and reads generations.
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};

@@ -1,3 +1,7 @@
+//! What a source lists and what the renderer produces: a [`DocumentRef`] (URI, version,
+//! manifest questions and key columns) and a [`PageImage`] (one rendered page, holding an
+//! `Arc` of its document so that every row built from it can name the document).
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -15,7 +19,8 @@ pub struct Question {
 pub struct DocumentRef {
     /// Where the document lives: a local path or an object-store URL.
     pub uri: String,
-    /// The etag or sha256 of the bytes; resume matches committed documents on `uri` + `version`.
+    /// The object's etag (for local files object_store derives it from inode, modification time
+    /// and size); resume matches committed documents on `uri` + `version`.
     pub version: Option<String>,
     /// Size in bytes when the source knows it.
     pub size: Option<u64>,

@@ -1,3 +1,7 @@
+//! Why a row has no answer: a [`Failure`] names the [`Stage`], the document, the page (if
+//! any) and a message a user can act on. Failures travel down the same channels as answers,
+//! so the sink writes one row per expected key whatever happened (docs/schema.md).
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -10,18 +14,26 @@ pub enum Stage {
     Render,
     Prepare,
     Infer,
-    Sink,
 }
 
 impl Stage {
+    /// Every stage that can fail a row. The sink is not one: when it cannot write, no row is
+    /// committed and the run stops (exit 3), so a rerun redoes the document.
+    pub const ALL: [Stage; 4] = [Stage::Source, Stage::Render, Stage::Prepare, Stage::Infer];
+
+    /// The value of the `error_stage` column.
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Source => "source",
             Stage::Render => "render",
             Stage::Prepare => "prepare",
             Stage::Infer => "infer",
-            Stage::Sink => "sink",
         }
+    }
+
+    /// The stage an `error_stage` value names.
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|stage| stage.as_str() == name)
     }
 }
 

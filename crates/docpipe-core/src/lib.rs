@@ -5,11 +5,17 @@
 //! from and a failure always names the stage, the document and the page it concerns.
 
 mod chat;
+mod device;
 mod document;
 mod failure;
 mod model;
+mod shard;
+mod stable_hash;
 
 pub use chat::{ChatMessage, ChatRequest, ContentItem, FinishReason, Generation};
+pub use device::{DeviceSpec, Dtype, UnknownDevice, UnknownDtype};
 pub use document::{DocumentRef, PageImage, Question};
 pub use failure::{Failure, Stage};
 pub use model::{ModelError, RequestCost, VisionLanguageModel};
+pub use shard::{shard_of, InvalidShard, Shard};
+pub use stable_hash::fnv1a64;

@@ -1,9 +1,13 @@
+//! The one interface between the pipeline and a model family: [`VisionLanguageModel`], with
+//! the [`RequestCost`] units batching is budgeted in and the [`ModelError`] kinds the
+//! inference pool reacts to. See docs/architecture.md, "The model trait".
+
 use crate::{ChatRequest, Generation};
 
 /// Why a model call failed. The pool reacts differently to each kind: an out-of-memory batch is
 /// split and retried, a bad request becomes that request's error row, a device failure retires
 /// the replica.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
     /// The request cannot be served by this model (e.g. more images than `<image>` markers).
     #[error("invalid request: {0}")]

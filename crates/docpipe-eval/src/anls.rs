@@ -6,10 +6,10 @@
 //! counted in Unicode scalar values, divided by the longer of the two lengths. Two strings that
 //! are both empty after normalization score 1 (they are equal), as in the `anls` package on PyPI.
 //!
-//! Known differences from that package, both decided by the definition and marked in
-//! `fixtures/anls/cases.jsonl`: it treats U+001C..U+001F as whitespace (Python's `str.isspace`),
-//! and it divides by the length of the *upper-cased* strings, which differs for `ß`, `ﬁ`, `ŉ`
-//! and a few more.
+//! Known differences from that package, both decided by the definition above (docs/eval.md,
+//! "ANLS") and marked in `fixtures/anls/cases.jsonl`: it treats U+001C..U+001F as whitespace
+//! (Python's `str.isspace`), and it divides by the length of the *upper-cased* strings, which
+//! differs for `ß`, `ﬁ`, `ŉ` and a few more.
 
 /// Above this normalized distance an answer is considered wrong and scores 0.
 pub const THRESHOLD: f64 = 0.5;

@@ -5,13 +5,15 @@
 //! `docpipe eval anls` scores any predictions file with [`evaluate::evaluate`]; the pipeline's
 //! `docpipe eval docvqa` reads pages with [`dataset::DocVqaDataset::pages`], builds prompts with
 //! [`answer::ShortAnswerPrompt`], cleans answers with [`answer::AnswerPostprocess`] and writes its
-//! results with [`report`] and [`predictions::submission_json`].
+//! results with [`report`] and [`predictions::submission_json`]; [`pipeline`] holds the pipeline it
+//! runs and turns the committed rows back into predictions.
 
 pub mod anls;
 pub mod answer;
 pub mod dataset;
 pub mod evaluate;
 mod ids;
+pub mod pipeline;
 pub mod predictions;
 pub mod report;
 

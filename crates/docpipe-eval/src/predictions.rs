@@ -16,6 +16,17 @@ pub enum PredictionsError {
     },
 }
 
+impl PredictionsError {
+    /// True when the file is at fault (exit 2), false when its storage could not be reached
+    /// (exit 3).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            PredictionsError::Store(e) => e.is_usage(),
+            PredictionsError::Json { .. } => true,
+        }
+    }
+}
+
 /// One submitted answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {

@@ -11,9 +11,9 @@
 
 use std::time::Instant;
 
-use docpipe_core::VisionLanguageModel;
+use docpipe_core::{Dtype, VisionLanguageModel};
 use docpipe_idefics2::request_file::read_requests;
-use docpipe_idefics2::{dtype_from_name, Idefics2Model, Idefics2Request};
+use docpipe_idefics2::{candle_dtype, Idefics2Model, Idefics2Request};
 
 /// The fastest of `repeats` runs: seconds and generated tokens.
 fn fastest(
@@ -53,7 +53,8 @@ fn main() {
         std::process::exit(2);
     };
     let batch: usize = rest.first().map_or(8, |b| b.parse().expect("batch size"));
-    let dtype = dtype_from_name(rest.get(1).map_or("f32", String::as_str)).expect("dtype");
+    let dtype: Dtype = rest.get(1).map_or("f32", String::as_str).parse().expect("dtype");
+    let dtype = candle_dtype(dtype);
     let repeats: usize = rest.get(2).map_or(3, |r| r.parse().expect("repeats"));
     let start = Instant::now();
     let model =

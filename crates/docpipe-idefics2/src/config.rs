@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::error::LoadError;
 
-/// The `model_type` values this crate can run.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["idefics2"];
+/// The `config.json` `model_type` of the checkpoints this crate runs.
+pub const MODEL_TYPE: &str = "idefics2";
 
 /// A nonlinearity named in a config (`hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,11 +176,10 @@ impl Idefics2Config {
         let model_type = field(root, "model_type")
             .and_then(Value::as_str)
             .unwrap_or("");
-        if !SUPPORTED_MODEL_TYPES.contains(&model_type) {
+        if model_type != MODEL_TYPE {
             return Err(LoadError::UnsupportedModelType {
                 path: path.to_path_buf(),
                 found: model_type.to_string(),
-                supported: SUPPORTED_MODEL_TYPES.join(", "),
             });
         }
         let empty = Value::Object(Default::default());

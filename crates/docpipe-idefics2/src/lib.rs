@@ -7,6 +7,9 @@
 //! [`generation`] (batched greedy decoding); [`model`] assembles them behind
 //! `docpipe_core::VisionLanguageModel`.
 //!
+//! What transformers computes, step by step, is specified in `docs/models/idefics2-spec.md`,
+//! the port's reference; comments cite its sections ("spec A.4" is section A.4 there).
+//!
 //! Behaviour choices where transformers versions disagree:
 //! - **Perceiver RMSNorm eps.** When `perceiver_config` has no `rms_norm_eps` (the hub config
 //!   of idefics2-8b has none), the text model's `rms_norm_eps` is used, as transformers ≤ 4.45
@@ -27,9 +30,10 @@
 //!   Pillow's resampler ([`resample`]): `fast_image_resize` 6's convolution bilinear is off by
 //!   up to one level against Pillow on the fixtures, enough to move logits past 1e-3.
 //!   transformers 5 defaults to a torchvision backend whose pixels differ.
-//! - **RGB conversion**: images with alpha are composited onto white (4.x, spec A.2). The
-//!   fixtures' transformers 5.23 run dropped the alpha channel of RGBA inputs instead; the
-//!   fixture tests load RGBA images that way, explicitly, to compare the rest of the model.
+//! - **RGB conversion**: images with alpha are composited onto white (4.x,
+//!   `docs/models/idefics2-spec.md` A.2). The fixtures' transformers 5.23 run dropped the
+//!   alpha channel of RGBA inputs instead; the fixture tests load RGBA images that way,
+//!   explicitly, to compare the rest of the model.
 //!
 //! Fixture comparisons (`tests/fixtures.rs`, transformers 5.23 references) account for the
 //! fake-token space above by checking that the 5.x rule alone explains each differing prompt
@@ -58,8 +62,7 @@ pub mod text;
 pub mod vision;
 mod weights;
 
-pub use error::{ImageLoadError, LoadError};
+pub use error::{DeviceError, ImageError, ImageLoadError, LoadError, PromptError};
 pub use model::{
-    device_from_spec, dtype_from_name, DetailedGeneration, Idefics2Model, Idefics2Request,
-    PreparedImage,
+    candle_device, candle_dtype, DetailedGeneration, Idefics2Model, Idefics2Request, PreparedImage,
 };

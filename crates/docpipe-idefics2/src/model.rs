@@ -5,18 +5,20 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use candle_core::{DType, Device, Tensor};
-use docpipe_core::{ChatRequest, Generation, ModelError, RequestCost, VisionLanguageModel};
+use docpipe_core::{
+    fnv1a64, ChatRequest, DeviceSpec, Dtype, Generation, ModelError, RequestCost, VisionLanguageModel,
+};
 use image::RgbImage;
 
 use crate::config::{read_json, GenerationConfig, Idefics2Config, ProcessorConfig};
 use crate::connector::Connector;
-use crate::error::LoadError;
+use crate::error::{DeviceError, ImageError, LoadError};
 use crate::generation::{generate, SequenceInput, SequenceOutput};
 use crate::processor::{ImageProcessor, ProcessedImage};
 use crate::prompt::PromptBuilder;
 use crate::text::TextModel;
 use crate::vision::{patch_grid, VisionTower};
-use crate::weights::{fnv1a, Weights};
+use crate::weights::Weights;
 
 /// How many recently preprocessed images `prepare` remembers, so that several questions about
 /// one page preprocess it once.
@@ -45,35 +47,28 @@ pub struct DetailedGeneration {
     pub first_logits: Option<Vec<f32>>,
 }
 
-/// Parses `cpu` or `cuda:N`; CUDA needs a build with the `cuda` feature.
-pub fn device_from_spec(spec: &str) -> Result<Device, String> {
-    if spec == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let Some(ordinal) = spec
-        .strip_prefix("cuda:")
-        .and_then(|n| n.parse::<usize>().ok())
-    else {
-        return Err(format!("unknown device {spec:?} (expected cpu or cuda:N)"));
-    };
-    if cfg!(feature = "cuda") {
-        Device::new_cuda(ordinal).map_err(|e| format!("{spec}: {e}"))
-    } else {
-        Err(format!(
-            "device {spec} needs a build with the `cuda` cargo feature (cargo build --features cuda)"
-        ))
+/// The candle device of one replica. `cuda:all` is a pipeline-level spec, expanded into
+/// `cuda:N` devices before any model is loaded.
+pub fn candle_device(spec: DeviceSpec) -> Result<Device, DeviceError> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::CudaAll => Err(DeviceError::NotExpanded),
+        DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => Err(DeviceError::NoCudaBuild(spec)),
+        DeviceSpec::Cuda(ordinal) => {
+            Device::new_cuda(ordinal).map_err(|source| DeviceError::Unavailable {
+                device: spec,
+                source,
+            })
+        }
     }
 }
 
-/// Parses `f32`, `bf16` or `f16`.
-pub fn dtype_from_name(name: &str) -> Result<DType, String> {
-    match name {
-        "f32" => Ok(DType::F32),
-        "bf16" => Ok(DType::BF16),
-        "f16" => Ok(DType::F16),
-        other => Err(format!(
-            "unknown dtype {other:?} (expected f32, bf16 or f16)"
-        )),
+/// The candle dtype of weights and activations.
+pub fn candle_dtype(dtype: Dtype) -> DType {
+    match dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::Bf16 => DType::BF16,
     }
 }
 
@@ -148,7 +143,7 @@ impl Idefics2Model {
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "idefics2".to_string());
-        let hash = fnv1a(&[&config_bytes, weights.fingerprint()]);
+        let hash = fnv1a64(&[&config_bytes, weights.fingerprint()]);
         Ok(Idefics2Model {
             model_id: format!("{name}@{:08x}", hash >> 32),
             config,
@@ -206,20 +201,21 @@ impl Idefics2Model {
         let crops = Arc::new(
             self.processor
                 .preprocess(image)
-                .map_err(ModelError::InvalidRequest)?,
+                .map_err(|e| ModelError::InvalidRequest(e.to_string()))?,
         );
         let p = self.config.vision.patch_size;
         if let Some(small) = crops
             .iter()
             .find(|c| patch_grid(c, p).0 == 0 || patch_grid(c, p).1 == 0)
         {
-            return Err(ModelError::InvalidRequest(format!(
-                "an image of {}x{} gives a {}x{} crop, smaller than one {p}x{p} patch",
-                image.width(),
-                image.height(),
-                small.width,
-                small.height
-            )));
+            let error = ImageError::SmallerThanPatch {
+                width: image.width(),
+                height: image.height(),
+                crop_width: small.width,
+                crop_height: small.height,
+                patch: p,
+            };
+            return Err(ModelError::InvalidRequest(error.to_string()));
         }
         let mut recent = self.recent_images.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() >= RECENT_IMAGES {
@@ -294,7 +290,10 @@ impl Idefics2Model {
                         first_logits,
                     },
                 )| {
-                    let text = self.prompt.decode(&token_ids).map_err(ModelError::Device)?;
+                    let text = self
+                        .prompt
+                        .decode(&token_ids)
+                        .map_err(|e| ModelError::Device(e.to_string()))?;
                     Ok(DetailedGeneration {
                         generation: Generation {
                             text,
@@ -321,7 +320,7 @@ impl VisionLanguageModel for Idefics2Model {
         let prompt = self
             .prompt
             .build(&request.messages, request.images.len())
-            .map_err(ModelError::InvalidRequest)?;
+            .map_err(|e| ModelError::InvalidRequest(e.to_string()))?;
         let images = request
             .images
             .iter()

@@ -74,7 +74,7 @@ impl RmsNorm {
         let weight = w.get(name, dim)?;
         let ones = weight
             .ones_like()
-            .map_err(|e| LoadError::Device(e.to_string()))?;
+            .map_err(LoadError::Device)?;
         Ok(RmsNorm { weight, ones, eps })
     }
 }
@@ -111,7 +111,7 @@ impl LayerNorm {
     ) -> std::result::Result<Self, LoadError> {
         let f32 = |t: Tensor| {
             t.to_dtype(DType::F32)
-                .map_err(|e| LoadError::Device(e.to_string()))
+                .map_err(LoadError::Device)
         };
         Ok(LayerNorm {
             weight: f32(w.get(&format!("{prefix}.weight"), dim)?)?,

@@ -8,7 +8,7 @@ use std::path::Path;
 use image::{DynamicImage, RgbImage, RgbaImage};
 
 use crate::config::ProcessorConfig;
-use crate::error::ImageLoadError;
+use crate::error::{ImageError, ImageLoadError};
 use crate::resample::resize;
 
 /// One preprocessed image (a crop or a whole image): normalized f32 pixels, channel-first.
@@ -161,9 +161,9 @@ impl ImageProcessor {
 
     /// Preprocesses one input image into its crops (or itself), in the order the prompt's
     /// `<image>` blocks expect them.
-    pub fn preprocess(&self, image: &RgbImage) -> Result<Vec<ProcessedImage>, String> {
+    pub fn preprocess(&self, image: &RgbImage) -> Result<Vec<ProcessedImage>, ImageError> {
         if image.width() == 0 || image.height() == 0 {
-            return Err("image has no pixels".to_string());
+            return Err(ImageError::Empty);
         }
         let parts = if self.config.do_image_splitting {
             split(image)
@@ -174,11 +174,10 @@ impl ImageProcessor {
             .iter()
             .map(|part| {
                 if part.width() == 0 || part.height() == 0 {
-                    return Err(format!(
-                        "image of {}x{} is too small to split",
-                        image.width(),
-                        image.height()
-                    ));
+                    return Err(ImageError::TooSmallToSplit {
+                        width: image.width(),
+                        height: image.height(),
+                    });
                 }
                 let resized = if self.config.do_resize {
                     let (h, w) = resize_output_size(
@@ -247,7 +246,7 @@ mod tests {
 
     #[test]
     fn resize_rule_matches_the_spec_examples() {
-        // (H, W) in, (H, W) out; spec A.4.
+        // (H, W) in, (H, W) out; docs/models/idefics2-spec.md A.4.
         assert_eq!(resize_output_size(853, 1280, 378, 980), (653, 980));
         assert_eq!(resize_output_size(426, 640, 378, 980), (426, 640));
         assert_eq!(resize_output_size(427, 640, 378, 980), (427, 640));

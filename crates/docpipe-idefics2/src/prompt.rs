@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::config::read_json;
-use crate::error::LoadError;
+use crate::error::{LoadError, PromptError};
 
 pub const IMAGE_TOKEN: &str = "<image>";
 pub const FAKE_TOKEN: &str = "<fake_token_around_image>";
@@ -166,11 +166,15 @@ impl PromptBuilder {
     }
 
     /// `apply_chat_template(messages, add_generation_prompt=True)` without tokenizing.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, String> {
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, PromptError> {
         if messages.is_empty() {
-            return Err("the message list is empty".into());
+            return Err(PromptError::NoMessages);
         }
-        let template = self.env.get_template("chat").map_err(|e| e.to_string())?;
+        let template_error = |source| PromptError::Template {
+            template: self.template_path.clone(),
+            source,
+        };
+        let template = self.env.get_template("chat").map_err(template_error)?;
         let special = |id: Option<u32>| {
             id.and_then(|i| self.tokenizer.id_to_token(i))
                 .unwrap_or_default()
@@ -182,7 +186,7 @@ impl PromptBuilder {
                 bos_token => special(self.tokenizer.token_to_id("<s>")),
                 eos_token => special(self.tokenizer.token_to_id("</s>")),
             })
-            .map_err(|e| format!("{}: {e}", self.template_path.display()))
+            .map_err(template_error)
     }
 
     /// Replaces each `<image>` by its fake-token-delimited block of `image_seq_len` image tokens
@@ -199,19 +203,20 @@ impl PromptBuilder {
 
     /// Renders, checks the image count, expands and tokenizes (BOS as the tokenizer's
     /// post-processor adds it).
-    pub fn build(&self, messages: &[ChatMessage], image_count: usize) -> Result<Prompt, String> {
+    pub fn build(&self, messages: &[ChatMessage], image_count: usize) -> Result<Prompt, PromptError> {
         let rendered = self.render(messages)?;
         let markers = rendered.matches(IMAGE_TOKEN).count();
         if markers != image_count {
-            return Err(format!(
-                "the prompt has {markers} {IMAGE_TOKEN} markers but the request has {image_count} images"
-            ));
+            return Err(PromptError::ImageCount {
+                markers,
+                images: image_count,
+            });
         }
         let text = self.expand_images(&rendered);
         let encoding = self
             .tokenizer
             .encode(text.as_str(), true)
-            .map_err(|e| format!("tokenizer: {e}"))?;
+            .map_err(PromptError::Tokenizer)?;
         Ok(Prompt {
             text,
             input_ids: encoding.get_ids().to_vec(),
@@ -219,9 +224,9 @@ impl PromptBuilder {
     }
 
     /// Decodes generated ids without special tokens, like `batch_decode(skip_special_tokens=True)`.
-    pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
+    pub fn decode(&self, ids: &[u32]) -> Result<String, PromptError> {
         self.tokenizer
             .decode(ids, true)
-            .map_err(|e| format!("tokenizer: {e}"))
+            .map_err(PromptError::Tokenizer)
     }
 }

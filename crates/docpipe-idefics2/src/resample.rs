@@ -164,12 +164,12 @@ fn pass(src: &[u8], width: usize, height: usize, taps: &Taps, horizontal: bool) 
 /// `Image.resize((width, height), filter, reducing_gap=None)` for an RGB image. Two passes with
 /// a uint8 intermediate, so their order matters: Pillow 13 (the fixtures' version) runs the
 /// horizontal pass first, except when the width grows while the height shrinks, where it runs
-/// the vertical one first (the fixtures' `down_h_up_w` case; the spec's appendix predates
-/// this). When both sides shrink, Pillow 13 sometimes runs the vertical pass first by a rule
-/// not identified here: on random shapes where the order matters this function agrees with
-/// Pillow in 93% of cases and is otherwise off by one level at some pixels (the fixtures'
-/// `tiny-chatty` `tall` request is such a case). A pass whose size does not change is
-/// skipped; the same size is a copy.
+/// the vertical one first (the fixtures' `down_h_up_w` case; Appendix 1 of
+/// `docs/models/idefics2-spec.md` predates this). When both sides shrink, Pillow 13 sometimes
+/// runs the vertical pass first by a rule not identified here: on random shapes where the order
+/// matters this function agrees with Pillow in 93% of cases and is otherwise off by one level
+/// at some pixels (the fixtures' `tiny-chatty` `tall` request is such a case). A pass whose
+/// size does not change is skipped; the same size is a copy.
 pub fn resize(image: &RgbImage, width: u32, height: u32, kind: Resample) -> RgbImage {
     let f = filter(kind);
     let (in_w, in_h) = (image.width() as usize, image.height() as usize);

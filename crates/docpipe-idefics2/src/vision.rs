@@ -18,7 +18,7 @@ use crate::processor::ProcessedImage;
 use crate::weights::Weights;
 
 /// Bucket index along one side for each of `n` valid patches, on a `side`-bucket table
-/// (spec C.3, float32 recipe of transformers ≥ 5.21).
+/// (`docs/models/idefics2-spec.md` C.3, float32 recipe of transformers ≥ 5.21).
 pub fn bucket_ids(n: usize, side: usize) -> Vec<u32> {
     let boundaries: Vec<f32> = (0..side.saturating_sub(1))
         .map(|j| ((j + 1) as f64 / side as f64) as f32)
@@ -100,7 +100,7 @@ impl VisionTower {
         )?;
         let conv = conv
             .reshape((h, 3 * p * p))
-            .map_err(|e| LoadError::Device(e.to_string()))?;
+            .map_err(LoadError::Device)?;
         let bias = w.get(&format!("{prefix}.embeddings.patch_embedding.bias"), h)?;
         let patch_embedding = Linear::new(conv, Some(bias));
         let position_embedding = w.get(

@@ -171,15 +171,3 @@ impl Weights {
         &self.fingerprint
     }
 }
-
-/// FNV-1a, 64 bits: a stable short hash with no extra dependency.
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for part in parts {
-        for &b in *part {
-            hash ^= b as u64;
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    hash
-}

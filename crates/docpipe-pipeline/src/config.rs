@@ -4,9 +4,8 @@
 //! through exactly the same checks as a key written in the file: an unknown key or a bad value
 //! fails before any work starts, with the key named.
 
-use std::fmt;
 
-use docpipe_core::Question;
+use docpipe_core::{DeviceSpec, Dtype, Question};
 use serde::Deserialize;
 
 /// The pipeline used by `docpipe run` without a file: the demo on the repository's fixtures.
@@ -127,70 +126,6 @@ pub struct ModelConfig {
     pub queue: usize,
 }
 
-/// One inference device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Cpu,
-    Cuda(usize),
-    /// Every visible GPU, expanded when the model is loaded.
-    CudaAll,
-}
-
-impl fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceSpec::Cpu => f.write_str("cpu"),
-            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
-            DeviceSpec::CudaAll => f.write_str("cuda:all"),
-        }
-    }
-}
-
-impl std::str::FromStr for DeviceSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cpu" => Ok(DeviceSpec::Cpu),
-            "cuda" | "cuda:all" => Ok(DeviceSpec::CudaAll),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|i| i.parse().ok())
-                .map(DeviceSpec::Cuda)
-                .ok_or_else(|| {
-                    format!("unknown device {s:?}: expected \"cpu\", \"cuda:N\" or \"cuda:all\"")
-                }),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for DeviceSpec {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Weights dtype.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    #[default]
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Dtype {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::F16 => "f16",
-            Dtype::Bf16 => "bf16",
-        }
-    }
-}
-
 /// One `[[task]]`: what to ask about every page.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -296,12 +231,22 @@ impl PipelineConfig {
     /// Parses a pipeline file, applies `--set` overrides (`section.key=value`), then
     /// deserializes and validates. `origin` names the file in messages.
     pub fn load(origin: &str, text: &str, overrides: &[String]) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
+        let table: toml::Table =
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     origin: origin.to_owned(),
                     message: e.to_string(),
                 })?;
+        Self::from_table(origin, table, overrides)
+    }
+
+    /// A pipeline built in code (as `docpipe eval docvqa` does), with the user's overrides
+    /// checked exactly like those of a pipeline file.
+    pub fn from_table(
+        origin: &str,
+        mut table: toml::Table,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
         for item in overrides {
             apply_override(&mut table, item)?;
         }
@@ -438,7 +383,9 @@ impl TaskConfig {
 /// Applies one `section.key=value` override. The value is read as a TOML value (`3`, `true`,
 /// `["cpu", "cpu"]`, `"x"`) and, if it is not one, taken as a plain string. A numeric path
 /// segment indexes an array of tables: `task.0.prompt=...`.
-fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+///
+/// This is the one rule for every command's `--set`, so a value means the same everywhere.
+pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
     let (path, raw) = item
         .split_once('=')
         .ok_or_else(|| ConfigError::OverrideSyntax(item.to_owned()))?;
@@ -519,10 +466,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_pipeline::TEST_PIPELINE;
 
     fn load(overrides: &[&str]) -> Result<PipelineConfig, ConfigError> {
         let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-        PipelineConfig::load("demo.toml", DEMO_PIPELINE, &overrides)
+        PipelineConfig::load("test.toml", TEST_PIPELINE, &overrides)
     }
 
     fn invalid_key(err: ConfigError) -> String {
@@ -588,7 +536,7 @@ mod tests {
         assert!(err.to_string().contains("nosuch"), "{err}");
         let err = load(&["task.1.colour=red"]).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
-        let text = DEMO_PIPELINE.replace("[render]", "[render]\nlongest_side = 3");
+        let text = format!("{TEST_PIPELINE}\n[render]\nlongest_side = 3");
         let err = PipelineConfig::load("x.toml", &text, &[]).unwrap_err();
         assert!(err.to_string().contains("longest_side"), "{err}");
     }

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::pool::{Completed, InferencePool, Job, PoolError, Replica, ReplicaStats, Submitter};
 use crate::progress::Counters;
-use crate::queue::BatchBudget;
+use crate::queue::{BatchBudget, QueueClosed};
 use crate::tasks::{chat_request, Query, TaskPlan};
 
 /// A document opened for rendering: which pages will come, then the pages themselves.
@@ -178,7 +178,7 @@ where
         std::thread::Builder::new()
             .name("assemble".into())
             .spawn(move || {
-                if assemble(event_rx, &out).is_err() {
+                if let Err(SinkClosed) = assemble(event_rx, &out) {
                     sink_closed.store(true, Ordering::SeqCst);
                     stop.store(true, Ordering::SeqCst);
                 }
@@ -225,6 +225,19 @@ where
     Ok(stats)
 }
 
+/// Why a render thread stops taking documents: the pool has no replica left (its queue closed)
+/// or another thread asked the run to stop. Either way the run ends with the engine's error.
+struct Halted;
+
+impl From<QueueClosed> for Halted {
+    fn from(_: QueueClosed) -> Self {
+        Halted
+    }
+}
+
+/// The receiver of finished documents (the sink) went away.
+struct SinkClosed;
+
 struct RenderThread<M: VisionLanguageModel, R> {
     renderer: Arc<R>,
     model: Arc<M>,
@@ -244,16 +257,15 @@ impl<M: VisionLanguageModel, R: Renderer> RenderThread<M, R> {
         while !self.stop.load(Ordering::SeqCst) {
             let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
             let Some((id, doc)) = next else { break };
-            if self.document(id as u64, Arc::new(doc)).is_err() {
+            if let Err(Halted) = self.document(id as u64, Arc::new(doc)) {
                 self.stop.store(true, Ordering::SeqCst);
             }
         }
         self.stats
     }
 
-    /// Sends every row of one document, as failures or as jobs for the pool. Errs only when the
-    /// pool has no replica left.
-    fn document(&mut self, id: u64, doc: Arc<DocumentRef>) -> Result<(), ()> {
+    /// Sends every row of one document, as failures or as jobs for the pool.
+    fn document(&mut self, id: u64, doc: Arc<DocumentRef>) -> Result<(), Halted> {
         let queries = Arc::new(self.plan.queries(&doc));
         self.send(Event::Started {
             id,
@@ -265,7 +277,7 @@ impl<M: VisionLanguageModel, R: Renderer> RenderThread<M, R> {
         result
     }
 
-    fn pages(&mut self, id: u64, doc: &Arc<DocumentRef>, queries: &[Query]) -> Result<(), ()> {
+    fn pages(&mut self, id: u64, doc: &Arc<DocumentRef>, queries: &[Query]) -> Result<(), Halted> {
         if queries.is_empty() {
             return Ok(());
         }
@@ -286,7 +298,7 @@ impl<M: VisionLanguageModel, R: Renderer> RenderThread<M, R> {
         let mut stream = opened.stream;
         for &page in &opened.pages {
             if self.stop.load(Ordering::SeqCst) {
-                return Err(());
+                return Err(Halted);
             }
             let started = Instant::now();
             let item = stream.next();
@@ -322,7 +334,7 @@ impl<M: VisionLanguageModel, R: Renderer> RenderThread<M, R> {
     }
 
     /// Prepares one page's requests on rayon and submits them.
-    fn page(&mut self, id: u64, image: &PageImage, queries: &[Query]) -> Result<(), ()> {
+    fn page(&mut self, id: u64, image: &PageImage, queries: &[Query]) -> Result<(), Halted> {
         let started = Instant::now();
         let model = &*self.model;
         let prepared: Vec<_> = self.prepare_pool.install(|| {
@@ -344,7 +356,7 @@ impl<M: VisionLanguageModel, R: Renderer> RenderThread<M, R> {
                         query,
                     };
                     let job = Job::new(model, tag, prepared, image_group);
-                    self.submitter.submit(job).map_err(|_| ())?;
+                    self.submitter.submit(job)?;
                 }
                 Err(error) => {
                     let failure = Failure::new(Stage::Prepare, &image.doc.uri, error.to_string())
@@ -394,11 +406,11 @@ struct Assembling {
     rendered: bool,
 }
 
-/// Collects rows per document and sends each document once complete. Errs when `out` closed.
+/// Collects rows per document and sends each document once complete.
 fn assemble(
     events: mpsc::Receiver<Event>,
     out: &tokio::sync::mpsc::Sender<FinishedDocument>,
-) -> Result<(), ()> {
+) -> Result<(), SinkClosed> {
     let mut docs: HashMap<u64, Assembling> = HashMap::new();
     for event in events {
         let id = match event {
@@ -446,8 +458,9 @@ fn assemble(
                                 generation,
                                 latency: completed.latency,
                             })
-                            .map_err(|message| {
-                                Failure::new(Stage::Infer, &d.doc.uri, message).on_page(page)
+                            .map_err(|error| {
+                                Failure::new(Stage::Infer, &d.doc.uri, error.to_string())
+                                    .on_page(page)
                             }),
                     });
                 });
@@ -463,7 +476,7 @@ fn assemble(
                 queries: done.queries,
                 rows: done.rows,
             };
-            out.blocking_send(finished).map_err(|_| ())?;
+            out.blocking_send(finished).map_err(|_| SinkClosed)?;
         }
     }
     Ok(())
@@ -474,8 +487,8 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::config::{PipelineConfig, DEMO_PIPELINE};
     use crate::test_model::{echo_answer, EchoModel};
+    use crate::test_pipeline::{test_config, QUERIES_PER_PAGE};
 
     /// Documents named `pages-N` have N pages of N+page pixels wide; `broken` cannot be opened;
     /// page 2 of `badpage-N` fails; `short-N` stops after its first page.
@@ -517,13 +530,12 @@ mod tests {
         uris: &[&str],
         models: Vec<Arc<EchoModel>>,
     ) -> (Result<EngineStats, EngineError>, Vec<FinishedDocument>) {
-        let config = PipelineConfig::load("demo", DEMO_PIPELINE, &[]).unwrap();
+        let config = test_config(&[]);
         let plan = Arc::new(TaskPlan::new(config.tasks, config.model.max_new_tokens));
         let replicas = models
             .into_iter()
-            .enumerate()
-            .map(|(i, model)| Replica {
-                device: format!("cpu:{i}"),
+            .map(|model| Replica {
+                device: docpipe_core::DeviceSpec::Cpu,
                 model,
             })
             .collect();
@@ -572,7 +584,7 @@ mod tests {
         assert_eq!(docs.len(), uris.len());
         for doc in &docs {
             let queries = doc.queries.len();
-            assert_eq!(queries, 5);
+            assert_eq!(queries, QUERIES_PER_PAGE);
             let keys: HashSet<(Option<u32>, usize)> =
                 doc.rows.iter().map(|r| (r.page, r.query)).collect();
             assert_eq!(

@@ -16,8 +16,13 @@ mod run;
 pub mod tasks;
 #[cfg(test)]
 mod test_model;
+#[cfg(test)]
+mod test_pipeline;
 
 pub use config::{ConfigError, PipelineConfig};
-pub use pool::{Completed, InferencePool, Job, PoolError, Replica, ReplicaStats, Submitter};
+pub use pool::{
+    Completed, InferError, InferencePool, Job, PoolError, Replica, ReplicaFailure, ReplicaStats,
+    Submitter,
+};
 pub use queue::{BatchBudget, QueueClosed};
 pub use run::{run, RunError, RunOptions, RunSummary};

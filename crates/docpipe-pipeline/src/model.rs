@@ -3,12 +3,13 @@
 //! This is the only place that names model families; everything downstream is generic over
 //! `VisionLanguageModel`. A new family adds a variant to [`LoadedModel`] and an arm below.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use docpipe_idefics2::{device_from_spec, dtype_from_name, Idefics2Model, LoadError};
+use docpipe_core::DeviceSpec;
+use docpipe_idefics2::{candle_device, candle_dtype, DeviceError, Idefics2Model, LoadError};
 
-use crate::config::{DeviceSpec, ModelConfig};
+use crate::config::ModelConfig;
 use crate::pool::Replica;
 
 /// The replicas of a loaded model, by family.
@@ -16,51 +17,116 @@ pub enum LoadedModel {
     Idefics2(Vec<Replica<Idefics2Model>>),
 }
 
-/// Why the model could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelLoadError {
-    /// The checkpoint is missing, unreadable or of an unsupported family: a configuration
-    /// problem (`model.path`).
-    #[error("model.path {path}: {message}")]
-    Checkpoint { path: String, message: String },
-    /// No usable device: the run cannot proceed on this machine.
-    #[error("model.devices: {0}")]
-    Device(String),
+/// A model family docpipe can run, named by `config.json`'s `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Idefics2,
 }
 
-/// The model families `model.path` may hold, by `config.json` `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["idefics2"];
+impl Family {
+    /// Every supported family, in the order error messages list them.
+    pub const ALL: &'static [Family] = &[Family::Idefics2];
+
+    /// The `model_type` of its checkpoints.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Idefics2 => docpipe_idefics2::config::MODEL_TYPE,
+        }
+    }
+
+    /// The family of the checkpoint in `dir`, from its `config.json`.
+    pub fn of_checkpoint(dir: &Path) -> Result<Family, ModelLoadError> {
+        let found = model_type(dir).map_err(ModelLoadError::Checkpoint)?;
+        Family::ALL
+            .iter()
+            .copied()
+            .find(|f| f.model_type() == found)
+            .ok_or_else(|| ModelLoadError::UnsupportedFamily {
+                path: dir.join("config.json"),
+                found,
+            })
+    }
+}
+
+/// The supported `model_type`s, for messages.
+fn supported_model_types() -> String {
+    let names: Vec<&str> = Family::ALL.iter().map(|f| f.model_type()).collect();
+    names.join(", ")
+}
+
+/// Why the model could not be loaded. Messages name the file or device, not the pipeline key:
+/// [`ModelLoadError::key`] says which key is at fault, for the commands that have one.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelLoadError {
+    /// The checkpoint is missing or unreadable: a configuration problem.
+    #[error(transparent)]
+    Checkpoint(LoadError),
+    /// The checkpoint is of a family docpipe does not run: a configuration problem.
+    #[error(
+        "{}: unsupported model_type {found:?} (supported: {})",
+        path.display(),
+        supported_model_types()
+    )]
+    UnsupportedFamily { path: PathBuf, found: String },
+    /// No usable device: the run cannot proceed on this machine.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// `cuda:all` found no GPU.
+    #[error("cuda:all: no usable CUDA device")]
+    NoCudaDevice,
+    /// The weights did not fit on, or could not be moved to, the device.
+    #[error(transparent)]
+    Weights(LoadError),
+}
+
+impl ModelLoadError {
+    /// True when the configuration is at fault (exit 2) rather than the machine (exit 3).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            ModelLoadError::Checkpoint(_) | ModelLoadError::UnsupportedFamily { .. } => true,
+            ModelLoadError::Device(e) => e.is_usage(),
+            ModelLoadError::NoCudaDevice | ModelLoadError::Weights(_) => false,
+        }
+    }
+
+    /// The pipeline key at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ModelLoadError::Checkpoint(_) | ModelLoadError::UnsupportedFamily { .. } => {
+                "model.path"
+            }
+            _ => "model.devices",
+        }
+    }
+}
 
 /// Reads `model_type` from the checkpoint's `config.json`.
-pub fn model_type(dir: &Path) -> Result<String, ModelLoadError> {
+fn model_type(dir: &Path) -> Result<String, LoadError> {
     let path = dir.join("config.json");
-    let checkpoint = |message: String| ModelLoadError::Checkpoint {
-        path: dir.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| checkpoint(format!("{}: {e}", path.display())))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| checkpoint(format!("{}: invalid JSON: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| LoadError::Json {
+            path: path.clone(),
+            source,
+        })?;
     value
         .get("model_type")
         .and_then(|t| t.as_str())
         .map(str::to_owned)
-        .ok_or_else(|| checkpoint(format!("{}: no \"model_type\"", path.display())))
+        .ok_or_else(|| LoadError::Invalid {
+            path,
+            message: "no \"model_type\"".into(),
+        })
 }
 
 /// Loads one replica per device entry (`cuda:all` expands to every visible GPU).
 pub fn load(config: &ModelConfig) -> Result<LoadedModel, ModelLoadError> {
     let dir = Path::new(&config.path);
-    match model_type(dir)?.as_str() {
-        "idefics2" => load_idefics2(dir, config).map(LoadedModel::Idefics2),
-        other => Err(ModelLoadError::Checkpoint {
-            path: config.path.clone(),
-            message: format!(
-                "unsupported model_type {other:?} (supported: {})",
-                SUPPORTED_MODEL_TYPES.join(", ")
-            ),
-        }),
+    match Family::of_checkpoint(dir)? {
+        Family::Idefics2 => load_idefics2(dir, config).map(LoadedModel::Idefics2),
     }
 }
 
@@ -68,18 +134,15 @@ fn load_idefics2(
     dir: &Path,
     config: &ModelConfig,
 ) -> Result<Vec<Replica<Idefics2Model>>, ModelLoadError> {
-    let dtype = dtype_from_name(config.dtype.as_str()).map_err(ModelLoadError::Device)?;
+    let dtype = candle_dtype(config.dtype);
     let mut replicas = Vec::new();
     for spec in expand_devices(&config.devices, |ordinal| {
-        device_from_spec(&format!("cuda:{ordinal}")).is_ok()
+        candle_device(DeviceSpec::Cuda(ordinal)).is_ok()
     })? {
-        let device = device_from_spec(&spec).map_err(ModelLoadError::Device)?;
+        let device = candle_device(spec)?;
         let model = Idefics2Model::load(dir, &device, dtype).map_err(|e| match e {
-            LoadError::Device(message) => ModelLoadError::Device(message),
-            other => ModelLoadError::Checkpoint {
-                path: dir.display().to_string(),
-                message: other.to_string(),
-            },
+            LoadError::Device(_) => ModelLoadError::Weights(e),
+            other => ModelLoadError::Checkpoint(other),
         })?;
         tracing::info!(device = %spec, model = %docpipe_core::VisionLanguageModel::model_id(&model), "model replica loaded");
         replicas.push(Replica {
@@ -95,20 +158,18 @@ fn load_idefics2(
 fn expand_devices(
     specs: &[DeviceSpec],
     available: impl Fn(usize) -> bool,
-) -> Result<Vec<String>, ModelLoadError> {
+) -> Result<Vec<DeviceSpec>, ModelLoadError> {
     let mut devices = Vec::new();
     for spec in specs {
         match spec {
             DeviceSpec::CudaAll => {
                 let count = (0..).take_while(|&i| available(i)).count();
                 if count == 0 {
-                    return Err(ModelLoadError::Device(
-                        "cuda:all: no usable CUDA device".into(),
-                    ));
+                    return Err(ModelLoadError::NoCudaDevice);
                 }
-                devices.extend((0..count).map(|i| format!("cuda:{i}")));
+                devices.extend((0..count).map(DeviceSpec::Cuda));
             }
-            other => devices.push(other.to_string()),
+            other => devices.push(*other),
         }
     }
     Ok(devices)
@@ -123,11 +184,16 @@ mod tests {
         let specs = [DeviceSpec::Cpu, DeviceSpec::CudaAll, DeviceSpec::Cuda(7)];
         assert_eq!(
             expand_devices(&specs, |i| i < 2).unwrap(),
-            vec!["cpu", "cuda:0", "cuda:1", "cuda:7"]
+            [
+                DeviceSpec::Cpu,
+                DeviceSpec::Cuda(0),
+                DeviceSpec::Cuda(1),
+                DeviceSpec::Cuda(7)
+            ]
         );
         assert!(matches!(
             expand_devices(&[DeviceSpec::CudaAll], |_| false),
-            Err(ModelLoadError::Device(_))
+            Err(ModelLoadError::NoCudaDevice)
         ));
     }
 
@@ -135,23 +201,20 @@ mod tests {
     fn unsupported_families_are_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llava"}"#).unwrap();
-        let config = crate::config::PipelineConfig::load(
-            "demo",
-            crate::config::DEMO_PIPELINE,
-            &[format!("model.path={}", dir.path().display())],
-        )
-        .unwrap();
-        let Err(ModelLoadError::Checkpoint { message, .. }) = load(&config.model) else {
+        let config =
+            crate::test_pipeline::test_config(&[format!("model.path={}", dir.path().display())]);
+        let Err(error @ ModelLoadError::UnsupportedFamily { .. }) = load(&config.model) else {
             panic!("a llava checkpoint loaded");
         };
+        let message = error.to_string();
         assert!(
             message.contains("llava") && message.contains("idefics2"),
             "{message}"
         );
         let missing = dir.path().join("nothing");
         assert!(matches!(
-            model_type(&missing),
-            Err(ModelLoadError::Checkpoint { .. })
+            Family::of_checkpoint(&missing),
+            Err(ModelLoadError::Checkpoint(_))
         ));
     }
 }

@@ -7,41 +7,19 @@
 //! the others; only when no replica is left does the pool fail. The model guarantees batch
 //! invariance, so answers do not depend on which replica or batch served a request.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use docpipe_core::{Generation, ModelError, RequestCost, VisionLanguageModel};
+use docpipe_core::{DeviceSpec, Generation, ModelError, RequestCost, VisionLanguageModel};
 
 use crate::queue::{BatchBudget, Batchable, QueueClosed, WorkQueue};
 
-/// Test hook: with `DOCPIPE_INFER_FAULT=N`, the N-th batch the pool starts (counted over all
-/// replicas, from 1) fails as a device failure would, retiring the replica that took it. This is
-/// how the end-to-end tests lose a replica mid-run with a real model on CPU.
-pub const FAULT_ENV: &str = "DOCPIPE_INFER_FAULT";
-
-/// The batch [`FAULT_ENV`] names, and how many batches have started.
-struct InjectedFault {
-    at: Option<usize>,
-    started: AtomicUsize,
-}
-
-impl InjectedFault {
-    fn from_env() -> Self {
-        InjectedFault {
-            at: std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok()),
-            started: AtomicUsize::new(0),
-        }
-    }
-
-    /// Counts a batch starting; true when it is the one to fail.
-    fn trips(&self) -> bool {
-        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
-        self.at == Some(n)
-    }
-}
+#[cfg(feature = "fault-injection")]
+mod fault;
+#[cfg(feature = "fault-injection")]
+pub use fault::FAULT_ENV;
 
 /// One prepared request waiting for a replica, with the caller's tag to match the answer.
 pub struct Job<P, T> {
@@ -77,11 +55,22 @@ impl<P, T> Batchable for Job<P, T> {
     }
 }
 
-/// The answer to one job: a generation or the message of the error that prevented it.
+/// Why one job got no generation. It becomes that job's error row; the replica carries on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InferError {
+    /// The model refused the request, or it did not fit even alone.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The model broke its contract of one generation per request.
+    #[error("the model returned {returned} generations for {requested} requests")]
+    AnswerCount { returned: usize, requested: usize },
+}
+
+/// The answer to one job: a generation or the error that prevented it.
 #[derive(Debug)]
 pub struct Completed<T> {
     pub tag: T,
-    pub result: Result<Generation, String>,
+    pub result: Result<Generation, InferError>,
     /// Wall time of the `generate` call that produced it (the whole batch).
     pub latency: Duration,
     /// Requests in that batch.
@@ -90,35 +79,62 @@ pub struct Completed<T> {
 
 /// A replica and the device it runs on (for messages).
 pub struct Replica<M> {
-    pub device: String,
+    pub device: DeviceSpec,
     pub model: Arc<M>,
+}
+
+/// The device failure that retired a replica.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{device}: {error}")]
+pub struct ReplicaFailure {
+    pub device: DeviceSpec,
+    pub error: ModelError,
 }
 
 /// Why the pool could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("every inference replica failed ({}); {abandoned} requests were not run", failures.join("; "))]
+    #[error("every inference replica failed ({}); {abandoned} requests were not run", list(failures))]
     NoReplicaLeft {
-        failures: Vec<String>,
+        failures: Vec<ReplicaFailure>,
         abandoned: usize,
     },
 }
 
+fn list(failures: &[ReplicaFailure]) -> String {
+    let items: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    items.join("; ")
+}
+
 /// What each replica did, for the run report.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaStats {
-    pub device: String,
+    pub device: DeviceSpec,
     pub batches: usize,
     pub requests: usize,
     pub generated_tokens: usize,
     pub busy: Duration,
     /// The device error that retired this replica, if any.
-    pub failure: Option<String>,
+    pub failure: Option<ModelError>,
+}
+
+impl ReplicaStats {
+    /// A replica that has done nothing yet.
+    fn idle(device: DeviceSpec) -> Self {
+        ReplicaStats {
+            device,
+            batches: 0,
+            requests: 0,
+            generated_tokens: 0,
+            busy: Duration::ZERO,
+            failure: None,
+        }
+    }
 }
 
 pub struct InferencePool<M: VisionLanguageModel, T> {
     queue: Arc<WorkQueue<Job<M::Prepared, T>>>,
-    threads: Vec<JoinHandle<ReplicaStats>>,
+    threads: Vec<(DeviceSpec, JoinHandle<ReplicaStats>)>,
 }
 
 impl<M, T> InferencePool<M, T>
@@ -135,18 +151,18 @@ where
         results: Sender<E>,
     ) -> Self {
         let queue = Arc::new(WorkQueue::new(queue_capacity, replicas.len()));
-        let fault = Arc::new(InjectedFault::from_env());
         let threads = replicas
             .into_iter()
             .enumerate()
             .map(|(i, replica)| {
                 let queue = queue.clone();
                 let results = results.clone();
-                let fault = fault.clone();
-                std::thread::Builder::new()
-                    .name(format!("infer-{i}-{}", replica.device))
-                    .spawn(move || replica_loop(replica, &queue, budget, &results, &fault))
-                    .expect("spawning an inference thread")
+                let device = replica.device;
+                let thread = std::thread::Builder::new()
+                    .name(format!("infer-{i}-{device}"))
+                    .spawn(move || replica_loop(replica, &queue, budget, &results))
+                    .expect("spawning an inference thread");
+                (device, thread)
             })
             .collect();
         Self { queue, threads }
@@ -165,10 +181,10 @@ where
         let stats: Vec<ReplicaStats> = self
             .threads
             .into_iter()
-            .map(|t| {
-                t.join().unwrap_or_else(|_| ReplicaStats {
-                    failure: Some("inference thread panicked".into()),
-                    ..ReplicaStats::default()
+            .map(|(device, thread)| {
+                thread.join().unwrap_or_else(|_| ReplicaStats {
+                    failure: Some(ModelError::Device("inference thread panicked".into())),
+                    ..ReplicaStats::idle(device)
                 })
             })
             .collect();
@@ -176,7 +192,12 @@ where
             return Err(PoolError::NoReplicaLeft {
                 failures: stats
                     .iter()
-                    .map(|s| format!("{}: {}", s.device, s.failure.as_deref().unwrap_or("")))
+                    .filter_map(|s| {
+                        Some(ReplicaFailure {
+                            device: s.device,
+                            error: s.failure.clone()?,
+                        })
+                    })
                     .collect(),
                 abandoned: self.queue.abandoned(),
             });
@@ -209,25 +230,26 @@ fn replica_loop<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     queue: &WorkQueue<Job<M::Prepared, T>>,
     budget: BatchBudget,
     results: &Sender<E>,
-    fault: &InjectedFault,
 ) -> ReplicaStats {
-    let mut stats = ReplicaStats {
-        device: replica.device.clone(),
-        ..ReplicaStats::default()
-    };
+    let mut stats = ReplicaStats::idle(replica.device);
     while let Some(batch) = queue.take_batch(budget) {
-        let outcome = if fault.trips() {
-            Err((format!("injected device failure ({FAULT_ENV})"), batch))
-        } else {
-            run_batch(&*replica.model, batch, results, &mut stats)
+        #[cfg(feature = "fault-injection")]
+        let outcome = match fault::trips() {
+            Some(error) => Err(DeviceFailed {
+                error,
+                unfinished: batch,
+            }),
+            None => run_batch(&*replica.model, batch, results, &mut stats),
         };
-        if let Err((message, unfinished)) = outcome {
+        #[cfg(not(feature = "fault-injection"))]
+        let outcome = run_batch(&*replica.model, batch, results, &mut stats);
+        if let Err(DeviceFailed { error, unfinished }) = outcome {
             tracing::error!(
                 device = %replica.device,
                 requeued = unfinished.len(),
-                "inference replica retired: {message}"
+                "inference replica retired: {error}"
             );
-            stats.failure = Some(message);
+            stats.failure = Some(error);
             let left = queue.retire_replica(unfinished);
             if left == 0 {
                 tracing::error!("no inference replica is left");
@@ -239,15 +261,21 @@ fn replica_loop<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     stats
 }
 
+/// A device failure in the middle of a batch: the replica must retire, and these jobs go back
+/// to the queue for the others.
+struct DeviceFailed<J> {
+    error: ModelError,
+    unfinished: Vec<J>,
+}
+
 /// Runs one batch to completion, splitting it on out-of-memory and invalid-request errors.
-/// On a device failure, returns the message and every job not yet answered.
-#[allow(clippy::type_complexity)]
+/// On a device failure, returns the error and every job not yet answered.
 fn run_batch<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     model: &M,
     batch: Vec<Job<M::Prepared, T>>,
     results: &Sender<E>,
     stats: &mut ReplicaStats,
-) -> Result<(), (String, Vec<Job<M::Prepared, T>>)> {
+) -> Result<(), DeviceFailed<Job<M::Prepared, T>>> {
     // Last in, first out: the first half of a split batch is run first, keeping request order.
     let mut pending = vec![batch];
     while let Some(mut jobs) = pending.pop() {
@@ -267,12 +295,11 @@ fn run_batch<M: VisionLanguageModel, T, E: From<Completed<T>>>(
                 }
             }
             Ok(generations) => {
-                let message = format!(
-                    "the model returned {} generations for {} requests",
-                    generations.len(),
-                    jobs.len()
-                );
-                fail_all(results, jobs, &message, latency);
+                let error = InferError::AnswerCount {
+                    returned: generations.len(),
+                    requested: jobs.len(),
+                };
+                fail_all(results, jobs, &error, latency);
             }
             Err(ModelError::OutOfMemory(_) | ModelError::InvalidRequest(_)) if jobs.len() > 1 => {
                 let second = jobs.split_off(jobs.len() / 2);
@@ -280,11 +307,14 @@ fn run_batch<M: VisionLanguageModel, T, E: From<Completed<T>>>(
                 pending.push(jobs);
             }
             Err(error @ (ModelError::OutOfMemory(_) | ModelError::InvalidRequest(_))) => {
-                fail_all(results, jobs, &error.to_string(), latency);
+                fail_all(results, jobs, &error.into(), latency);
             }
-            Err(ModelError::Device(message)) => {
+            Err(error @ ModelError::Device(_)) => {
                 let unfinished = pending.into_iter().rev().flatten();
-                return Err((message, jobs.into_iter().chain(unfinished).collect()));
+                return Err(DeviceFailed {
+                    error,
+                    unfinished: jobs.into_iter().chain(unfinished).collect(),
+                });
             }
         }
     }
@@ -294,25 +324,19 @@ fn run_batch<M: VisionLanguageModel, T, E: From<Completed<T>>>(
 fn fail_all<P, T, E: From<Completed<T>>>(
     results: &Sender<E>,
     jobs: Vec<Job<P, T>>,
-    message: &str,
+    error: &InferError,
     latency: Duration,
 ) {
     let batch_size = jobs.len();
     for job in jobs {
-        send(
-            results,
-            job.tag,
-            Err(message.to_owned()),
-            latency,
-            batch_size,
-        );
+        send(results, job.tag, Err(error.clone()), latency, batch_size);
     }
 }
 
 fn send<T, E: From<Completed<T>>>(
     results: &Sender<E>,
     tag: T,
-    result: Result<Generation, String>,
+    result: Result<Generation, InferError>,
     latency: Duration,
     batch_size: usize,
 ) {
@@ -345,7 +369,7 @@ mod tests {
         }
     }
 
-    type Answers = Vec<(usize, Result<Generation, String>)>;
+    type Answers = Vec<(usize, Result<Generation, InferError>)>;
 
     /// Runs `prompts` through a pool of `models` and returns every answer by job index.
     fn run_pool(
@@ -356,9 +380,8 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel::<Completed<usize>>();
         let replicas = models
             .iter()
-            .enumerate()
-            .map(|(i, m)| Replica {
-                device: format!("cpu{i}"),
+            .map(|m| Replica {
+                device: DeviceSpec::Cpu,
                 model: m.clone(),
             })
             .collect();
@@ -408,8 +431,8 @@ mod tests {
             assert_eq!(by_tag[&i], echo_answer(prompt, &[]));
         }
         assert_eq!(
-            stats[0].failure.as_deref(),
-            Some("the test device fell over")
+            stats[0].failure,
+            Some(ModelError::Device("the test device fell over".into()))
         );
         assert!(stats[1].failure.is_none());
         assert_eq!(
@@ -445,9 +468,12 @@ mod tests {
         for (tag, result) in answers {
             match result {
                 Ok(g) => assert_eq!(g.text, echo_answer(&prompts[tag], &[])),
-                Err(message) => {
+                Err(error) => {
                     assert_eq!(tag, 17);
-                    assert!(message.contains("invalid request"), "{message}");
+                    assert!(
+                        matches!(error, InferError::Model(ModelError::InvalidRequest(_))),
+                        "{error}"
+                    );
                 }
             }
         }

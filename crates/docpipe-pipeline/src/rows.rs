@@ -99,9 +99,9 @@ mod tests {
     use docpipe_core::{FinishReason, Generation};
 
     use super::*;
-    use crate::config::{PipelineConfig, DEMO_PIPELINE};
     use crate::engine::{Answer, RowOutcome};
     use crate::tasks::TaskPlan;
+    use crate::test_pipeline::{test_config, QUERIES_PER_PAGE};
 
     fn answer(text: &str) -> Result<Answer, Failure> {
         Ok(Answer {
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn rows_carry_answers_failures_and_the_fields_object() {
-        let config = PipelineConfig::load("demo", DEMO_PIPELINE, &[]).unwrap();
+        let config = test_config(&[]);
         let plan = TaskPlan::new(config.tasks, 16);
         let mut doc_ref = DocumentRef::new("s3://b/a.pdf");
         doc_ref.version = Some("\"etag\"".into());
@@ -157,7 +157,7 @@ mod tests {
             ],
         };
         let rows = output_rows(&doc, "run", "tiny-1234", 7);
-        assert_eq!(rows.len(), 5);
+        assert_eq!(rows.len(), QUERIES_PER_PAGE);
         assert_eq!(rows[0].question_id, None);
         assert_eq!(rows[0].fields, None);
         assert_eq!(rows[1].answer.as_deref(), Some("A title"));

@@ -5,14 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use docpipe_core::VisionLanguageModel;
+use docpipe_core::{Shard, VisionLanguageModel};
 use docpipe_render::{
     DocumentOptions, PageSelection, RenderError, RenderPool, RenderPoolConfig, WorkerCommand,
 };
 use docpipe_sink::{unix_micros, RunManifest, RunReport, Sink, SinkError, SinkOptions};
-use docpipe_source::{
-    list_documents, Fetcher, ListingSpec, ManifestSpec, Shard, SourceError, SourceSpec,
-};
+use docpipe_source::{list_documents, Fetcher, ListingSpec, ManifestSpec, SourceError, SourceSpec};
 use docpipe_store::{StoreError, StoreOptions, Stores};
 
 use crate::config::{expand_date, PipelineConfig};
@@ -56,7 +54,7 @@ pub enum RunError {
     Source(#[source] SourceError),
     #[error("sink.uri: {0}")]
     Sink(#[source] SinkError),
-    #[error(transparent)]
+    #[error("{key}: {error}", key = .0.key(), error = .0)]
     Model(#[from] ModelLoadError),
     #[error("render workers: {0}")]
     Render(#[source] RenderError),
@@ -77,8 +75,8 @@ impl RunError {
                     | SourceError::Pattern { .. }
             ) | RunError::Sink(
                 SinkError::Store(StoreError::InvalidLocation { .. }) | SinkError::KeyColumn { .. }
-            ) | RunError::Model(ModelLoadError::Checkpoint { .. })
-        )
+            )
+        ) || matches!(self, RunError::Model(e) if e.is_usage())
     }
 }
 
@@ -315,8 +313,12 @@ impl Job {
             seconds_by_stage.insert("prepare".to_owned(), stats.prepare.as_secs_f64());
             let infer: Duration = stats.replicas.iter().map(|r| r.busy).sum();
             seconds_by_stage.insert("infer".to_owned(), infer.as_secs_f64());
-            for replica in stats.replicas.iter().filter(|r| r.failure.is_some()) {
-                tracing::warn!(device = %replica.device, "replica retired during the run: {}", replica.failure.as_deref().unwrap_or_default());
+            for (device, failure) in stats
+                .replicas
+                .iter()
+                .filter_map(|r| Some((r.device, r.failure.as_ref()?)))
+            {
+                tracing::warn!(device = %device, "replica retired during the run: {failure}");
             }
         }
         let started_flush = Instant::now();

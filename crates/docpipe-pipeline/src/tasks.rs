@@ -125,11 +125,11 @@ mod tests {
     use docpipe_core::Question;
 
     use super::*;
-    use crate::config::{PipelineConfig, DEMO_PIPELINE};
+    use crate::test_pipeline::{test_config, QUERIES_PER_PAGE};
 
     #[test]
-    fn demo_tasks_expand_to_one_query_per_question() {
-        let config = PipelineConfig::load("demo", DEMO_PIPELINE, &[]).unwrap();
+    fn tasks_expand_to_one_query_per_question() {
+        let config = test_config(&[]);
         let plan = TaskPlan::new(config.tasks, config.model.max_new_tokens);
         let mut doc = DocumentRef::new("a.pdf");
         doc.questions.push(Question {
@@ -160,17 +160,12 @@ mod tests {
 
     #[test]
     fn prompts_are_templates() {
-        let config = PipelineConfig::load(
-            "demo",
-            DEMO_PIPELINE,
-            &[
-                "task.1.prompt=Q: {question} A:".into(),
-                "task.1.document_questions=false".into(),
-                "task.2.prompt={field}? {question}".into(),
-                "task.2.max_new_tokens=5".into(),
-            ],
-        )
-        .unwrap();
+        let config = test_config(&[
+            "task.1.prompt=Q: {question} A:".into(),
+            "task.1.document_questions=false".into(),
+            "task.2.prompt={field}? {question}".into(),
+            "task.2.max_new_tokens=5".into(),
+        ]);
         let plan = TaskPlan::new(config.tasks, 7);
         let mut doc = DocumentRef::new("a.pdf");
         doc.questions.push(Question {
@@ -178,7 +173,7 @@ mod tests {
             text: "?".into(),
         });
         let queries = plan.queries(&doc);
-        assert_eq!(queries.len(), 5);
+        assert_eq!(queries.len(), QUERIES_PER_PAGE);
         assert_eq!(
             queries[1].prompt,
             "Q: What is the title of this document? A:"

@@ -44,3 +44,12 @@ pub enum StoreError {
         source: object_store::Error,
     },
 }
+
+impl StoreError {
+    /// True when the caller's input is at fault (a bad URL, a store that cannot be configured
+    /// from it, an absent object) rather than the storage being unreachable, which a retry may
+    /// fix. Commands map the first to exit 2 and the second to exit 3.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, StoreError::Access { .. })
+    }
+}

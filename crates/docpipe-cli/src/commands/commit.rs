@@ -6,7 +6,7 @@ use clap::Args;
 use docpipe_sink::{commit_dataset, DatasetCommit, SinkError};
 use docpipe_store::{StoreOptions, Stores};
 
-use crate::exit;
+use crate::exit::{CommandError, Outcome, ResultExt};
 
 /// Write the dataset manifest of a sharded run once every shard is complete; otherwise list
 /// the missing or failed shards (exit 1).
@@ -21,11 +21,8 @@ pub struct CommitArgs {
     shards: Option<u32>,
 }
 
-pub fn run(args: CommitArgs) -> u8 {
-    let runtime = match super::io_runtime(tokio::runtime::Builder::new_current_thread()) {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
+pub fn run(args: CommitArgs) -> Result<Outcome, CommandError> {
+    let runtime = super::io_runtime(tokio::runtime::Builder::new_current_thread())?;
     let stores = Stores::new(StoreOptions::default());
     let result = runtime.block_on(commit_dataset(&stores, &args.run_url, args.shards));
     match result {
@@ -34,11 +31,11 @@ pub fn run(args: CommitArgs) -> u8 {
                 "committed {} shards: {} documents, {} rows → {url}",
                 manifest.shards, manifest.documents, manifest.rows
             );
-            exit::OK
+            Ok(Outcome::Success)
         }
         Ok(DatasetCommit::AlreadyCommitted { url }) => {
             println!("{url} already exists: the dataset was committed before; nothing written");
-            exit::OK
+            Ok(Outcome::Success)
         }
         Ok(DatasetCommit::Incomplete { problems }) => {
             for problem in &problems {
@@ -49,18 +46,11 @@ pub fn run(args: CommitArgs) -> u8 {
                  then run docpipe commit again",
                 problems.len()
             );
-            exit::SOME_FAILED
+            Ok(Outcome::SomeFailed)
         }
         // Opening a store only parses the URL and the environment: no request is made, so a
         // failure there is the caller's to fix.
-        Err(e @ (SinkError::Store(_) | SinkError::ShardCount { .. })) => {
-            eprintln!("error: {e}");
-            exit::USAGE
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("nothing committed; run docpipe commit again when the storage is reachable");
-            exit::INCOMPLETE
-        }
+        Err(e @ (SinkError::Store(_) | SinkError::ShardCount { .. })) => Err(e).usage(),
+        Err(e) => Err(e).incomplete(),
     }
 }

@@ -1,12 +1,12 @@
 //! `docpipe eval …`: evaluation commands. Each is a variant of [`EvalCommand`] with its own
 //! args struct and function, so adding one (`docvqa`) touches only this module.
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use docpipe_eval::{dataset::DocVqaDataset, evaluate, predictions, report};
 use docpipe_store::{StoreOptions, Stores};
 
-use crate::exit;
+use crate::exit::{CommandError, Outcome, ResultExt};
 
 mod docvqa;
 
@@ -19,9 +19,11 @@ pub struct EvalArgs {
 #[derive(Subcommand)]
 pub enum EvalCommand {
     /// Score a DocVQA predictions file with ANLS (overall, per question type) and exact match.
+    #[command(after_help = crate::exit::HELP)]
     Anls(AnlsArgs),
     /// Answer a DocVQA dataset with a model through the `docpipe run` pipeline, then write
     /// predictions.json, per-question rows and (with gold answers) metrics.json.
+    #[command(after_help = crate::exit::HELP)]
     Docvqa(docvqa::DocvqaArgs),
 }
 
@@ -40,44 +42,38 @@ pub struct AnlsArgs {
     pub json: bool,
 }
 
-pub fn run(args: EvalArgs) -> u8 {
-    let result = match args.command {
+pub fn run(args: EvalArgs) -> Result<Outcome, CommandError> {
+    match args.command {
         EvalCommand::Anls(args) => anls(args),
-        EvalCommand::Docvqa(args) => return docvqa::run(args),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            // The library errors already carry their causes in their messages.
-            eprintln!("error: {e}");
-            exit::USAGE
-        }
+        EvalCommand::Docvqa(args) => docvqa::run(args),
     }
 }
 
 /// How many unknown questionIds are named one by one before the rest are only counted.
 const UNKNOWN_IDS_LISTED: usize = 20;
 
-fn anls(args: AnlsArgs) -> anyhow::Result<u8> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow!("starting the I/O runtime: {e}"))?;
+fn anls(args: AnlsArgs) -> Result<Outcome, CommandError> {
+    let runtime = super::io_runtime(tokio::runtime::Builder::new_current_thread())?;
     let stores = Stores::new(StoreOptions::default());
     let (annotations, predictions) = runtime.block_on(async {
-        let dataset = DocVqaDataset::open(&stores, &args.annotations).await?;
-        let annotations = dataset.annotations(None).await?;
-        let predictions = predictions::read(&stores, &args.predictions).await?;
-        anyhow::Ok((annotations, predictions))
+        let dataset = DocVqaDataset::open(&stores, &args.annotations)
+            .await
+            .classified()?;
+        let annotations = dataset.annotations(None).await.classified()?;
+        let predictions = predictions::read(&stores, &args.predictions)
+            .await
+            .classified()?;
+        Ok::<_, CommandError>((annotations, predictions))
     })?;
     let evaluation = evaluate(&annotations, &predictions);
     let metrics = &evaluation.metrics;
     if metrics.summary.questions == 0 {
-        bail!(
+        return Err(anyhow!(
             "{}: none of its {} questions has gold answers (a test split?); nothing to score",
             args.annotations,
             annotations.len()
-        );
+        ))
+        .usage();
     }
     for id in evaluation
         .unknown_question_ids
@@ -109,11 +105,14 @@ fn anls(args: AnlsArgs) -> anyhow::Result<u8> {
         );
     }
     if args.json {
-        println!("{}", serde_json::to_string(&metrics.summary)?);
+        println!(
+            "{}",
+            serde_json::to_string(&metrics.summary).incomplete()?
+        );
     } else {
         print!("{}", report::table(&evaluation));
     }
-    Ok(exit::OK)
+    Ok(Outcome::Success)
 }
 
 #[cfg(test)]

@@ -1,17 +1,19 @@
 //! `docpipe generate`: batched greedy generation with an Idefics2 checkpoint over a JSONL file
 //! of HF chat requests. Other tools drive this command, so its flags and output fields are a
-//! fixed contract (issue 3).
+//! fixed contract, documented in docs/generate.md.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use docpipe_core::VisionLanguageModel;
+use anyhow::{anyhow, Context};
+use docpipe_core::{DeviceSpec, Dtype, VisionLanguageModel};
 use docpipe_idefics2::request_file::read_requests;
-use docpipe_idefics2::{device_from_spec, dtype_from_name, Idefics2Model, Idefics2Request};
+use docpipe_idefics2::{candle_device, candle_dtype, Idefics2Model, Idefics2Request};
+use docpipe_pipeline::model::Family;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::exit;
+use crate::exit::{CommandError, Outcome, ResultExt};
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
@@ -30,10 +32,10 @@ pub struct GenerateArgs {
     batch_size: usize,
     /// `cpu` or `cuda:N` (the latter in a `cuda` feature build).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
     /// Weight and activation dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: Dtype,
     /// Writes a float32 .npy [requests, vocab] of the raw logits that chose each first token.
     #[arg(long)]
     logits_out: Option<PathBuf>,
@@ -46,36 +48,6 @@ struct OutputLine<'a> {
     token_ids: &'a [u32],
     finish_reason: &'a str,
     prompt_tokens: usize,
-}
-
-/// A failure with the exit code it maps to.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-fn usage(message: impl Into<String>) -> Failure {
-    Failure {
-        code: exit::USAGE,
-        message: message.into(),
-    }
-}
-
-fn incomplete(message: impl Into<String>) -> Failure {
-    Failure {
-        code: exit::INCOMPLETE,
-        message: message.into(),
-    }
-}
-
-pub fn run(args: GenerateArgs) -> u8 {
-    match execute(&args) {
-        Ok(()) => exit::OK,
-        Err(failure) => {
-            eprintln!("docpipe generate: {}", failure.message);
-            failure.code
-        }
-    }
 }
 
 /// A little-endian float32 `.npy` (format 1.0) of shape `[rows, cols]`.
@@ -100,15 +72,17 @@ fn write_npy(path: &Path, rows: &[Vec<f32>]) -> std::io::Result<()> {
     out.flush()
 }
 
-fn execute(args: &GenerateArgs) -> Result<(), Failure> {
+pub fn run(args: GenerateArgs) -> Result<Outcome, CommandError> {
     if args.batch_size == 0 {
-        return Err(usage("--batch-size must be at least 1"));
+        return Err(anyhow!("--batch-size must be at least 1")).usage();
     }
-    let device = device_from_spec(&args.device).map_err(usage)?;
-    let dtype = dtype_from_name(&args.dtype).map_err(usage)?;
-    let requests = read_requests(&args.requests).map_err(|e| usage(e.to_string()))?;
-    let model =
-        Idefics2Model::load(&args.model, &device, dtype).map_err(|e| usage(e.to_string()))?;
+    let device = candle_device(args.device).classified()?;
+    let requests = read_requests(&args.requests).usage()?;
+    let model = match Family::of_checkpoint(&args.model).usage()? {
+        Family::Idefics2 => {
+            Idefics2Model::load(&args.model, &device, candle_dtype(args.dtype)).usage()?
+        }
+    };
     tracing::debug!(
         model = model.model_id(),
         requests = requests.len(),
@@ -120,21 +94,23 @@ fn execute(args: &GenerateArgs) -> Result<(), Failure> {
         .map(|r| {
             model
                 .prepare(&r.request)
-                .map_err(|e| usage(format!("{}: request {}: {e}", r.location, r.id)))
+                .with_context(|| format!("{}: request {}", r.location, r.id))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<anyhow::Result<_>>()
+        .usage()?;
     let mut out = BufWriter::new(
         std::fs::File::create(&args.out)
-            .map_err(|e| usage(format!("{}: {e}", args.out.display())))?,
+            .with_context(|| args.out.display().to_string())
+            .usage()?,
     );
-    let write_error = |e: std::io::Error| incomplete(format!("{}: {e}", args.out.display()));
+    let write_error = |e: std::io::Error| anyhow!("{}: {e}", args.out.display());
     let mut first_logits = Vec::new();
     let mut ids = requests.iter().map(|r| &r.id);
     for batch in prepared.chunks(args.batch_size) {
         let batch: Vec<&Idefics2Request> = batch.iter().collect();
         let results = model
             .generate_detailed(&batch, args.logits_out.is_some())
-            .map_err(|e| incomplete(e.to_string()))?;
+            .incomplete()?;
         for result in results {
             let id = ids.next().map(String::as_str).unwrap_or_default();
             let g = &result.generation;
@@ -145,20 +121,21 @@ fn execute(args: &GenerateArgs) -> Result<(), Failure> {
                 finish_reason: g.finish_reason.as_str(),
                 prompt_tokens: g.prompt_tokens,
             };
-            let json = serde_json::to_string(&line).map_err(|e| incomplete(e.to_string()))?;
-            writeln!(out, "{json}").map_err(write_error)?;
+            let json = serde_json::to_string(&line).incomplete()?;
+            writeln!(out, "{json}").map_err(write_error).incomplete()?;
             // A request with max_new_tokens 0 chose no token; its row is zeros.
             first_logits.push(result.first_logits.unwrap_or_default());
         }
     }
-    out.flush().map_err(write_error)?;
+    out.flush().map_err(write_error).incomplete()?;
     if let Some(path) = &args.logits_out {
         let vocab = model.config().text.vocab_size;
         for row in &mut first_logits {
             row.resize(vocab, 0.0);
         }
         write_npy(path, &first_logits)
-            .map_err(|e| incomplete(format!("{}: {e}", path.display())))?;
+            .with_context(|| path.display().to_string())
+            .incomplete()?;
     }
-    Ok(())
+    Ok(Outcome::Success)
 }

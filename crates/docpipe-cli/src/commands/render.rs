@@ -8,12 +8,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use docpipe_render::{
-    DocumentOptions, PageSelection, RenderError, RenderPool, RenderPoolConfig, WorkerCommand,
-};
+use docpipe_render::{DocumentOptions, PageSelection, RenderError, RenderPool, RenderPoolConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::exit;
+use anyhow::{anyhow, Context};
+
+use crate::exit::{CommandError, Outcome, ResultExt};
 
 /// File extensions picked up when walking folders.
 const EXTENSIONS: &[&str] = &["pdf", "png", "jpg", "jpeg", "tif", "tiff"];
@@ -61,14 +61,11 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-pub fn worker(_args: WorkerArgs) -> u8 {
-    match docpipe_render::worker::run_stdio() {
-        Ok(()) => exit::OK,
-        Err(e) => {
-            eprintln!("render-worker: the pool's pipe failed: {e}");
-            exit::INCOMPLETE
-        }
-    }
+pub fn worker(_args: WorkerArgs) -> Result<Outcome, CommandError> {
+    docpipe_render::worker::run_stdio()
+        .context("render-worker: the pool's pipe failed")
+        .incomplete()?;
+    Ok(Outcome::Success)
 }
 
 /// One document to render and where its pages go.
@@ -78,30 +75,21 @@ struct Task {
 }
 
 /// What happened to one document.
-struct Outcome {
+struct DocumentOutcome {
     input: PathBuf,
     pages: usize,
     errors: Vec<RenderError>,
 }
 
-pub fn run(args: RenderArgs) -> u8 {
+pub fn run(args: RenderArgs) -> Result<Outcome, CommandError> {
     let started = Instant::now();
-    let documents = match find_documents(&args.inputs) {
-        Ok(documents) => documents,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return exit::USAGE;
-        }
-    };
+    let documents = find_documents(&args.inputs).usage()?;
     let (tasks, clashes) = assign_output_dirs(documents, &args.out);
 
-    let mut config = match RenderPoolConfig::new() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: cannot find the docpipe executable to start workers: {e}");
-            return exit::INCOMPLETE;
-        }
-    };
+    // The defaults start workers as this executable's `render-worker` mode.
+    let mut config = RenderPoolConfig::new()
+        .context("cannot find the docpipe executable to start workers")
+        .incomplete()?;
     if let Some(workers) = args.workers {
         config.workers = workers as usize;
     }
@@ -109,23 +97,10 @@ pub fn run(args: RenderArgs) -> u8 {
     config.longest_edge = args.longest_edge;
     config.page_timeout = Duration::from_secs_f64(args.page_timeout);
     config.pixel_budget = args.max_pixels;
-    config.worker_command = match WorkerCommand::current_exe() {
-        Ok(command) => command,
-        Err(e) => {
-            eprintln!("error: cannot find the docpipe executable to start workers: {e}");
-            return exit::INCOMPLETE;
-        }
-    };
     let pool = match RenderPool::new(config) {
         Ok(pool) => pool,
-        Err(e @ RenderError::LibraryNotFound { .. }) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::INCOMPLETE;
-        }
+        Err(e @ RenderError::LibraryNotFound { .. }) => return Err(e).usage(),
+        Err(e) => return Err(e).incomplete(),
     };
     let options = DocumentOptions {
         pages: args.pages.clone(),
@@ -181,15 +156,11 @@ pub fn run(args: RenderArgs) -> u8 {
             String::new()
         }
     );
-    if failed == 0 {
-        exit::OK
-    } else {
-        exit::SOME_FAILED
-    }
+    Ok(Outcome::from_failures(failed as u64))
 }
 
-fn render_one(pool: &RenderPool, task: &Task, options: &DocumentOptions) -> Outcome {
-    let mut outcome = Outcome {
+fn render_one(pool: &RenderPool, task: &Task, options: &DocumentOptions) -> DocumentOutcome {
+    let mut outcome = DocumentOutcome {
         input: task.input.clone(),
         pages: 0,
         errors: Vec::new(),
@@ -209,20 +180,20 @@ fn render_one(pool: &RenderPool, task: &Task, options: &DocumentOptions) -> Outc
 }
 
 /// Expands folders (recursively, sorted, by extension) and checks that every input exists.
-fn find_documents(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+fn find_documents(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut documents = Vec::new();
     for input in inputs {
         if input.is_dir() {
             walk(input, &mut documents)
-                .map_err(|e| format!("cannot list {}: {e}", input.display()))?;
+                .with_context(|| format!("cannot list {}", input.display()))?;
         } else if input.exists() {
             documents.push(input.clone());
         } else {
-            return Err(format!("{}: no such file or folder", input.display()));
+            return Err(anyhow!("{}: no such file or folder", input.display()));
         }
     }
     if documents.is_empty() {
-        return Err(format!(
+        return Err(anyhow!(
             "no documents (.{}) found in the inputs",
             EXTENSIONS.join(", .")
         ));

@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use docpipe_core::Shard;
 use docpipe_pipeline::config::DEMO_PIPELINE;
 use docpipe_pipeline::{PipelineConfig, RunOptions};
 use docpipe_render::WorkerCommand;
-use docpipe_source::Shard;
 use docpipe_store::StoreOptions;
 
-use crate::exit;
+use anyhow::{anyhow, Context};
+
+use crate::exit::{CommandError, Outcome, ResultExt};
 
 /// Without a terminal, progress is a log line this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -38,59 +40,38 @@ pub struct RunArgs {
 }
 
 /// The shard this process runs: `--shard`, else the scheduler's variables, else none.
-fn shard(args: &RunArgs) -> Result<Option<Shard>, String> {
+fn shard(args: &RunArgs) -> anyhow::Result<Option<Shard>> {
     match (args.shard, args.shards) {
-        (Some(shard), Some(count)) if shard.count() != count => Err(format!(
+        (Some(shard), Some(count)) if shard.count() != count => Err(anyhow!(
             "--shard {shard} and --shards {count} disagree on the shard count"
         )),
         (Some(shard), _) => Ok(Some(shard)),
-        (None, count) => match Shard::from_scheduler_env(|key| std::env::var(key).ok(), count) {
-            Ok(None) if count.is_some() => Err(
+        (None, count) => match Shard::from_scheduler_env(|key| std::env::var(key).ok(), count)? {
+            None if count.is_some() => Err(anyhow!(
                 "--shards needs a shard index: --shard I/N, or JOB_COMPLETION_INDEX, \
                  SLURM_ARRAY_TASK_ID or AWS_BATCH_JOB_ARRAY_INDEX from the scheduler"
-                    .to_owned(),
-            ),
-            result => result.map_err(|e| e.to_string()),
+            )),
+            shard => Ok(shard),
         },
     }
 }
 
-pub fn run(args: RunArgs) -> u8 {
+pub fn run(args: RunArgs) -> Result<Outcome, CommandError> {
     let (origin, text) = match &args.pipeline {
         None => ("embedded demo.toml".to_owned(), DEMO_PIPELINE.to_owned()),
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => (path.display().to_string(), text),
-            Err(e) => {
-                eprintln!("error: cannot read {}: {e}", path.display());
-                return exit::USAGE;
-            }
-        },
-    };
-    let config = match PipelineConfig::load(&origin, &text, &args.set) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))
+                .usage()?;
+            (path.display().to_string(), text)
         }
     };
-    let shard = match shard(&args) {
-        Ok(shard) => shard,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
-    let worker_command = match WorkerCommand::current_exe() {
-        Ok(command) => command,
-        Err(e) => {
-            eprintln!("error: cannot locate the docpipe executable for the render workers: {e}");
-            return exit::INCOMPLETE;
-        }
-    };
-    let runtime = match super::io_runtime(tokio::runtime::Builder::new_multi_thread()) {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
+    let config = PipelineConfig::load(&origin, &text, &args.set).usage()?;
+    let shard = shard(&args).usage()?;
+    let worker_command = WorkerCommand::current_exe()
+        .context("cannot locate the docpipe executable for the render workers")
+        .incomplete()?;
+    let runtime = super::io_runtime(tokio::runtime::Builder::new_multi_thread())?;
     let options = RunOptions {
         config,
         worker_command,
@@ -98,41 +79,29 @@ pub fn run(args: RunArgs) -> u8 {
         log_every: LOG_EVERY,
         shard,
     };
-    match runtime.block_on(docpipe_pipeline::run(options)) {
-        Ok(summary) => {
-            let report = &summary.report;
-            println!(
-                "{} documents processed, {} skipped (already committed), {} rows, {} with errors → {}",
-                report.documents_committed,
-                report.documents_skipped,
-                report.rows,
-                report.rows_failed,
-                summary.sink_uri
-            );
-            if report.rows_failed > 0 {
-                let stages: Vec<String> = report
-                    .errors_by_stage
-                    .iter()
-                    .map(|(stage, n)| format!("{stage}: {n}"))
-                    .collect();
-                eprintln!(
-                    "{} rows carry errors ({})",
-                    report.rows_failed,
-                    stages.join(", ")
-                );
-                exit::SOME_FAILED
-            } else {
-                exit::OK
-            }
-        }
-        Err(e) if e.is_usage() => {
-            eprintln!("error: {e}");
-            exit::USAGE
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("the run did not finish; rerun the same command to resume");
-            exit::INCOMPLETE
-        }
+    let summary = runtime
+        .block_on(docpipe_pipeline::run(options))
+        .classified()?;
+    let report = &summary.report;
+    println!(
+        "{} documents processed, {} skipped (already committed), {} rows, {} with errors → {}",
+        report.documents_committed,
+        report.documents_skipped,
+        report.rows,
+        report.rows_failed,
+        summary.sink_uri
+    );
+    if report.rows_failed > 0 {
+        let stages: Vec<String> = report
+            .errors_by_stage
+            .iter()
+            .map(|(stage, n)| format!("{stage}: {n}"))
+            .collect();
+        eprintln!(
+            "{} rows carry errors ({})",
+            report.rows_failed,
+            stages.join(", ")
+        );
     }
+    Ok(Outcome::from_failures(report.rows_failed))
 }

@@ -49,6 +49,18 @@ pub enum DatasetError {
     },
 }
 
+impl DatasetError {
+    /// True when the dataset itself is at fault (exit 2), false when its storage could not be
+    /// reached (exit 3).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            DatasetError::Store(e) => e.is_usage(),
+            DatasetError::MissingImage { source, .. } => source.is_usage(),
+            _ => true,
+        }
+    }
+}
+
 /// The gold side of one question: what scoring needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Annotation {
