@@ -2,11 +2,12 @@
 //! Everything that parses untrusted bytes (pdfium, image decoders) runs here, so a crash or a
 //! hang costs a process the pool replaces, never the caller.
 
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod pdf;
 mod raster;
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::Path;
 
 use image::RgbImage;
 use pdfium_render::prelude::Pdfium;
@@ -15,11 +16,8 @@ use crate::error::Problem;
 use crate::library;
 use crate::protocol::{read_frame, write_frame, Job, Reply};
 
-/// Test hook, read by worker processes only: `crash:NAME` makes the worker abort, `hang:NAME`
-/// makes it stop answering, when it starts a page of the document whose file name is `NAME`.
-/// It exists so the tests can exercise crash and timeout recovery with ordinary files; it has no
-/// effect unless set.
-pub const FAULT_ENV: &str = "DOCPIPE_RENDER_FAULT";
+#[cfg(feature = "fault-injection")]
+pub use fault::FAULT_ENV;
 
 /// Serves jobs from stdin until it is closed. Returns an error only when the pool side of the
 /// pipe is unusable; problems with documents are reported to the pool instead.
@@ -109,7 +107,6 @@ fn render_job(pdfium: &Pdfium, job: &Job, output: &mut impl Write) -> io::Result
         Some(selection) => selection.pages(page_count),
         None => (1..=page_count).collect(),
     };
-    let fault = Fault::for_document(&job.path);
     write_frame(
         output,
         &Reply::Opened {
@@ -119,9 +116,8 @@ fn render_job(pdfium: &Pdfium, job: &Job, output: &mut impl Write) -> io::Result
         &[],
     )?;
     for page in pages {
-        if let Some(fault) = fault {
-            fault.trigger();
-        }
+        #[cfg(feature = "fault-injection")]
+        fault::before_page(&job.path);
         match document
             .render(page, job)
             .and_then(|p| deliver(page, p, job))
@@ -160,34 +156,4 @@ fn deliver(page: u32, rendered: RgbPage, job: &Job) -> Result<(Reply, Vec<u8>), 
         png,
     };
     Ok((reply, payload))
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    Crash,
-    Hang,
-}
-
-impl Fault {
-    fn for_document(path: &Path) -> Option<Fault> {
-        let setting = std::env::var(FAULT_ENV).ok()?;
-        let (kind, name) = setting.split_once(':')?;
-        if path.file_name()? != name {
-            return None;
-        }
-        match kind {
-            "crash" => Some(Fault::Crash),
-            "hang" => Some(Fault::Hang),
-            _ => None,
-        }
-    }
-
-    fn trigger(self) {
-        match self {
-            Fault::Crash => std::process::abort(),
-            Fault::Hang => loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            },
-        }
-    }
 }
