@@ -2,28 +2,13 @@
 //! below from the ANLS definition (1 − edit distance / longer length, 0 from 0.5 on), not taken
 //! from the implementation.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use docpipe_store::object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 
-fn fixture(rel: &str) -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/docvqa");
-    root.join(rel).to_str().unwrap().to_owned()
-}
-
-fn docpipe(args: &[&str]) -> Output {
-    docpipe_with_env(args, &[])
-}
-
-fn docpipe_with_env(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_docpipe"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("run docpipe")
-}
+use crate::support::{docpipe, fixture, fixture_arg};
 
 /// `docpipe eval anls --annotations A --predictions P`, then `extra` arguments.
 fn eval_anls(
@@ -41,7 +26,7 @@ fn eval_anls(
         predictions,
     ];
     args.extend(extra);
-    docpipe_with_env(&args, env)
+    docpipe(&args, env)
 }
 
 fn write_predictions(dir: &Path, predictions: &Value) -> String {
@@ -164,7 +149,10 @@ fn check_json_output(output: &Output) {
 fn json_report_matches_hand_computed_scores_for_both_layouts() {
     let dir = tempfile::tempdir().unwrap();
     let preds = write_predictions(dir.path(), &predictions().0);
-    for annotations in [fixture("json/val_v1.0.json"), fixture("parquet")] {
+    for annotations in [
+        fixture_arg("docvqa/json/val_v1.0.json"),
+        fixture_arg("docvqa/parquet"),
+    ] {
         let output = eval_anls(&annotations, &preds, &["--json"], &[]);
         check_json_output(&output);
     }
@@ -189,13 +177,13 @@ fn reads_annotations_and_predictions_from_s3() {
     );
     upload(
         "docvqa/val_v1.0.json",
-        std::fs::read(fixture("json/val_v1.0.json")).unwrap(),
+        std::fs::read(fixture("docvqa/json/val_v1.0.json")).unwrap(),
     );
     for part in [
         "validation-00000-of-00002.parquet",
         "validation-00001-of-00002.parquet",
     ] {
-        let bytes = std::fs::read(fixture(&format!("parquet/{part}"))).unwrap();
+        let bytes = std::fs::read(fixture(&format!("docvqa/parquet/{part}"))).unwrap();
         upload(&format!("docvqa/parquet/{part}"), bytes);
     }
     for annotations in [
@@ -216,7 +204,7 @@ fn reads_annotations_and_predictions_from_s3() {
 fn table_report_names_types_and_unknown_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let preds = write_predictions(dir.path(), &predictions().0);
-    let annotations = fixture("json/val_v1.0.json");
+    let annotations = fixture_arg("docvqa/json/val_v1.0.json");
     let output = eval_anls(&annotations, &preds, &[], &[]);
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8(output.stdout).unwrap();
@@ -237,7 +225,7 @@ fn bad_inputs_exit_2_with_a_message_naming_the_file() {
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "[{\"questionId\": 5001,\n \"answer\": ").unwrap();
     let bad = bad.to_str().unwrap();
-    let annotations = fixture("json/val_v1.0.json");
+    let annotations = fixture_arg("docvqa/json/val_v1.0.json");
     let missing = dir.path().join("absent.json");
     let missing = missing.to_str().unwrap();
     for (args, needle) in [
@@ -254,7 +242,7 @@ fn bad_inputs_exit_2_with_a_message_naming_the_file() {
     ] {
         let mut full = vec!["eval", "anls"];
         full.extend(args);
-        let output = docpipe(&full);
+        let output = docpipe(&full, &[]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{full:?}: {stderr}");
         assert!(

@@ -5,50 +5,30 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Output, Stdio};
 
 use arrow::array::{Array, Int64Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixture(rel: &str) -> String {
-    repo().join("fixtures").join(rel).display().to_string()
-}
-
-fn docpipe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_docpipe"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("run docpipe")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use crate::support::{command, docpipe, fixture, fixture_arg, text};
 
 fn eval_docvqa(dataset: &str, out: &Path) -> Output {
-    docpipe(&[
-        "eval",
-        "docvqa",
-        "--dataset",
-        dataset,
-        "--model",
-        &fixture("idefics2/models/tiny-gqa-split"),
-        "--set",
-        "model.max_new_tokens=8",
-        "--out",
-        out.to_str().unwrap(),
-    ])
+    docpipe(
+        &[
+            "eval",
+            "docvqa",
+            "--dataset",
+            dataset,
+            "--model",
+            &fixture_arg("idefics2/models/tiny-gqa-split"),
+            "--set",
+            "model.max_new_tokens=8",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    )
 }
 
 fn json(path: &Path) -> Value {
@@ -57,7 +37,7 @@ fn json(path: &Path) -> Value {
 
 /// The questionIds of the fixture dataset, from its annotation file.
 fn dataset_question_ids() -> BTreeSet<i64> {
-    json(Path::new(&fixture("docvqa/json/val_v1.0.json")))["data"]
+    json(&fixture("docvqa/json/val_v1.0.json"))["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -122,15 +102,18 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 /// metrics.json's ANLS is what `docpipe eval anls` gives for the written predictions.
 fn check_metrics_against_eval_anls(out: &Path, annotations: &str) {
     let metrics = json(&out.join("metrics.json"));
-    let output = docpipe(&[
-        "eval",
-        "anls",
-        "--annotations",
-        annotations,
-        "--predictions",
-        out.join("predictions.json").to_str().unwrap(),
-        "--json",
-    ]);
+    let output = docpipe(
+        &[
+            "eval",
+            "anls",
+            "--annotations",
+            annotations,
+            "--predictions",
+            out.join("predictions.json").to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let anls: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(metrics["anls"], anls["anls"], "{metrics} vs {anls}");
@@ -142,7 +125,7 @@ fn check_metrics_against_eval_anls(out: &Path, annotations: &str) {
 #[test]
 fn json_layout_writes_all_outputs_and_a_rerun_changes_nothing() {
     let out = tempfile::tempdir().unwrap();
-    let annotations = fixture("docvqa/json/val_v1.0.json");
+    let annotations = fixture_arg("docvqa/json/val_v1.0.json");
     let output = eval_docvqa(&annotations, out.path());
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let ids = prediction_ids(out.path());
@@ -177,7 +160,7 @@ fn json_layout_writes_all_outputs_and_a_rerun_changes_nothing() {
 #[test]
 fn parquet_layout_spills_inline_images_and_scores_like_eval_anls() {
     let out = tempfile::tempdir().unwrap();
-    let dataset = fixture("docvqa/parquet");
+    let dataset = fixture_arg("docvqa/parquet");
     let output = eval_docvqa(&dataset, out.path());
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let ids = prediction_ids(out.path());
@@ -284,25 +267,23 @@ fn s3_dataset_and_output_with_pipeline_overrides() {
         );
     }
     let run = || {
-        Command::new(env!("CARGO_BIN_EXE_docpipe"))
-            .args([
+        docpipe(
+            &[
                 "eval",
                 "docvqa",
                 "--dataset",
                 "s3://docvqa/data/val_v1.0.json",
                 "--model",
-                &fixture("idefics2/models/tiny-gqa-split"),
+                &fixture_arg("idefics2/models/tiny-gqa-split"),
                 "--set",
                 "model.max_new_tokens=8",
                 "--set",
                 r#"model.devices=["cpu","cpu"]"#,
                 "--out",
                 "s3://docvqa/run",
-            ])
-            .envs(server.env())
-            .current_dir(repo())
-            .output()
-            .unwrap()
+            ],
+            &server.env(),
+        )
     };
     let output = run();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
@@ -334,18 +315,21 @@ fn s3_dataset_and_output_with_pipeline_overrides() {
 #[test]
 fn an_unknown_answer_setting_exits_2_before_any_work() {
     let out = tempfile::tempdir().unwrap();
-    let output = docpipe(&[
-        "eval",
-        "docvqa",
-        "--dataset",
-        &fixture("docvqa/json/val_v1.0.json"),
-        "--model",
-        &fixture("idefics2/models/tiny-gqa-split"),
-        "--set",
-        "answer.lowercase=true",
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let output = docpipe(
+        &[
+            "eval",
+            "docvqa",
+            "--dataset",
+            &fixture_arg("docvqa/json/val_v1.0.json"),
+            "--model",
+            &fixture_arg("idefics2/models/tiny-gqa-split"),
+            "--set",
+            "answer.lowercase=true",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("lowercase"),
@@ -359,25 +343,23 @@ fn an_unknown_answer_setting_exits_2_before_any_work() {
 #[test]
 fn killed_then_rerun_answers_each_question_once() {
     let out = tempfile::tempdir().unwrap();
-    let annotations = fixture("docvqa/json/val_v1.0.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_docpipe"))
-        .args([
-            "eval",
-            "docvqa",
-            "--dataset",
-            &annotations,
-            "--model",
-            &fixture("idefics2/models/tiny-gqa-split"),
-            "--set",
-            "model.max_new_tokens=8",
-            "--out",
-            out.path().to_str().unwrap(),
-        ])
-        .current_dir(repo())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let annotations = fixture_arg("docvqa/json/val_v1.0.json");
+    let mut child = command([
+        "eval",
+        "docvqa",
+        "--dataset",
+        &annotations,
+        "--model",
+        &fixture_arg("idefics2/models/tiny-gqa-split"),
+        "--set",
+        "model.max_new_tokens=8",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let parts = out.path().join("parts");
     // Only finished parts: the local store stages a write under another name first.
     let committed = || {

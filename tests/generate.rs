@@ -2,21 +2,11 @@
 //! (`fixtures/idefics2`, made with transformers 5.23).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/idefics2")
-}
-
-fn docpipe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_docpipe"))
-        .arg("generate")
-        .args(args)
-        .output()
-        .expect("docpipe runs")
-}
+use crate::support::{docpipe, fixture};
 
 fn read_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -28,6 +18,7 @@ fn read_lines(path: &Path) -> Vec<Value> {
 
 fn generate(model: &Path, requests: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
+        "generate",
         "--model",
         model.to_str().unwrap(),
         "--requests",
@@ -36,7 +27,7 @@ fn generate(model: &Path, requests: &Path, out: &Path, extra: &[&str]) -> Output
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    docpipe(&args)
+    docpipe(&args, &[])
 }
 
 /// Whether transformers 5.23 (the reference) sees this request differently from this crate,
@@ -58,8 +49,8 @@ fn reference_differs(request: &Value, expected: &Value) -> bool {
 fn batch_sizes_give_identical_output_and_match_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["tiny-gqa-split", "tiny-mha-nosplit", "tiny-chatty"] {
-        let model = fixtures().join("models").join(name);
-        let reference = fixtures().join("reference").join(name);
+        let model = fixture("idefics2/models").join(name);
+        let reference = fixture("idefics2/reference").join(name);
         let requests = reference.join("requests.jsonl");
         let mut outputs = Vec::new();
         for batch in ["1", "4", "8"] {
@@ -150,7 +141,7 @@ fn batch_sizes_give_identical_output_and_match_the_reference() {
 
 /// A copy of a fixture checkpoint that a test may break.
 fn checkpoint_copy(name: &str, into: &Path) -> PathBuf {
-    let src = fixtures().join("models").join(name);
+    let src = fixture("idefics2/models").join(name);
     let dst = into.join(name);
     std::fs::create_dir_all(&dst).unwrap();
     for entry in std::fs::read_dir(&src).unwrap() {
@@ -172,6 +163,8 @@ fn image_request(image: &Path) -> Value {
         {"type": "text", "text": "What is this?"}, {"type": "image", "path": image.to_str().unwrap()}]}]})
 }
 
+/// Stricter than the shared `support::assert_usage_error`: `generate` must say it in one line,
+/// without a panic.
 fn assert_usage_error(output: &Output, names: &str, what: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{what}: {stderr}");
@@ -190,7 +183,7 @@ fn assert_usage_error(output: &Output, names: &str, what: &str) {
 #[test]
 fn bad_checkpoints_are_usage_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let page = fixtures().join("images/page.png");
+    let page = fixture("idefics2/images/page.png");
     let requests = requests_file(dir.path(), &[image_request(&page)]);
     let out = dir.path().join("out.jsonl");
 
@@ -250,7 +243,7 @@ fn bad_checkpoints_are_usage_errors_naming_the_file() {
 #[test]
 fn bad_requests_are_usage_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fixtures().join("models/tiny-chatty");
+    let model = fixture("idefics2/models/tiny-chatty");
     let out = dir.path().join("out.jsonl");
 
     let absent = dir.path().join("absent.png");
@@ -280,7 +273,7 @@ fn bad_requests_are_usage_errors_naming_the_file() {
 
     let requests = requests_file(
         dir.path(),
-        &[image_request(&fixtures().join("images/page.png"))],
+        &[image_request(&fixture("idefics2/images/page.png"))],
     );
     let output = generate(&model, &requests, &out, &["--device", "cuda:0"]);
     assert_usage_error(&output, "cuda", "cuda without the feature");
@@ -289,7 +282,7 @@ fn bad_requests_are_usage_errors_naming_the_file() {
 #[test]
 fn text_only_requests_work_and_keep_input_order() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fixtures().join("models/tiny-mha-nosplit");
+    let model = fixture("idefics2/models/tiny-mha-nosplit");
     let lines: Vec<Value> = (0..3)
         .map(|i| {
             serde_json::json!({"id": format!("q{i}"), "max_new_tokens": 3 + i, "messages": [

@@ -1,26 +1,25 @@
 //! End-to-end tests of `docpipe run`: the real binary, render worker processes, the tiny
 //! Idefics2 fixture checkpoint on the CPU, and Parquet output read back with docpipe-sink.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use docpipe_core::{DocumentRef, Stage, VisionLanguageModel};
-use docpipe_idefics2::{device_from_spec, dtype_from_name, Idefics2Model};
+use docpipe_core::{DeviceSpec, DocumentRef, Dtype, Stage, VisionLanguageModel};
+use docpipe_idefics2::{candle_device, candle_dtype, Idefics2Model};
 use docpipe_pipeline::config::{PipelineConfig, DEMO_PIPELINE};
 use docpipe_pipeline::pool::FAULT_ENV;
 use docpipe_pipeline::tasks::{chat_request, TaskPlan};
-use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig, WorkerCommand};
+use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig};
 use docpipe_sink::OutputRow;
 use docpipe_store::object_store::ObjectStoreExt;
 use docpipe_store::{StoreOptions, Stores};
-use support::{
-    assert_exactly_once, assert_usage_error, docpipe, page_count, repo, rows_at, runtime, text,
-    BIN, DEMO_QUERIES,
+
+use crate::support::{
+    assert_exactly_once, assert_usage_error, command, docpipe, fixture, page_count, repo, rows_at,
+    runtime, text, worker, DEMO_QUERIES,
 };
 
 const TINY_MODEL: &str = "fixtures/idefics2/models/tiny-gqa-split";
@@ -38,8 +37,8 @@ fn run_demo(extra: &[String], env: &[(String, String)]) -> Output {
 /// A folder holding copies of the given fixture files (paths relative to `fixtures/`).
 fn source_folder(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (fixture, name) in files {
-        std::fs::copy(repo().join("fixtures").join(fixture), dir.path().join(name)).unwrap();
+    for (from, name) in files {
+        std::fs::copy(fixture(from), dir.path().join(name)).unwrap();
     }
     dir
 }
@@ -65,7 +64,7 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
     let output = run_demo(&[format!("sink.uri={sink}")], &[]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let rows = rows_at(&sink, StoreOptions::default());
-    let pages = pages_of(&repo().join("fixtures/pdfs"));
+    let pages = pages_of(&fixture("pdfs"));
     let by_key = assert_exactly_once(&rows, &pages, DEMO_QUERIES);
     assert!(rows.iter().all(|r| r.answer.is_some() && r.error.is_none()));
     assert!(out.path().join("report.json").is_file());
@@ -77,18 +76,18 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
         TaskPlan::new(config.tasks, config.model.max_new_tokens).queries(&DocumentRef::new("x"));
     let model = Idefics2Model::load(
         &repo().join(TINY_MODEL),
-        &device_from_spec("cpu").unwrap(),
-        dtype_from_name("f32").unwrap(),
+        &candle_device(DeviceSpec::Cpu).unwrap(),
+        candle_dtype(Dtype::F32),
     )
     .unwrap();
     let pool = RenderPool::new(RenderPoolConfig {
         workers: 1,
         longest_edge: config.render.longest_edge,
-        worker_command: WorkerCommand::new(BIN).arg("render-worker"),
+        worker_command: worker(),
         ..RenderPoolConfig::new().unwrap()
     })
     .unwrap();
-    let form = repo().join("fixtures/pdfs/form.pdf");
+    let form = fixture("pdfs/form.pdf");
     let doc_uri = form.display().to_string();
     for page in pool.render(&form, &DocumentOptions::default()).unwrap() {
         let page = page.unwrap();
@@ -129,7 +128,7 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
 /// once, with the answers of a run on one replica.
 #[test]
 fn a_replica_failing_mid_run_changes_no_row() {
-    let pages = pages_of(&repo().join("fixtures/pdfs"));
+    let pages = pages_of(&fixture("pdfs"));
     let run = |devices: &str, env: &[(String, String)]| {
         let out = tempfile::tempdir().unwrap();
         let sink = out.path().display().to_string();
@@ -245,10 +244,7 @@ fn sigkill_then_rerun_gives_every_row_exactly_once() {
     for set in &sets {
         args.extend(["--set".to_owned(), set.clone()]);
     }
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .current_dir(repo())
-        .env("DOCPIPE_LOG", "warn")
+    let mut child = command(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -349,7 +345,7 @@ fn upload_fixture_pdfs(options: StoreOptions, bucket: &str) -> HashMap<String, u
     let mut pages = HashMap::new();
     runtime().block_on(async {
         for name in ["form.pdf", "scan.pdf", "wide.pdf"] {
-            let path = repo().join("fixtures/pdfs").join(name);
+            let path = fixture("pdfs").join(name);
             let bytes = std::fs::read(&path).unwrap();
             location
                 .store()
@@ -487,7 +483,7 @@ fn lake_enrichment_keeps_the_key_columns() {
     use arrow::datatypes::{DataType, Field, Schema};
 
     let dir = tempfile::tempdir().unwrap();
-    let docs = ["form.pdf", "scan.pdf"].map(|n| repo().join("fixtures/pdfs").join(n));
+    let docs = ["form.pdf", "scan.pdf"].map(|n| fixture("pdfs").join(n));
     let schema = Arc::new(Schema::new(vec![
         Field::new("document_uri", DataType::Utf8, false),
         Field::new("contract_id", DataType::Utf8, false),
@@ -573,10 +569,9 @@ fn docvqa_pipeline_asks_each_document_its_manifest_questions() {
         &[],
     );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    let dataset: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(repo().join("fixtures/docvqa/json/val_v1.0.json")).unwrap(),
-    )
-    .unwrap();
+    let dataset: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("docvqa/json/val_v1.0.json")).unwrap())
+            .unwrap();
     let mut expected: Vec<(String, String)> = dataset["data"]
         .as_array()
         .unwrap()
@@ -613,7 +608,7 @@ fn docvqa_pipeline_asks_each_document_its_manifest_questions() {
 #[test]
 fn a_document_without_questions_gets_an_error_row_and_is_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let documents = repo().join("fixtures/docvqa/json/documents");
+    let documents = fixture("docvqa/json/documents");
     let manifest = dir.path().join("manifest.jsonl");
     let line = |name: &str, questions: serde_json::Value| {
         serde_json::json!({

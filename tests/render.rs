@@ -1,28 +1,17 @@
 //! End-to-end tests of the render stage: the `docpipe render` command and the `RenderPool` API,
 //! driving real worker processes (`docpipe render-worker`) with the pdfium from `make setup`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
+use docpipe_render::worker::FAULT_ENV;
 use docpipe_render::{
     DocumentOptions, RenderError, RenderPool, RenderPoolConfig, RenderedPage, WorkerCommand,
 };
 use image::RgbImage;
 
-const BIN: &str = env!("CARGO_BIN_EXE_docpipe");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixture(path: &str) -> PathBuf {
-    repo().join("fixtures").join(path)
-}
-
-fn worker() -> WorkerCommand {
-    WorkerCommand::new(BIN).arg("render-worker")
-}
+use crate::support::{docpipe, fixture, worker};
 
 fn pool_with(workers: usize, command: WorkerCommand, timeout: Duration) -> RenderPool {
     RenderPool::new(RenderPoolConfig {
@@ -47,15 +36,6 @@ fn render_all(
     pool.render(path, options)
         .expect("document opens")
         .collect()
-}
-
-fn docpipe(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(BIN);
-    command.args(args).current_dir(repo());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("docpipe runs")
 }
 
 fn stderr(output: &Output) -> String {
@@ -286,7 +266,7 @@ fn bad_inputs_give_errors_of_the_right_kind() {
 #[test]
 fn crashed_and_hung_workers_are_replaced() {
     let run = |fault: &str, doc: &str| {
-        let command = worker().env("DOCPIPE_RENDER_FAULT", format!("{fault}:{doc}"));
+        let command = worker().env(FAULT_ENV, format!("{fault}:{doc}"));
         let pool = pool_with(1, command, Duration::from_secs(2));
         let faulty: Vec<_> = pool
             .render(
@@ -513,7 +493,7 @@ fn cli_survives_crashing_and_hanging_documents() {
                 "--page-timeout",
                 "2",
             ],
-            &[("DOCPIPE_RENDER_FAULT", &setting)],
+            &[(FAULT_ENV.to_owned(), setting)],
         );
         assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
         let failures = failure_lines(&output);
@@ -537,7 +517,10 @@ fn cli_says_what_to_do_without_pdfium() {
             "--out",
             out.path().to_str().unwrap(),
         ],
-        &[("PDFIUM_LIB", "/nonexistent/libpdfium.so")],
+        &[(
+            "PDFIUM_LIB".to_owned(),
+            "/nonexistent/libpdfium.so".to_owned(),
+        )],
     );
     assert_eq!(output.status.code(), Some(2));
     let text = stderr(&output);

@@ -1,20 +1,19 @@
-//! End-to-end tests of sharded runs (issue 7): N `docpipe run` processes against one S3 sink
+//! End-to-end tests of sharded runs (docs/scale.md): N `docpipe run` processes against one S3 sink
 //! (moto), one of them SIGKILLed and rerun, then `docpipe commit`.
-
-mod support;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use docpipe_core::shard_of;
 use docpipe_sink::DatasetManifest;
-use docpipe_source::shard_of;
 use docpipe_store::object_store::ObjectStoreExt;
 use docpipe_store::{StoreOptions, Stores};
 use docpipe_testkit::MotoServer;
-use support::{
-    assert_exactly_once, assert_usage_error, docpipe, page_count, repo, rows_at, runtime, text,
-    BIN, DEMO_QUERIES,
+
+use crate::support::{
+    assert_exactly_once, assert_usage_error, command, docpipe, fixture, page_count, rows_at,
+    runtime, text, DEMO_QUERIES,
 };
 
 const SHARDS: u32 = 3;
@@ -37,12 +36,11 @@ const SCHEDULER_VARS: [&str; 6] = [
 
 /// `docpipe run` of the demo pipeline over `s3://shards/in/`, one document per part.
 fn run_command(shard_args: &[&str], env: &[(String, String)]) -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = command(["run", "pipelines/demo.toml"]);
     for var in SCHEDULER_VARS {
         command.env_remove(var);
     }
     command
-        .args(["run", "pipelines/demo.toml"])
         .args(shard_args)
         .args([
             "--set",
@@ -52,8 +50,6 @@ fn run_command(shard_args: &[&str], env: &[(String, String)]) -> Command {
             "--set",
             "sink.documents_per_part=1",
         ])
-        .current_dir(repo())
-        .env("DOCPIPE_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k, v)));
     command
 }
@@ -67,9 +63,7 @@ fn upload(options: StoreOptions, documents: usize) -> HashMap<String, u32> {
     let mut pages = HashMap::new();
     runtime().block_on(async {
         for i in 0..documents {
-            let path = repo()
-                .join("fixtures/pdfs")
-                .join(FIXTURES[i % FIXTURES.len()]);
+            let path = fixture("pdfs").join(FIXTURES[i % FIXTURES.len()]);
             let name = format!("doc-{i}.pdf");
             location
                 .store()

@@ -1,8 +1,8 @@
-//! Helpers shared by the end-to-end tests that run the `docpipe` binary (pipeline_run.rs,
-//! shards.rs). Each test binary uses a subset of them.
-#![allow(dead_code)]
+//! Helpers shared by the end-to-end tests, which run the `docpipe` binary built with the test
+//! hooks (`fault-injection`) and the fixtures under `fixtures/`.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -22,16 +22,38 @@ pub fn repo() -> PathBuf {
         .unwrap()
 }
 
-pub fn docpipe(args: &[&str], env: &[(String, String)]) -> Output {
+/// `fixtures/<rel>` in the repository.
+pub fn fixture(rel: &str) -> PathBuf {
+    repo().join("fixtures").join(rel)
+}
+
+/// [`fixture`] as a command-line argument.
+pub fn fixture_arg(rel: &str) -> String {
+    fixture(rel).display().to_string()
+}
+
+/// `docpipe ARGS`, run from the repository root with warnings and errors logged only, so that
+/// relative paths in pipeline files resolve and stderr holds what a test asserts on.
+pub fn command<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
     let mut command = Command::new(BIN);
     command
         .args(args)
         .current_dir(repo())
         .env("DOCPIPE_LOG", "warn");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("docpipe runs")
+    command
+}
+
+/// Runs [`command`] with `env` added to the environment, to completion.
+pub fn docpipe(args: &[&str], env: &[(String, String)]) -> Output {
+    command(args)
+        .envs(env.iter().map(|(key, value)| (key, value)))
+        .output()
+        .expect("docpipe runs")
+}
+
+/// The render worker mode of the binary under test.
+pub fn worker() -> WorkerCommand {
+    WorkerCommand::new(BIN).arg("render-worker")
 }
 
 pub fn text(output: &Output) -> String {
@@ -70,7 +92,7 @@ pub fn rows_at(location: &str, options: StoreOptions) -> Vec<OutputRow> {
 pub fn page_count(path: &Path) -> u32 {
     let pool = RenderPool::new(RenderPoolConfig {
         workers: 1,
-        worker_command: WorkerCommand::new(BIN).arg("render-worker"),
+        worker_command: worker(),
         ..RenderPoolConfig::new().unwrap()
     })
     .unwrap();
