@@ -1,3 +1,7 @@
+//! [`RenderError`]: why a document or page could not be rendered, naming the file; and the
+//! worker-side `Problem` the pool turns into one by adding the file name. The pipeline sees
+//! these as `Failure`s of stage `render` ([`RenderError::to_failure`]).
+
 use std::path::PathBuf;
 use std::time::Duration;
 

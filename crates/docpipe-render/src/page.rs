@@ -1,3 +1,7 @@
+//! Rendered pages as the pool hands them out: [`RenderedPage`] (pixels and text layer, for
+//! the pipeline) and [`SavedPage`] (a PNG the worker wrote itself, for `docpipe render`), plus
+//! the page file names and the fast PNG encoding both paths use.
+
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

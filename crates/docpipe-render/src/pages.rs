@@ -1,3 +1,6 @@
+//! Which pages to render and at what size: [`PageSelection`] (`--pages 1-3,7,10-`) and
+//! [`fit_longest_edge`], the sizing rule shared by the PDF and the raster renderers.
+
 use std::fmt;
 use std::str::FromStr;
 

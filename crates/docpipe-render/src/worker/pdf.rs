@@ -1,3 +1,8 @@
+//! PDF pages through pdfium, inside a worker process: opening (password, encrypted, not a
+//! PDF), sizing each page to the longest edge, refusing pages or embedded images over the pixel
+//! budget before pdfium decodes them (decompression bombs), rendering onto white with
+//! annotations and form fields, and reading the text layer.
+
 use std::path::Path;
 
 use image::RgbImage;

@@ -1,3 +1,8 @@
+//! PNG, JPEG and TIFF inputs (one page per TIFF frame), inside a worker process: decoding
+//! under allocation limits derived from the pixel budget, compositing transparency onto white
+//! (like a PDF page's background) and resizing to the longest edge. Raster pages have no text
+//! layer.
+
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
