@@ -1,6 +1,14 @@
+//! [`MotoServer`]: moto's S3 server as a child process on a free loopback port, with the
+//! `AWS_*` variables and store options that point at it. Either one per test, stopped when
+//! dropped, or one per test process ([`MotoServer::shared`]) for suites that need a fresh
+//! bucket in every test. Tests fail, never skip, when moto is not installed (`make setup`).
+
+use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use docpipe_store::StoreOptions;
@@ -13,8 +21,21 @@ const SECRET_KEY: &str = "testing";
 const REGION: &str = "us-east-1";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Runs `$0 "$@"` (moto) and stops it when its own stdin reaches end of file: the test process
+/// holds the other end of that pipe and never closes it, so the kernel closes it when the
+/// process exits, however it exits (a failed test, a timeout's SIGKILL). Waiting on the server
+/// makes the shell exit with it, so a server that fails to start is seen at once. The
+/// watcher reads a copy of stdin (fd 3) because a background job's own stdin is /dev/null.
+const STOP_WITH_STDIN: &str = r#"exec 3<&0
+"$0" "$@" </dev/null &
+server=$!
+{ cat >/dev/null <&3; kill "$server" 2>/dev/null; } &
+wait "$server""#;
+
 /// Shown with its message by `Debug` too, so that `.expect()` in a test prints what to do.
-#[derive(thiserror::Error)]
+/// `Clone` so that every user of the [shared server](MotoServer::shared) sees why it did not
+/// start.
+#[derive(Clone, thiserror::Error)]
 pub enum TestkitError {
     #[error(
         "moto_server not found at {path}: run `make setup` (or scripts/setup-moto.sh), or point \
@@ -25,6 +46,8 @@ pub enum TestkitError {
     MotoStart { message: String },
     #[error("cannot create bucket {bucket}: {message}")]
     Bucket { bucket: String, message: String },
+    #[error("cannot create a temporary folder: {message}")]
+    Folder { message: String },
 }
 
 impl std::fmt::Debug for TestkitError {
@@ -33,24 +56,54 @@ impl std::fmt::Debug for TestkitError {
     }
 }
 
-/// A moto S3 server on a free loopback port, killed when dropped. Start one per test: buckets
-/// then never leak between tests.
+/// How long a server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifetime {
+    /// Until the [`MotoServer`] is dropped.
+    Owner,
+    /// Until the test process exits (see [`STOP_WITH_STDIN`]).
+    Process,
+}
+
+/// A moto S3 server on a free loopback port.
 #[derive(Debug)]
 pub struct MotoServer {
+    /// moto itself, or for a process-long server the shell that stops it.
     child: Child,
     address: String,
-    log: tempfile::NamedTempFile,
+    /// moto's request log: an unnamed temporary file, so nothing is left behind even by a
+    /// server that outlives every destructor.
+    log: File,
 }
 
 impl MotoServer {
-    /// Starts moto and creates `bucket`. Fails (never skips) when moto is not installed, so a
-    /// test run without `make setup` says what is missing instead of passing vacuously.
+    /// Starts moto, killed when dropped, and creates `bucket`: one server per test, so buckets
+    /// never leak between tests. Fails (never skips) when moto is not installed, so a test run
+    /// without `make setup` says what is missing instead of passing vacuously.
     pub fn start(bucket: &str) -> Result<Self, TestkitError> {
         Self::start_with(&moto_server_path(), bucket)
     }
 
     /// Like [`MotoServer::start`] with an explicit `moto_server` executable.
     pub fn start_with(program: &Path, bucket: &str) -> Result<Self, TestkitError> {
+        let server = Self::spawn(program, Lifetime::Owner)?;
+        server.create_bucket(bucket)?;
+        Ok(server)
+    }
+
+    /// The test process's own server, started by the first call and stopped when the process
+    /// exits. Starting moto takes about a second, most of a storage test's time; a suite that
+    /// runs every behaviour against S3 shares this one and gives each test a bucket of its own
+    /// ([`MotoServer::create_bucket`]) instead.
+    pub fn shared() -> Result<&'static MotoServer, TestkitError> {
+        static SHARED: OnceLock<Result<MotoServer, TestkitError>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Self::spawn(&moto_server_path(), Lifetime::Process))
+            .as_ref()
+            .map_err(TestkitError::clone)
+    }
+
+    fn spawn(program: &Path, lifetime: Lifetime) -> Result<Self, TestkitError> {
         if !program.is_file() {
             return Err(TestkitError::MotoMissing {
                 path: program.display().to_string(),
@@ -62,11 +115,19 @@ impl MotoServer {
             .map_err(|e| start_error(format!("no free port: {e}")))?
             .port();
         // moto logs every request; a file never fills up the way a pipe would.
-        let log = tempfile::NamedTempFile::new().map_err(|e| start_error(e.to_string()))?;
-        let stderr = log.reopen().map_err(|e| start_error(e.to_string()))?;
-        let child = Command::new(program)
+        let log = tempfile::tempfile().map_err(|e| start_error(e.to_string()))?;
+        let stderr = log.try_clone().map_err(|e| start_error(e.to_string()))?;
+        let (mut command, stdin) = match lifetime {
+            Lifetime::Owner => (Command::new(program), Stdio::null()),
+            Lifetime::Process => {
+                let mut shell = Command::new("sh");
+                shell.args(["-c", STOP_WITH_STDIN]).arg(program);
+                (shell, Stdio::piped())
+            }
+        };
+        let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -77,7 +138,6 @@ impl MotoServer {
             log,
         };
         server.wait_ready()?;
-        server.create_bucket(bucket)?;
         Ok(server)
     }
 
@@ -105,10 +165,13 @@ impl MotoServer {
         }
     }
 
+    /// The last 2000 bytes of the log, read without moving the offset moto writes at.
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-        let start = log.len().saturating_sub(2000);
-        log.get(start..).unwrap_or_default().to_owned()
+        let length = self.log.metadata().map_or(0, |meta| meta.len());
+        let start = length.saturating_sub(2000);
+        let mut tail = vec![0; usize::try_from(length - start).unwrap_or_default()];
+        let read = self.log.read_at(&mut tail, start).unwrap_or_default();
+        String::from_utf8_lossy(&tail[..read]).into_owned()
     }
 
     pub fn create_bucket(&self, bucket: &str) -> Result<(), TestkitError> {
@@ -176,6 +239,14 @@ pub(crate) fn s3_store_options(endpoint: &str) -> StoreOptions {
         })
 }
 
+/// Store options for an S3 endpoint nothing listens on (a loopback port just released), with
+/// the dummy credentials and the short retries of [`StoreOptions::quick`]: connections are
+/// refused, retried a bounded number of times, then reported.
+pub fn unreachable_s3_options() -> std::io::Result<StoreOptions> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    Ok(s3_store_options(&format!("http://127.0.0.1:{port}")))
+}
+
 fn moto_server_path() -> PathBuf {
     match std::env::var_os("DOCPIPE_MOTO_SERVER") {
         Some(path) => PathBuf::from(path),
@@ -209,5 +280,36 @@ mod tests {
             .env()
             .iter()
             .any(|(k, v)| k == "AWS_ENDPOINT_URL" && *v == server.endpoint()));
+    }
+
+    #[test]
+    fn the_shared_server_is_started_once() {
+        let first = MotoServer::shared().expect("moto S3 server");
+        let second = MotoServer::shared().unwrap();
+        assert!(std::ptr::eq(first, second));
+        first.create_bucket("shared").unwrap();
+        assert_eq!(
+            simple_request(second.address(), "HEAD", "/shared").unwrap(),
+            200
+        );
+    }
+
+    /// What stops the shared server when the test process exits: its stdin reaching its end.
+    #[test]
+    fn a_process_long_server_stops_when_its_stdin_closes() {
+        let mut server =
+            MotoServer::spawn(&moto_server_path(), Lifetime::Process).expect("moto S3 server");
+        drop(server.child.stdin.take());
+        let closed = Instant::now();
+        let within = |what: &str| {
+            assert!(closed.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        while simple_request(server.address(), "GET", "/").is_ok() {
+            within("moto still answers");
+        }
+        while server.child.try_wait().unwrap().is_none() {
+            within("the shell did not exit with moto");
+        }
     }
 }
