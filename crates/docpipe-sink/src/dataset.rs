@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::SystemTime;
 
-use docpipe_source::Shard;
+use docpipe_core::Shard;
 use docpipe_store::{Location, Stores};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;

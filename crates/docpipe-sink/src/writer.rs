@@ -1,8 +1,12 @@
+//! [`Sink`]: buffers finished documents and writes them as Parquet parts (zstd, dictionary
+//! encoding, whole documents only), uploaded so that a part is complete or absent; at the end,
+//! the report and the create-only manifest. [`SinkOptions`] sets when a part is written.
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arrow::datatypes::SchemaRef;
-use docpipe_source::Shard;
+use docpipe_core::Shard;
 use docpipe_store::{Location, Stores};
 use object_store::buffered::BufWriter;
 use object_store::ObjectStoreExt;

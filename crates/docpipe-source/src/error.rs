@@ -1,3 +1,7 @@
+//! The source's errors: [`SourceError`] when the listing as a whole fails (the run stops
+//! before any work) and [`FetchError`] when one document cannot be fetched (that document
+//! gets error rows of stage `source`, the run goes on).
+
 use docpipe_store::StoreError;
 
 /// Why the documents of a run could not be listed. Each variant names the location at fault.
@@ -35,8 +39,6 @@ pub enum SourceError {
         #[source]
         source: object_store::Error,
     },
-    #[error("invalid shard {spec:?}: {reason}")]
-    Shard { spec: String, reason: String },
 }
 
 /// Why one document's bytes could not be made available as a local file. The pipeline turns

@@ -1,3 +1,7 @@
+//! Making a listed document available as a local file, because the render workers take paths.
+//! Local documents are used in place; remote ones are streamed to a temporary file with
+//! `If-Match` on the listed etag, so the version written to the output is the version read.
+
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,59 +129,5 @@ impl Fetcher {
             path: temporary.to_path_buf(),
             temporary: Some(temporary),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use object_store::ObjectStoreExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn local_documents_are_used_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("a.pdf");
-        std::fs::write(&file, b"%PDF").unwrap();
-        let fetcher = Fetcher::new(Arc::new(Stores::default()));
-        let copy = fetcher
-            .fetch(&DocumentRef::new(file.to_str().unwrap()))
-            .await
-            .unwrap();
-        assert_eq!(copy.path(), file);
-        assert!(!copy.is_temporary());
-
-        let err = fetcher
-            .fetch(&DocumentRef::new(
-                dir.path().join("b.pdf").to_str().unwrap(),
-            ))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, FetchError::NotFound { .. }), "{err}");
-        assert!(err.to_string().contains("b.pdf"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn remote_documents_are_downloaded_and_checked_against_their_version() {
-        let stores = Arc::new(Stores::default());
-        let location = stores.open("memory:///docs").unwrap();
-        let path = location.child("x.pdf");
-        let put = location.store().put(&path, "first".into()).await.unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let fetcher = Fetcher::with_temp_dir(Arc::clone(&stores), tmp.path());
-
-        let mut doc = DocumentRef::new("memory:///docs/x.pdf");
-        doc.version = put.e_tag.clone();
-        let copy = fetcher.fetch(&doc).await.unwrap();
-        assert!(copy.is_temporary());
-        assert_eq!(copy.extension().unwrap(), "pdf");
-        assert_eq!(std::fs::read(copy.path()).unwrap(), b"first");
-        let copied = copy.path().to_path_buf();
-        drop(copy);
-        assert!(!copied.exists(), "temporary copy outlived its LocalCopy");
-
-        location.store().put(&path, "second".into()).await.unwrap();
-        let err = fetcher.fetch(&doc).await.unwrap_err();
-        assert!(matches!(err, FetchError::Changed { .. }), "{err}");
     }
 }

@@ -18,15 +18,13 @@ mod error;
 mod fetch;
 mod listing;
 mod manifest;
-mod shard;
 
 pub use error::{FetchError, SourceError};
 pub use fetch::{Fetcher, LocalCopy};
 pub use listing::ListingSpec;
 pub use manifest::{ManifestFormat, ManifestSpec};
-pub use shard::{shard_of, Shard};
 
-use docpipe_core::DocumentRef;
+use docpipe_core::{DocumentRef, Shard};
 use docpipe_store::Stores;
 
 /// Where a run's documents come from.

@@ -1,10 +1,13 @@
-use docpipe_core::DocumentRef;
+//! Listing sources: a local folder or object-store prefix, listed recursively, filtered by
+//! include globs relative to the prefix, sorted by URI so every run sees the same order.
+
+use docpipe_core::{DocumentRef, Shard};
 use docpipe_store::{Location, Stores};
 use futures::TryStreamExt;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use object_store::ObjectMeta;
 
-use crate::{Shard, SourceError};
+use crate::SourceError;
 
 /// A local folder or object-store prefix to list recursively.
 #[derive(Debug, Clone)]
@@ -117,86 +120,30 @@ fn document(location: &Location, object: ObjectMeta) -> DocumentRef {
 
 #[cfg(test)]
 mod tests {
+    //! What only a local folder has: plain paths, and folders that do not exist (an object
+    //! store has no folders). Listing itself is tested on every backend by the conformance
+    //! suite (tests/source/conformance/listing.rs).
+
     use std::fs;
 
     use super::*;
 
-    fn tree() -> tempfile::TempDir {
+    #[tokio::test]
+    async fn a_file_url_lists_the_same_files_as_the_path() {
         let dir = tempfile::tempdir().unwrap();
         for file in ["b.pdf", "a.pdf", "notes.txt", "sub/c.pdf", "sub/deep/D.PDF"] {
             let path = dir.path().join(file);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
             fs::write(&path, file).unwrap();
         }
-        dir
-    }
-
-    fn names(dir: &tempfile::TempDir, docs: &[DocumentRef]) -> Vec<String> {
-        let root = format!("{}/", dir.path().display());
-        docs.iter()
-            .map(|d| d.uri.strip_prefix(&root).unwrap().to_owned())
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn lists_a_folder_recursively_sorted_with_versions() {
-        let dir = tree();
-        let spec = ListingSpec {
-            include: vec!["**/*.pdf".into()],
-            ..ListingSpec::new(dir.path().to_str().unwrap())
-        };
-        let docs = list(&spec, &Stores::default(), None).await.unwrap();
-        assert_eq!(names(&dir, &docs), ["a.pdf", "b.pdf", "sub/c.pdf"]);
-        for doc in &docs {
-            assert!(doc.version.as_deref().is_some_and(|v| !v.is_empty()));
-            let expected = fs::metadata(&doc.uri).unwrap().len();
-            assert_eq!(doc.size, Some(expected));
-        }
-    }
-
-    #[tokio::test]
-    async fn star_does_not_cross_folders_and_extensions_ignore_case() {
-        let dir = tree();
-        let root = dir.path().to_str().unwrap();
-        let top = ListingSpec {
-            include: vec!["*.pdf".into()],
-            ..ListingSpec::new(root)
-        };
-        let docs = list(&top, &Stores::default(), None).await.unwrap();
-        assert_eq!(names(&dir, &docs), ["a.pdf", "b.pdf"]);
-
-        let any_case = ListingSpec::new(root).with_extensions(&["pdf"]);
-        let docs = list(&any_case, &Stores::default(), None).await.unwrap();
-        assert_eq!(
-            names(&dir, &docs),
-            ["a.pdf", "b.pdf", "sub/c.pdf", "sub/deep/D.PDF"]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_file_url_lists_the_same_files() {
-        let dir = tree();
         let url = url::Url::from_directory_path(dir.path()).unwrap();
         let docs = list(&ListingSpec::new(url.as_str()), &Stores::default(), None)
             .await
             .unwrap();
         assert_eq!(docs.len(), 5);
-    }
-
-    #[tokio::test]
-    async fn shards_split_the_listing() {
-        let dir = tree();
-        let spec = ListingSpec::new(dir.path().to_str().unwrap());
-        let all = list(&spec, &Stores::default(), None).await.unwrap();
-        let mut union = Vec::new();
-        for index in 0..2 {
-            let shard = Shard::new(index, 2).unwrap();
-            let part = list(&spec, &Stores::default(), Some(shard)).await.unwrap();
-            assert!(part.iter().all(|d| shard.owns(&d.uri)));
-            union.extend(part);
-        }
-        union.sort_by(|a, b| a.uri.cmp(&b.uri));
-        assert_eq!(union, all);
+        let path = ListingSpec::new(dir.path().to_str().unwrap());
+        let by_path = list(&path, &Stores::default(), None).await.unwrap();
+        assert_eq!(by_path, docs);
     }
 
     #[tokio::test]

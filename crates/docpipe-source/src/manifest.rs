@@ -1,3 +1,7 @@
+//! Manifest sources: a JSONL, CSV or Parquet table with one document per entry (its URI, key
+//! columns for lake enrichment, optional questions). Relative URIs are resolved against the
+//! manifest's folder, and each entry's object is looked up for its etag, which resume needs.
+
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
@@ -6,14 +10,14 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::csv::reader::Format;
 use arrow::datatypes::{DataType, Field, Schema};
-use docpipe_core::{DocumentRef, Question};
+use docpipe_core::{DocumentRef, Question, Shard};
 use docpipe_store::{Location, ParquetObjectFile, Stores};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use serde::Deserialize;
 
-use crate::{Shard, SourceError};
+use crate::SourceError;
 
 /// How many objects are looked up at once when resolving manifest entries' versions.
 const HEAD_CONCURRENCY: usize = 32;

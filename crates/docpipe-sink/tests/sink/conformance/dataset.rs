@@ -1,30 +1,25 @@
-//! The dataset manifest of a sharded run (`docpipe commit`), over shards written to a local
-//! folder by real sinks.
+//! The dataset manifest of a sharded run (`docpipe commit`), over shards written by real sinks:
+//! written once when every shard is complete, else nothing is written and each missing or
+//! failed shard is named.
 
-mod common;
-
-use common::document_rows;
+use docpipe_core::Shard;
 use docpipe_sink::{
-    commit_dataset, DatasetCommit, RunManifest, RunReport, ShardProblem, Sink, SinkError,
-    SinkOptions,
+    commit_dataset, DatasetCommit, DatasetManifest, RunManifest, RunReport, ShardProblem, Sink,
+    SinkError, SinkOptions,
 };
-use docpipe_source::Shard;
-use docpipe_store::Stores;
+use docpipe_testkit::TestStore;
 
-fn location(dir: &tempfile::TempDir) -> String {
-    dir.path().to_str().unwrap().to_owned()
-}
+use super::{options, sink_url, under_sink};
+use crate::rows::document_rows;
 
 /// Runs shard `spec` to completion over the documents it owns among `uris`; returns its rows.
-async fn complete_shard(dir: &tempfile::TempDir, spec: &str, uris: &[String]) -> u64 {
+async fn complete_shard(store: &TestStore, spec: &str, uris: &[String]) -> u64 {
     let shard: Shard = spec.parse().unwrap();
     let mut sink = Sink::open(
-        &Stores::default(),
+        store.stores(),
         SinkOptions {
             shard: Some(shard),
-            key_columns: vec!["contract_id".into()],
-            documents_per_part: 2,
-            ..SinkOptions::new(location(dir))
+            ..options(store)
         },
     )
     .unwrap();
@@ -48,20 +43,22 @@ fn uris() -> Vec<String> {
     (0..12).map(|i| format!("s3://in/doc-{i}.pdf")).collect()
 }
 
-async fn commit(dir: &tempfile::TempDir, shards: Option<u32>) -> Result<DatasetCommit, SinkError> {
-    commit_dataset(&Stores::default(), &location(dir), shards).await
+async fn commit(store: &TestStore, shards: Option<u32>) -> Result<DatasetCommit, SinkError> {
+    commit_dataset(store.stores(), &sink_url(store), shards).await
 }
 
-#[tokio::test]
-async fn complete_shards_are_committed_once() {
-    let dir = tempfile::tempdir().unwrap();
+async fn written_dataset_manifest(store: &TestStore) -> DatasetManifest {
+    serde_json::from_slice(&store.read(&under_sink("manifest.json")).await).unwrap()
+}
+
+async fn complete_shards_are_committed_once(store: &TestStore) {
     let mut rows = 0;
     for spec in ["0/3", "1/3", "2/3"] {
-        rows += complete_shard(&dir, spec, &uris()).await;
+        rows += complete_shard(store, spec, &uris()).await;
     }
     // Two questions per one-page document.
     assert_eq!(rows, 24);
-    let DatasetCommit::Written { url, manifest } = commit(&dir, None).await.unwrap() else {
+    let DatasetCommit::Written { url, manifest } = commit(store, None).await.unwrap() else {
         panic!("expected the dataset manifest to be written");
     };
     assert!(url.ends_with("/manifest.json"), "{url}");
@@ -81,33 +78,27 @@ async fn complete_shards_are_committed_once() {
         assert!(!entry.parts.is_empty());
         for part in &entry.parts {
             assert!(part.path.starts_with(&format!("parts/shard-{label}-")));
-            assert!(dir.path().join(&part.path).is_file(), "{}", part.path);
+            assert!(store.exists(&under_sink(&part.path)).await, "{}", part.path);
         }
         assert_eq!(entry.rows, entry.parts.iter().map(|p| p.rows).sum::<u64>());
     }
-    let written: docpipe_sink::DatasetManifest =
-        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(written, manifest);
+    assert_eq!(written_dataset_manifest(store).await, manifest);
 
     // Create-only: a second commit leaves it alone.
     assert!(matches!(
-        commit(&dir, Some(3)).await.unwrap(),
+        commit(store, Some(3)).await.unwrap(),
         DatasetCommit::AlreadyCommitted { .. }
     ));
-    let again: docpipe_sink::DatasetManifest =
-        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(again, manifest);
+    assert_eq!(written_dataset_manifest(store).await, manifest);
 }
 
-#[tokio::test]
-async fn missing_and_failed_shards_are_named_and_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    complete_shard(&dir, "0/4", &uris()).await;
-    complete_shard(&dir, "2/4", &uris()).await;
+async fn missing_and_failed_shards_are_named_and_nothing_is_written(store: &TestStore) {
+    complete_shard(store, "0/4", &uris()).await;
+    complete_shard(store, "2/4", &uris()).await;
     // A shard of another count.
-    complete_shard(&dir, "1/2", &uris()).await;
+    complete_shard(store, "1/2", &uris()).await;
     // Shard 3 finished, but its report says it left documents undone (source.limit).
-    complete_shard(&dir, "3/4", &uris()).await;
+    complete_shard(store, "3/4", &uris()).await;
     let report = RunReport {
         shard: Some("3/4".into()),
         documents_listed: 5,
@@ -115,13 +106,14 @@ async fn missing_and_failed_shards_are_named_and_nothing_is_written() {
         documents_skipped: 1,
         ..RunReport::default()
     };
-    std::fs::write(
-        dir.path().join("report-shard-3-of-4.json"),
-        serde_json::to_vec(&report).unwrap(),
-    )
-    .unwrap();
+    store
+        .put(
+            &under_sink("report-shard-3-of-4.json"),
+            serde_json::to_vec(&report).unwrap(),
+        )
+        .await;
 
-    let result = commit(&dir, Some(4)).await.unwrap();
+    let result = commit(store, Some(4)).await.unwrap();
     let DatasetCommit::Incomplete { problems } = result else {
         panic!("expected missing shards, got {result:?}");
     };
@@ -141,26 +133,25 @@ async fn missing_and_failed_shards_are_named_and_nothing_is_written() {
         text[2].contains("shard 3/4") && text[2].contains("2 of 5 listed documents"),
         "{text:?}"
     );
-    assert!(!dir.path().join("manifest.json").exists());
+    assert!(!store.exists(&under_sink("manifest.json")).await);
 
     // Without --shards the manifests disagree on the count.
-    let err = commit(&dir, None).await.unwrap_err();
+    let err = commit(store, None).await.unwrap_err();
     assert!(matches!(err, SinkError::ShardCount { .. }), "{err}");
     assert!(err.to_string().contains("--shards"), "{err}");
 }
 
-#[tokio::test]
-async fn a_part_listed_but_absent_fails_its_shard() {
-    let dir = tempfile::tempdir().unwrap();
-    complete_shard(&dir, "0/2", &uris()).await;
-    complete_shard(&dir, "1/2", &uris()).await;
-    let part = std::fs::read_dir(dir.path().join("parts"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.to_string_lossy().contains("shard-1-of-2-"))
+async fn a_part_listed_but_absent_fails_its_shard(store: &TestStore) {
+    complete_shard(store, "0/2", &uris()).await;
+    complete_shard(store, "1/2", &uris()).await;
+    let part = store
+        .list(&under_sink("parts/"))
+        .await
+        .into_iter()
+        .find(|path| path.contains("shard-1-of-2-"))
         .unwrap();
-    std::fs::remove_file(&part).unwrap();
-    let result = commit(&dir, None).await.unwrap();
+    store.delete(&part).await;
+    let result = commit(store, None).await.unwrap();
     let DatasetCommit::Incomplete { problems } = result else {
         panic!("expected a failed shard, got {result:?}");
     };
@@ -172,12 +163,10 @@ async fn a_part_listed_but_absent_fails_its_shard() {
     assert!(reason.contains("absent"), "{reason}");
 }
 
-#[tokio::test]
-async fn the_shard_count_is_needed_when_no_shard_finished() {
-    let dir = tempfile::tempdir().unwrap();
-    let err = commit(&dir, None).await.unwrap_err();
+async fn the_shard_count_is_needed_when_no_shard_finished(store: &TestStore) {
+    let err = commit(store, None).await.unwrap_err();
     assert!(matches!(err, SinkError::ShardCount { .. }), "{err}");
-    let result = commit(&dir, Some(2)).await.unwrap();
+    let result = commit(store, Some(2)).await.unwrap();
     assert_eq!(
         result,
         DatasetCommit::Incomplete {
@@ -192,7 +181,14 @@ async fn the_shard_count_is_needed_when_no_shard_finished() {
         }
     );
     assert!(matches!(
-        commit(&dir, Some(0)).await.unwrap_err(),
+        commit(store, Some(0)).await.unwrap_err(),
         SinkError::ShardCount { .. }
     ));
 }
+
+docpipe_testkit::conformance_tests!(
+    complete_shards_are_committed_once,
+    missing_and_failed_shards_are_named_and_nothing_is_written,
+    a_part_listed_but_absent_fails_its_shard,
+    the_shard_count_is_needed_when_no_shard_finished,
+);

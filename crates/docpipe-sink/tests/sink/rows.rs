@@ -1,4 +1,5 @@
-//! Rows for sink tests.
+//! Rows for sink tests: whole documents as a pipeline would commit them, and an order to
+//! compare rows read back in.
 
 use docpipe_core::{DocumentRef, Failure, FinishReason, Stage};
 use docpipe_sink::OutputRow;
@@ -34,5 +35,14 @@ pub fn document_rows(uri: &str, version: &str, pages: u32) -> Vec<OutputRow> {
             rows.push(row);
         }
     }
+    rows
+}
+
+/// `rows` in a fixed order (document, page, question): parts are read back in path order,
+/// which is not the order documents were committed in.
+pub fn sorted(mut rows: Vec<OutputRow>) -> Vec<OutputRow> {
+    rows.sort_by(|a, b| {
+        (&a.doc_uri, a.page, &a.question_id).cmp(&(&b.doc_uri, b.page, &b.question_id))
+    });
     rows
 }
