@@ -53,7 +53,11 @@ fn main() {
         std::process::exit(2);
     };
     let batch: usize = rest.first().map_or(8, |b| b.parse().expect("batch size"));
-    let dtype: Dtype = rest.get(1).map_or("f32", String::as_str).parse().expect("dtype");
+    let dtype: Dtype = rest
+        .get(1)
+        .map_or("f32", String::as_str)
+        .parse()
+        .expect("dtype");
     let dtype = candle_dtype(dtype);
     let repeats: usize = rest.get(2).map_or(3, |r| r.parse().expect("repeats"));
     let start = Instant::now();

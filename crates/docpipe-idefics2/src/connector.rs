@@ -1,15 +1,17 @@
-//! The connector between the towers: a SwiGLU modality projection from vision width to text
-//! width, then a Perceiver resampler that turns any number of patches into `n_latents` tokens.
+//! The connector between the towers (`model.connector`, spec D): a SwiGLU modality projection
+//! from vision width to text width, then a Perceiver resampler that turns any number of
+//! patches into `n_latents` tokens.
 
 use candle_core::{Module, Result, Tensor};
-
-use crate::config::{Idefics2Config, PerceiverConfig};
-use crate::error::LoadError;
-use crate::nn::{
+use docpipe_vlm::nn::{
     attention, per_segment, split_heads, token_range, AttentionProjections, GatedMlp, RmsNorm,
 };
-use crate::weights::Weights;
+use docpipe_vlm::weights::Weights;
+use docpipe_vlm::LoadError;
 
+use crate::config::{Idefics2Config, PerceiverConfig};
+
+/// One perceiver layer (`perceiver_resampler.layers.N`, spec D.2).
 struct PerceiverLayer {
     latents_norm: RmsNorm,
     context_norm: RmsNorm,
@@ -18,6 +20,29 @@ struct PerceiverLayer {
     mlp: GatedMlp,
 }
 
+impl PerceiverLayer {
+    fn new(config: &PerceiverConfig, w: &Weights) -> std::result::Result<Self, LoadError> {
+        let (h, eps) = (config.hidden_size, config.rms_norm_eps);
+        let q_dim = config.n_heads * config.head_dim;
+        let kv_dim = config.num_key_value_heads * config.head_dim;
+        Ok(PerceiverLayer {
+            latents_norm: RmsNorm::load(&w.pp("input_latents_norm"), h, eps)?,
+            context_norm: RmsNorm::load(&w.pp("input_context_norm"), h, eps)?,
+            attn: AttentionProjections::load(
+                &w.pp("self_attn"),
+                "o_proj",
+                h,
+                q_dim,
+                kv_dim,
+                false,
+            )?,
+            post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), h, eps)?,
+            mlp: GatedMlp::load(&w.pp("mlp"), h, 4 * h, h, config.hidden_act)?,
+        })
+    }
+}
+
+/// Modality projection and perceiver resampler.
 pub struct Connector {
     config: PerceiverConfig,
     projection: GatedMlp,
@@ -27,66 +52,27 @@ pub struct Connector {
 }
 
 impl Connector {
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        config: &Idefics2Config,
-    ) -> std::result::Result<Self, LoadError> {
+    /// The connector of `config` from the view of `model.connector`.
+    pub fn new(config: &Idefics2Config, w: &Weights) -> std::result::Result<Self, LoadError> {
         let pc = &config.perceiver;
-        let h = pc.hidden_size;
-        let eps = pc.rms_norm_eps;
         let projection = GatedMlp::load(
-            w,
-            &format!("{prefix}.modality_projection"),
+            &w.pp("modality_projection"),
             config.vision.hidden_size,
             config.text.intermediate_size,
             config.text.hidden_size,
             config.text.hidden_act,
         )?;
-        let r = format!("{prefix}.perceiver_resampler");
-        let q_dim = pc.n_heads * pc.head_dim;
-        let kv_dim = pc.num_key_value_heads * pc.head_dim;
+        let r = w.pp("perceiver_resampler");
+        let layers = r.pp("layers");
         let layers = (0..pc.depth)
-            .map(|i| {
-                let l = format!("{r}.layers.{i}");
-                Ok(PerceiverLayer {
-                    latents_norm: RmsNorm::load(
-                        w,
-                        &format!("{l}.input_latents_norm.weight"),
-                        h,
-                        eps,
-                    )?,
-                    context_norm: RmsNorm::load(
-                        w,
-                        &format!("{l}.input_context_norm.weight"),
-                        h,
-                        eps,
-                    )?,
-                    attn: AttentionProjections::load(
-                        w,
-                        &format!("{l}.self_attn"),
-                        "o_proj",
-                        h,
-                        q_dim,
-                        kv_dim,
-                        false,
-                    )?,
-                    post_norm: RmsNorm::load(
-                        w,
-                        &format!("{l}.post_attention_layernorm.weight"),
-                        h,
-                        eps,
-                    )?,
-                    mlp: GatedMlp::load(w, &format!("{l}.mlp"), h, 4 * h, h, pc.hidden_act)?,
-                })
-            })
+            .map(|i| PerceiverLayer::new(pc, &layers.pp(i)))
             .collect::<std::result::Result<Vec<_>, LoadError>>()?;
         Ok(Connector {
             config: pc.clone(),
             projection,
-            latents: w.get(&format!("{r}.latents"), (pc.n_latents, h))?,
+            latents: r.get("latents", (pc.n_latents, pc.hidden_size))?,
             layers,
-            norm: RmsNorm::load(w, &format!("{r}.norm.weight"), h, eps)?,
+            norm: RmsNorm::load(&r.pp("norm"), pc.hidden_size, pc.rms_norm_eps)?,
         })
     }
 

@@ -1,11 +1,13 @@
 //! The Idefics2 model family (HuggingFaceM4/idefics2-8b and checkpoints of the same
 //! architecture) on candle, reproducing HF transformers' fp32 greedy outputs.
 //!
-//! One module per component: [`config`] (checkpoint settings), [`processor`] (images),
-//! [`prompt`] (chat template and tokens), [`vision`] (SigLIP tower), [`connector`]
-//! (modality projection and perceiver resampler), [`text`] (Mistral decoder), [`kv_cache`] and
-//! [`generation`] (batched greedy decoding); [`model`] assembles them behind
-//! `docpipe_core::VisionLanguageModel`.
+//! The components both Idefics families use (SigLIP tower, Mistral/Llama decoder, KV cache,
+//! batched generation, Pillow resampling, chat template, weights view) live in `docpipe-vlm`;
+//! this crate adds what is Idefics2's own, one module per component: [`config`] (serde
+//! settings over transformers' class defaults), [`processor`] (quadrant splitting and the
+//! shortest/longest-edge resize, spec A), [`prompt`] (`<image>` expansion, spec B),
+//! [`connector`] (modality projection and perceiver resampler, spec D); [`model`] assembles
+//! them behind `docpipe_core::VisionLanguageModel`.
 //!
 //! What transformers computes, step by step, is specified in `docs/models/idefics2-spec.md`,
 //! the port's reference; comments cite its sections ("spec A.4" is section A.4 there).
@@ -27,9 +29,9 @@
 //!   `User:<image>What…`), which changes the token ids of such prompts. This crate does not
 //!   insert that space.
 //! - **Image processor**: the slow PIL path (transformers 4.x default), with an exact port of
-//!   Pillow's resampler ([`resample`]): `fast_image_resize` 6's convolution bilinear is off by
-//!   up to one level against Pillow on the fixtures, enough to move logits past 1e-3.
-//!   transformers 5 defaults to a torchvision backend whose pixels differ.
+//!   Pillow's resampler (`docpipe_vlm::resample`): `fast_image_resize` 6's convolution
+//!   bilinear is off by up to one level against Pillow on the fixtures, enough to move logits
+//!   past 1e-3. transformers 5 defaults to a torchvision backend whose pixels differ.
 //! - **RGB conversion**: images with alpha are composited onto white (4.x,
 //!   `docs/models/idefics2-spec.md` A.2). The fixtures' transformers 5.23 run dropped the
 //!   alpha channel of RGBA inputs instead; the fixture tests load RGBA images that way,
@@ -39,30 +41,20 @@
 //! fake-token space above by checking that the 5.x rule alone explains each differing prompt
 //! and then feeding the reference ids.
 //!
-//! A request's tokens do not depend on the other requests of its batch (bit for bit on CPU):
-//! prompts of a batch are packed end to end with attention per sequence, a prompt with images
-//! is always prefilled in two parts (up to its last image token, then the rest) so that
-//! several questions about one page share the first, the decoding cache pads rows only on the
-//! right ([`kv_cache`]), small matmuls are padded to the CPU backend's general kernel
-//! (`nn`), and finished sequences leave the batch. On a GPU, cuBLAS picks kernels by shape, so
-//! there a batch can move results by float rounding.
+//! A request's tokens do not depend on the other requests of its batch (bit for bit on CPU);
+//! how is described in `docpipe-vlm`.
+
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod connector;
-pub mod error;
-pub mod generation;
-pub mod kv_cache;
 pub mod model;
-mod nn;
 pub mod processor;
 pub mod prompt;
-pub mod request_file;
-pub mod resample;
-pub mod text;
-pub mod vision;
-mod weights;
 
-pub use error::{DeviceError, ImageError, ImageLoadError, LoadError, PromptError};
-pub use model::{
-    candle_device, candle_dtype, DetailedGeneration, Idefics2Model, Idefics2Request, PreparedImage,
+pub use docpipe_vlm::request::{DetailedGeneration, PreparedImage};
+pub use docpipe_vlm::{
+    candle_device, candle_dtype, request_file, DeviceError, ImageError, ImageLoadError, LoadError,
+    PromptError,
 };
+pub use model::{Idefics2Model, Idefics2Request};

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use docpipe_core::{ChatMessage, ChatRequest, ContentItem, VisionLanguageModel};
-use docpipe_idefics2::config::Resample;
-use docpipe_idefics2::processor::load_image;
-use docpipe_idefics2::resample::resize;
-use docpipe_idefics2::vision::bucket_ids;
 use docpipe_idefics2::{Idefics2Model, Idefics2Request};
+use docpipe_vlm::config::Resample;
+use docpipe_vlm::image::load_image;
+use docpipe_vlm::resample::resize;
+use docpipe_vlm::vision::bucket_ids;
 use image::RgbImage;
 use serde_json::Value;
 use support::*;
@@ -22,7 +22,7 @@ fn load(name: &str) -> Idefics2Model {
 
 /// Loads a fixture image as transformers 5.23 (the reference) sees it. 5.23 drops the alpha
 /// channel of RGBA inputs where 4.x composited them onto white (which this crate follows, see
-/// `processor::to_rgb`; checked against Pillow in its unit tests), so RGBA images are loaded
+/// `docpipe_vlm::image::to_rgb`; checked against Pillow in its unit tests), so RGBA images are loaded
 /// with alpha dropped here, explicitly; every other image goes through `load_image`.
 fn load_like_reference(path: &Path) -> RgbImage {
     let decoded = image::open(path).unwrap();

@@ -20,12 +20,14 @@ use crate::text::{Segment, TextModel};
 
 /// One sequence to generate for.
 pub struct SequenceInput<'a> {
+    /// The prompt.
     pub input_ids: &'a [u32],
     /// `(number of image-token positions, hidden)` features in prompt order, if any.
     pub image_features: Option<Tensor>,
     /// Identities of the input images in prompt order: sequences with equal ids get the same
     /// image features, so the tokens their prompts start with in common are computed once.
     pub image_ids: Vec<usize>,
+    /// The generation limit.
     pub max_new_tokens: usize,
 }
 
@@ -34,6 +36,7 @@ pub struct SequenceInput<'a> {
 pub struct SequenceOutput {
     /// Generated ids, the stopping eos included.
     pub token_ids: Vec<u32>,
+    /// Stopped on an eos, or at the limit.
     pub finish_reason: FinishReason,
     /// The raw logits (before bad-words masking) that chose the first token, when asked for.
     pub first_logits: Option<Vec<f32>>,

@@ -19,16 +19,19 @@ use candle_core::{Device, Result, Tensor};
 /// `(kv_heads, tokens, head_dim)`.
 #[derive(Debug, Clone)]
 pub struct SequenceKv {
+    /// `(keys, values)` per layer.
     pub layers: Vec<(Tensor, Tensor)>,
 }
 
 impl SequenceKv {
+    /// Tokens held.
     pub fn len(&self) -> usize {
         self.layers
             .first()
             .map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
     }
 
+    /// Whether no token is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,5 +1,6 @@
-//! Building blocks shared by the three towers: linear layers, norms that compute their
-//! statistics in f32 (as PyTorch does under bf16), SwiGLU and grouped-query attention.
+//! Building blocks of the towers: linear layers, norms that compute their statistics in f32
+//! (as PyTorch does under bf16), SwiGLU and grouped-query attention. Each layer is built from
+//! its config values and the weights view of its own subtree.
 //!
 //! Every op here works on 2-D `(tokens, features)` matrices of one sequence or of several
 //! sequences packed end to end, never on padded batches: a row's result then depends only on
@@ -19,23 +20,24 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `weight` `(out, in)` and, when `bias`, `bias` `(out)` of the view `w`.
     pub fn load(
         w: &Weights,
-        prefix: &str,
         in_dim: usize,
         out_dim: usize,
         bias: bool,
     ) -> std::result::Result<Self, LoadError> {
         Ok(Linear {
-            weight: w.get(&format!("{prefix}.weight"), (out_dim, in_dim))?,
+            weight: w.get("weight", (out_dim, in_dim))?,
             bias: if bias {
-                Some(w.get(&format!("{prefix}.bias"), out_dim)?)
+                Some(w.get("bias", out_dim)?)
             } else {
                 None
             },
         })
     }
 
+    /// A layer from tensors already loaded (a reshaped conv, a tied embedding table).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Linear { weight, bias }
     }
@@ -65,16 +67,10 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn load(
-        w: &Weights,
-        name: &str,
-        dim: usize,
-        eps: f64,
-    ) -> std::result::Result<Self, LoadError> {
-        let weight = w.get(name, dim)?;
-        let ones = weight
-            .ones_like()
-            .map_err(LoadError::Device)?;
+    /// `weight` `(dim)` of the view `w`.
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> std::result::Result<Self, LoadError> {
+        let weight = w.get("weight", dim)?;
+        let ones = weight.ones_like().map_err(LoadError::Device)?;
         Ok(RmsNorm { weight, ones, eps })
     }
 }
@@ -103,19 +99,12 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        dim: usize,
-        eps: f64,
-    ) -> std::result::Result<Self, LoadError> {
-        let f32 = |t: Tensor| {
-            t.to_dtype(DType::F32)
-                .map_err(LoadError::Device)
-        };
+    /// `weight` and `bias` `(dim)` of the view `w`, kept in f32.
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> std::result::Result<Self, LoadError> {
+        let f32 = |t: Tensor| t.to_dtype(DType::F32).map_err(LoadError::Device);
         Ok(LayerNorm {
-            weight: f32(w.get(&format!("{prefix}.weight"), dim)?)?,
-            bias: f32(w.get(&format!("{prefix}.bias"), dim)?)?,
+            weight: f32(w.get("weight", dim)?)?,
+            bias: f32(w.get("bias", dim)?)?,
             eps,
         })
     }
@@ -145,18 +134,18 @@ pub struct GatedMlp {
 }
 
 impl GatedMlp {
+    /// `gate_proj`, `up_proj` and `down_proj` of the view `w`.
     pub fn load(
         w: &Weights,
-        prefix: &str,
         in_dim: usize,
         hidden: usize,
         out_dim: usize,
         act: Activation,
     ) -> std::result::Result<Self, LoadError> {
         Ok(GatedMlp {
-            gate: Linear::load(w, &format!("{prefix}.gate_proj"), in_dim, hidden, false)?,
-            up: Linear::load(w, &format!("{prefix}.up_proj"), in_dim, hidden, false)?,
-            down: Linear::load(w, &format!("{prefix}.down_proj"), hidden, out_dim, false)?,
+            gate: Linear::load(&w.pp("gate_proj"), in_dim, hidden, false)?,
+            up: Linear::load(&w.pp("up_proj"), in_dim, hidden, false)?,
+            down: Linear::load(&w.pp("down_proj"), hidden, out_dim, false)?,
             act,
         })
     }
@@ -173,16 +162,20 @@ impl Module for GatedMlp {
 /// and perceiver checkpoints and `out_proj` in SigLIP's, hence `out_name`.
 #[derive(Debug, Clone)]
 pub struct AttentionProjections {
+    /// Queries.
     pub q: Linear,
+    /// Keys.
     pub k: Linear,
+    /// Values.
     pub v: Linear,
+    /// Output.
     pub o: Linear,
 }
 
 impl AttentionProjections {
+    /// `q_proj`, `k_proj`, `v_proj` and `out_name` of the view `w`.
     pub fn load(
         w: &Weights,
-        prefix: &str,
         out_name: &str,
         hidden: usize,
         q_dim: usize,
@@ -190,10 +183,10 @@ impl AttentionProjections {
         bias: bool,
     ) -> std::result::Result<Self, LoadError> {
         Ok(AttentionProjections {
-            q: Linear::load(w, &format!("{prefix}.q_proj"), hidden, q_dim, bias)?,
-            k: Linear::load(w, &format!("{prefix}.k_proj"), hidden, kv_dim, bias)?,
-            v: Linear::load(w, &format!("{prefix}.v_proj"), hidden, kv_dim, bias)?,
-            o: Linear::load(w, &format!("{prefix}.{out_name}"), q_dim, hidden, bias)?,
+            q: Linear::load(&w.pp("q_proj"), hidden, q_dim, bias)?,
+            k: Linear::load(&w.pp("k_proj"), hidden, kv_dim, bias)?,
+            v: Linear::load(&w.pp("v_proj"), hidden, kv_dim, bias)?,
+            o: Linear::load(&w.pp(out_name), q_dim, hidden, bias)?,
         })
     }
 }

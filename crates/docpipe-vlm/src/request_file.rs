@@ -9,7 +9,7 @@ use std::sync::Arc;
 use docpipe_core::{ChatMessage, ChatRequest, ContentItem};
 use serde::Deserialize;
 
-use crate::processor::load_image;
+use crate::image::load_image;
 
 /// Why a request file could not be read; the message names the file and line.
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +26,11 @@ struct Line {
 /// A request of the file, with its images loaded.
 #[derive(Debug, Clone)]
 pub struct FileRequest {
+    /// The request's `id`.
     pub id: String,
     /// `path:line`, for error messages about this request.
     pub location: String,
+    /// The request, images loaded.
     pub request: ChatRequest,
 }
 

@@ -1,5 +1,7 @@
-//! The Mistral text decoder: token embeddings, pre-norm layers with grouped-query attention and
-//! rotary embeddings (rotate-half form), the final norm and `lm_head`.
+//! The text decoder of both families, Mistral (Idefics2) and Llama 3.1 (Idefics3), which differ
+//! only in their rotary frequencies ([`crate::rope`]) and Mistral's optional sliding window:
+//! token embeddings, pre-norm layers with grouped-query attention and rotary embeddings
+//! (rotate-half form), the final norm and `lm_head`.
 //!
 //! [`TextModel::prefill`] takes several prompts packed end to end (no padding): the linear
 //! layers run on all their tokens at once and attention runs per sequence, after the keys and
@@ -17,8 +19,10 @@ use crate::nn::{
     attention, batched_attention, per_segment, split_heads, token_range, AttentionProjections,
     GatedMlp, Linear, RmsNorm,
 };
+use crate::rope::inv_freq;
 use crate::weights::Weights;
 
+/// One decoder layer (`layers.N`).
 struct DecoderLayer {
     input_norm: RmsNorm,
     attn: AttentionProjections,
@@ -27,6 +31,32 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    fn new(config: &TextConfig, w: &Weights) -> std::result::Result<Self, LoadError> {
+        let h = config.hidden_size;
+        let eps = config.rms_norm_eps;
+        let q_dim = config.num_attention_heads * config.head_dim;
+        let kv_dim = config.num_key_value_heads * config.head_dim;
+        Ok(DecoderLayer {
+            input_norm: RmsNorm::load(&w.pp("input_layernorm"), h, eps)?,
+            attn: AttentionProjections::load(
+                &w.pp("self_attn"),
+                "o_proj",
+                h,
+                q_dim,
+                kv_dim,
+                false,
+            )?,
+            post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), h, eps)?,
+            mlp: GatedMlp::load(
+                &w.pp("mlp"),
+                h,
+                config.intermediate_size,
+                h,
+                config.hidden_act,
+            )?,
+        })
+    }
+
     /// The layer over packed tokens. `attend` gets q `(heads, tokens, d)` and k, v
     /// `(kv_heads, tokens, d)` after RoPE and returns the attention output `(tokens, heads·d)`.
     fn forward(
@@ -52,7 +82,9 @@ impl DecoderLayer {
 /// One sequence's share of a packed prefill: its new tokens, after the already computed keys
 /// and values of its first tokens, if any (a prompt prefix shared with other sequences).
 pub struct Segment<'a> {
+    /// New tokens of the sequence in the packed input.
     pub tokens: usize,
+    /// Keys and values of the tokens before them, if any.
     pub past: Option<&'a SequenceKv>,
 }
 
@@ -62,6 +94,7 @@ impl Segment<'_> {
     }
 }
 
+/// The decoder (`model.text_model`) and its `lm_head`.
 pub struct TextModel {
     config: TextConfig,
     embed_tokens: Tensor,
@@ -72,79 +105,45 @@ pub struct TextModel {
 }
 
 impl TextModel {
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
+    /// The decoder of `config` from the view of `model.text_model` and the view of the head
+    /// (`lm_head`; with tied embeddings and no such tensor, the embedding table is the head).
+    pub fn new(
         config: &TextConfig,
+        w: &Weights,
+        lm_head: &Weights,
     ) -> std::result::Result<Self, LoadError> {
         let h = config.hidden_size;
-        let q_dim = config.num_attention_heads * config.head_dim;
-        let kv_dim = config.num_key_value_heads * config.head_dim;
-        let eps = config.rms_norm_eps;
-        let embed_tokens = w.get(
-            &format!("{prefix}.embed_tokens.weight"),
-            (config.vocab_size, h),
-        )?;
+        let embed_tokens = w.pp("embed_tokens").get("weight", (config.vocab_size, h))?;
+        let layers = w.pp("layers");
         let layers = (0..config.num_hidden_layers)
-            .map(|i| {
-                let l = format!("{prefix}.layers.{i}");
-                Ok(DecoderLayer {
-                    input_norm: RmsNorm::load(w, &format!("{l}.input_layernorm.weight"), h, eps)?,
-                    attn: AttentionProjections::load(
-                        w,
-                        &format!("{l}.self_attn"),
-                        "o_proj",
-                        h,
-                        q_dim,
-                        kv_dim,
-                        false,
-                    )?,
-                    post_norm: RmsNorm::load(
-                        w,
-                        &format!("{l}.post_attention_layernorm.weight"),
-                        h,
-                        eps,
-                    )?,
-                    mlp: GatedMlp::load(
-                        w,
-                        &format!("{l}.mlp"),
-                        h,
-                        config.intermediate_size,
-                        h,
-                        config.hidden_act,
-                    )?,
-                })
-            })
+            .map(|i| DecoderLayer::new(config, &layers.pp(i)))
             .collect::<std::result::Result<Vec<_>, LoadError>>()?;
-        let lm_head = if config.tie_word_embeddings && !w.contains("lm_head.weight") {
+        let lm_head = if config.tie_word_embeddings && !lm_head.contains("weight") {
             Linear::new(embed_tokens.clone(), None)
         } else {
-            Linear::load(w, "lm_head", h, config.vocab_size, false)?
+            Linear::load(lm_head, h, config.vocab_size, false)?
         };
-        // inv_freq = 1 / base^(2k/d), a float32 tensor power as in transformers.
-        let d = config.head_dim;
-        let base = config.rope_theta as f32;
-        let inv_freq = (0..d / 2)
-            .map(|k| 1.0f32 / base.powf((2 * k) as f32 / d as f32))
-            .collect();
         Ok(TextModel {
             config: config.clone(),
             embed_tokens,
             layers,
-            norm: RmsNorm::load(w, &format!("{prefix}.norm.weight"), h, eps)?,
+            norm: RmsNorm::load(&w.pp("norm"), h, config.rms_norm_eps)?,
             lm_head,
-            inv_freq,
+            inv_freq: inv_freq(&config.rope, config.head_dim),
         })
     }
 
+    /// Its settings.
     pub fn config(&self) -> &TextConfig {
         &self.config
     }
 
+    /// The device its weights are on.
     pub fn device(&self) -> &Device {
         self.embed_tokens.device()
     }
 
+    /// The dtype of its weights.
     pub fn dtype(&self) -> DType {
         self.embed_tokens.dtype()
     }

@@ -1,6 +1,9 @@
 //! The SigLIP vision tower in its NaViT form: patch embedding, position ids from bucketized
 //! fractional coordinates, pre-norm encoder layers and the post layer norm.
 //!
+//! Both families use this tower: Idefics2 with its images at their own sizes (spec C),
+//! Idefics3 with full square tiles, whose position ids are then the identity (spec G.4).
+//!
 //! Each image (crop) is encoded at its own size, with attention over its own patches only.
 //! transformers pads a batch and masks patches that are not fully inside the image
 //! (`sum == 196`); the valid patches are exactly the `floor(h/14) × floor(w/14)` grid encoded
@@ -11,10 +14,10 @@ use candle_core::{Device, Module, Result, Tensor};
 
 use crate::config::VisionConfig;
 use crate::error::LoadError;
+use crate::image::ProcessedImage;
 use crate::nn::{
     attention, per_segment, split_heads, token_range, AttentionProjections, LayerNorm, Linear,
 };
-use crate::processor::ProcessedImage;
 use crate::weights::Weights;
 
 /// Bucket index along one side for each of `n` valid patches, on a `side`-bucket table
@@ -69,6 +72,7 @@ fn patchify(image: &ProcessedImage, patch: usize, device: &Device) -> Result<Ten
     Tensor::from_vec(out, (nb_h * nb_w, width), device)
 }
 
+/// One pre-norm encoder layer (`encoder.layers.N`).
 struct EncoderLayer {
     norm1: LayerNorm,
     attn: AttentionProjections,
@@ -77,6 +81,21 @@ struct EncoderLayer {
     fc2: Linear,
 }
 
+impl EncoderLayer {
+    fn new(config: &VisionConfig, w: &Weights) -> std::result::Result<Self, LoadError> {
+        let (h, eps) = (config.hidden_size, config.layer_norm_eps);
+        let mlp = w.pp("mlp");
+        Ok(EncoderLayer {
+            norm1: LayerNorm::load(&w.pp("layer_norm1"), h, eps)?,
+            attn: AttentionProjections::load(&w.pp("self_attn"), "out_proj", h, h, h, true)?,
+            norm2: LayerNorm::load(&w.pp("layer_norm2"), h, eps)?,
+            fc1: Linear::load(&mlp.pp("fc1"), h, config.intermediate_size, true)?,
+            fc2: Linear::load(&mlp.pp("fc2"), config.intermediate_size, h, true)?,
+        })
+    }
+}
+
+/// The SigLIP tower (`model.vision_model`).
 pub struct VisionTower {
     config: VisionConfig,
     patch_embedding: Linear,
@@ -86,66 +105,32 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        config: &VisionConfig,
-    ) -> std::result::Result<Self, LoadError> {
+    /// The tower of `config` from the view of `model.vision_model`.
+    pub fn new(config: &VisionConfig, w: &Weights) -> std::result::Result<Self, LoadError> {
         let h = config.hidden_size;
         let p = config.patch_size;
         let side = config.num_patches_per_side();
-        let conv = w.get(
-            &format!("{prefix}.embeddings.patch_embedding.weight"),
-            (h, 3, p, p),
-        )?;
-        let conv = conv
+        let embeddings = w.pp("embeddings");
+        let patch = embeddings.pp("patch_embedding");
+        // The stride-p conv is one matmul over flattened patches (see `patchify`).
+        let conv = patch
+            .get("weight", (h, 3, p, p))?
             .reshape((h, 3 * p * p))
             .map_err(LoadError::Device)?;
-        let bias = w.get(&format!("{prefix}.embeddings.patch_embedding.bias"), h)?;
-        let patch_embedding = Linear::new(conv, Some(bias));
-        let position_embedding = w.get(
-            &format!("{prefix}.embeddings.position_embedding.weight"),
-            (side * side, h),
-        )?;
-        let eps = config.layer_norm_eps;
+        let patch_embedding = Linear::new(conv, Some(patch.get("bias", h)?));
+        let position_embedding = embeddings
+            .pp("position_embedding")
+            .get("weight", (side * side, h))?;
+        let layers = w.pp("encoder.layers");
         let layers = (0..config.num_hidden_layers)
-            .map(|i| {
-                let l = format!("{prefix}.encoder.layers.{i}");
-                Ok(EncoderLayer {
-                    norm1: LayerNorm::load(w, &format!("{l}.layer_norm1"), h, eps)?,
-                    attn: AttentionProjections::load(
-                        w,
-                        &format!("{l}.self_attn"),
-                        "out_proj",
-                        h,
-                        h,
-                        h,
-                        true,
-                    )?,
-                    norm2: LayerNorm::load(w, &format!("{l}.layer_norm2"), h, eps)?,
-                    fc1: Linear::load(
-                        w,
-                        &format!("{l}.mlp.fc1"),
-                        h,
-                        config.intermediate_size,
-                        true,
-                    )?,
-                    fc2: Linear::load(
-                        w,
-                        &format!("{l}.mlp.fc2"),
-                        config.intermediate_size,
-                        h,
-                        true,
-                    )?,
-                })
-            })
+            .map(|i| EncoderLayer::new(config, &layers.pp(i)))
             .collect::<std::result::Result<Vec<_>, LoadError>>()?;
         Ok(VisionTower {
             config: config.clone(),
             patch_embedding,
             position_embedding,
             layers,
-            post_layernorm: LayerNorm::load(w, &format!("{prefix}.post_layernorm"), h, eps)?,
+            post_layernorm: LayerNorm::load(&w.pp("post_layernorm"), h, config.layer_norm_eps)?,
         })
     }
 

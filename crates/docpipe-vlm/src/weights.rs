@@ -1,9 +1,11 @@
 //! Memory-mapped safetensors access (one file or shards listed in
-//! `model.safetensors.index.json`) with errors that name the file holding a tensor, plus the
-//! checkpoint fingerprint used in `model_id`.
+//! `model.safetensors.index.json`) through prefixed views, the way candle-nn's `VarBuilder`
+//! is used (`w.pp("self_attn").pp("q_proj")`), with errors that name the full tensor name and
+//! the file holding it, plus the checkpoint fingerprint used in `model_id`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
@@ -13,7 +15,7 @@ use crate::error::LoadError;
 
 /// The tensors of a checkpoint, memory-mapped: loading converts to the requested dtype one
 /// tensor at a time, never holding a second copy of a whole file.
-pub struct Weights {
+struct Checkpoint {
     vb: VarBuilder<'static>,
     /// Which file each tensor lives in, for error messages.
     file_of: HashMap<String, PathBuf>,
@@ -21,6 +23,14 @@ pub struct Weights {
     listing: PathBuf,
     /// Bytes that identify the weights: the index file, or the single file's header.
     fingerprint: Vec<u8>,
+}
+
+/// A view of a checkpoint's tensors under a name prefix. Component constructors take the view
+/// of their own subtree (`model.text_model.layers.3`) and name tensors relative to it.
+#[derive(Clone)]
+pub struct Weights {
+    checkpoint: Arc<Checkpoint>,
+    prefix: String,
 }
 
 fn weights_error(path: &Path, message: impl Into<String>) -> LoadError {
@@ -59,6 +69,9 @@ fn safetensors_header(path: &Path) -> Result<Vec<u8>, LoadError> {
 }
 
 impl Weights {
+    /// Maps the checkpoint in `dir` (`model.safetensors`, or the shards of
+    /// `model.safetensors.index.json`); tensors load as `dtype` on `device`. The view has no
+    /// prefix.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, LoadError> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
@@ -122,37 +135,64 @@ impl Weights {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
             .map_err(|e| weights_error(&listing, e.to_string()))?;
         Ok(Weights {
-            vb,
-            file_of,
-            listing,
-            fingerprint,
+            checkpoint: Arc::new(Checkpoint {
+                vb,
+                file_of,
+                listing,
+                fingerprint,
+            }),
+            prefix: String::new(),
         })
     }
 
+    /// The view of the subtree `name` (dots allowed) under this one.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Weights {
+        Weights {
+            checkpoint: self.checkpoint.clone(),
+            prefix: self.path(&name.to_string()),
+        }
+    }
+
+    /// The full tensor name of `name` in this view.
+    fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// The dtype tensors load as.
     pub fn dtype(&self) -> DType {
-        self.vb.dtype()
+        self.checkpoint.vb.dtype()
     }
 
+    /// The device tensors load onto.
     pub fn device(&self) -> &Device {
-        self.vb.device()
+        self.checkpoint.vb.device()
     }
 
+    /// Whether the checkpoint has the tensor `name` of this view.
     pub fn contains(&self, name: &str) -> bool {
-        self.file_of.contains_key(name)
+        self.checkpoint.file_of.contains_key(&self.path(name))
     }
 
-    /// Loads a tensor, checking its shape, converted to the model dtype.
+    /// Loads the tensor `name` of this view, checking its shape, converted to the model dtype.
+    /// Errors give the full tensor name and the file that holds it (or the listing when no
+    /// file does).
     pub fn get(&self, name: &str, shape: impl Into<Shape>) -> Result<Tensor, LoadError> {
         let shape = shape.into();
-        let Some(file) = self.file_of.get(name) else {
+        let name = self.path(name);
+        let checkpoint = &self.checkpoint;
+        let Some(file) = checkpoint.file_of.get(&name) else {
             return Err(weights_error(
-                &self.listing,
+                &checkpoint.listing,
                 format!("missing tensor {name} (expected shape {shape:?})"),
             ));
         };
-        let tensor = self
+        let tensor = checkpoint
             .vb
-            .get_unchecked(name)
+            .get_unchecked(&name)
             .map_err(|e| weights_error(file, format!("tensor {name}: {e}")))?;
         if tensor.shape() != &shape {
             return Err(weights_error(
@@ -168,6 +208,78 @@ impl Weights {
 
     /// The bytes that identify these weights (index file or safetensors header).
     pub fn fingerprint(&self) -> &[u8] {
-        &self.fingerprint
+        &self.checkpoint.fingerprint
+    }
+
+    /// The `model` column of a checkpoint: its folder's name and a short hash of its
+    /// `config.json` bytes and these weights' fingerprint.
+    pub fn model_id(&self, dir: &Path, config_bytes: &[u8]) -> String {
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".to_string());
+        let hash = docpipe_core::fnv1a64(&[config_bytes, self.fingerprint()]);
+        format!("{name}@{:08x}", hash >> 32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A checkpoint of two shards and an index, one tensor per shard.
+    fn sharded(dir: &Path) {
+        let a = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+        let shard = |name: &str, file: &str, t: &Tensor| {
+            let tensors = HashMap::from([(name.to_string(), t.clone())]);
+            candle_core::safetensors::save(&tensors, dir.join(file)).unwrap();
+        };
+        shard("model.layers.0.proj.weight", "a.safetensors", &a);
+        shard("model.norm.weight", "b.safetensors", &b);
+        let index = serde_json::json!({"weight_map": {
+            "model.layers.0.proj.weight": "a.safetensors",
+            "model.norm.weight": "b.safetensors",
+        }});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    }
+
+    #[test]
+    fn views_name_tensors_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        sharded(dir.path());
+        let w = Weights::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        let layer = w.pp("model").pp("layers.0");
+        assert!(layer.contains("proj.weight"));
+        assert_eq!(
+            layer.pp("proj").get("weight", (2, 3)).unwrap().dims(),
+            &[2, 3]
+        );
+        assert!(w.pp("model").get("norm.weight", 4).is_ok());
+    }
+
+    #[test]
+    fn a_misshapen_tensor_names_itself_and_its_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        sharded(dir.path());
+        let w = Weights::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        let message = w
+            .pp("model.layers.0")
+            .pp("proj")
+            .get("weight", (3, 2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("model.layers.0.proj.weight") && message.contains("a.safetensors"),
+            "{message}"
+        );
+        let message = w.pp("model").get("missing", 1).unwrap_err().to_string();
+        assert!(
+            message.contains("model.missing") && message.contains("model.safetensors.index.json"),
+            "{message}"
+        );
     }
 }

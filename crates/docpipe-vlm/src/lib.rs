@@ -1,0 +1,52 @@
+//! What the Idefics model families share, on candle, laid out like candle-transformers: a
+//! config struct per component deserialized with serde ([`config`]), a weights view with
+//! prefixes ([`weights::Weights::pp`]), and a constructor per component taking its config and
+//! its weights view.
+//!
+//! | module | component |
+//! |---|---|
+//! | [`config`] | SigLIP and decoder settings, generation and normalization settings, the defaults mechanism |
+//! | [`weights`] | memory-mapped safetensors through prefixed views; errors name tensor and file |
+//! | [`nn`] | linear, norms, SwiGLU, grouped-query attention, batch-independent matmuls |
+//! | [`vision`] | the SigLIP NaViT tower (spec C; G.4) |
+//! | [`rope`], [`text`] | the Mistral / Llama 3.1 decoder (spec E.3; G.4) |
+//! | [`kv_cache`], [`generation`] | batched greedy decoding with shared page prefixes |
+//! | [`image`], [`resample`] | decoding, RGB conversion, normalization, Pillow's resampler |
+//! | [`chat`] | chat template and tokenizer |
+//! | [`request`] | prepared requests, page cache, a batch's generation |
+//! | [`request_file`] | the JSONL request format of `docpipe generate` |
+//! | [`device`], [`error`] | devices, dtypes, the typed errors |
+//!
+//! A family crate (`docpipe-idefics2`, `docpipe-idefics3`) adds its config, image processor,
+//! prompt expansion, connector and the assembled model. What transformers computes is
+//! specified in `docs/models/idefics2-spec.md` (section G for Idefics3); comments cite its
+//! sections ("spec A.4").
+//!
+//! A request's tokens do not depend on the other requests of its batch (bit for bit on CPU):
+//! prompts of a batch are packed end to end with attention per sequence, a prompt with images
+//! is always prefilled in two parts (up to its last image token, then the rest) so that
+//! several questions about one page share the first, the decoding cache pads rows only on the
+//! right ([`kv_cache`]), small matmuls are padded to the CPU backend's general kernel
+//! ([`nn`]), and finished sequences leave the batch. On a GPU, cuBLAS picks kernels by shape,
+//! so there a batch can move results by float rounding.
+
+#![warn(missing_docs)]
+
+pub mod chat;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod generation;
+pub mod image;
+pub mod kv_cache;
+pub mod nn;
+pub mod request;
+pub mod request_file;
+pub mod resample;
+pub mod rope;
+pub mod text;
+pub mod vision;
+pub mod weights;
+
+pub use device::{candle_device, candle_dtype};
+pub use error::{DeviceError, ImageError, ImageLoadError, LoadError, PromptError};

@@ -1,0 +1,247 @@
+//! What the families share between `prepare` and `generate`: prepared requests, the cache of
+//! recently preprocessed pages, the cost of a request, and a batch's generation with one
+//! vision encoding per distinct page (architecture.md, "The model trait").
+
+use std::sync::{Arc, Mutex, Weak};
+
+use candle_core::Tensor;
+use docpipe_core::{Generation, ModelError, RequestCost};
+use image::RgbImage;
+
+use crate::config::GenerationConfig;
+use crate::device::model_error;
+use crate::error::PromptError;
+use crate::generation::{generate, SequenceInput, SequenceOutput};
+use crate::image::ProcessedImage;
+use crate::text::TextModel;
+use crate::vision::patch_grid;
+
+/// How many recently preprocessed images a model remembers, so that several questions about
+/// one page preprocess it once.
+const RECENT_IMAGES: usize = 16;
+
+/// An input image of a prepared request: the page it came from (for sharing its encoding
+/// within a batch) and its preprocessed crops or tiles.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    /// The page, shared by every request about it.
+    pub source: Arc<RgbImage>,
+    /// What the vision tower encodes, in the order of the prompt's image blocks.
+    pub crops: Arc<Vec<ProcessedImage>>,
+}
+
+/// A request ready for generation.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    /// The prompt, image tokens expanded.
+    pub input_ids: Vec<u32>,
+    /// Its images, in prompt order.
+    pub images: Vec<PreparedImage>,
+    /// The generation limit.
+    pub max_new_tokens: usize,
+}
+
+/// A generation plus, when asked for, the raw logits that chose its first token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetailedGeneration {
+    /// What the pipeline gets.
+    pub generation: Generation,
+    /// The first step's raw logits, for comparisons with transformers.
+    pub first_logits: Option<Vec<f32>>,
+}
+
+/// A page, held weakly so that it can be freed, and its crops.
+type RecentImage = (Weak<RgbImage>, Arc<Vec<ProcessedImage>>);
+
+/// Recently preprocessed pages, keyed by their `Arc`.
+#[derive(Debug, Default)]
+pub struct RecentImages {
+    entries: Mutex<Vec<RecentImage>>,
+}
+
+impl RecentImages {
+    /// The crops of `image`: remembered, or made by `preprocess` and remembered.
+    pub fn get_or_insert(
+        &self,
+        image: &Arc<RgbImage>,
+        preprocess: impl FnOnce(&RgbImage) -> Result<Vec<ProcessedImage>, ModelError>,
+    ) -> Result<Arc<Vec<ProcessedImage>>, ModelError> {
+        let lock = || self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut recent = lock();
+            recent.retain(|(weak, _)| weak.strong_count() > 0);
+            if let Some((_, crops)) = recent
+                .iter()
+                .find(|(weak, _)| weak.upgrade().is_some_and(|a| Arc::ptr_eq(&a, image)))
+            {
+                return Ok(crops.clone());
+            }
+        }
+        let crops = Arc::new(preprocess(image)?);
+        let mut recent = lock();
+        if recent.len() >= RECENT_IMAGES {
+            recent.remove(0);
+        }
+        recent.push((Arc::downgrade(image), crops.clone()));
+        Ok(crops)
+    }
+}
+
+/// Checks that the prompt has one image token per feature row its images will give.
+pub fn check_image_tokens(
+    request: &PreparedRequest,
+    image_token_id: u32,
+    tokens_per_crop: usize,
+) -> Result<(), ModelError> {
+    let image_tokens = request
+        .input_ids
+        .iter()
+        .filter(|&&id| id == image_token_id)
+        .count();
+    let crops: usize = request.images.iter().map(|i| i.crops.len()).sum();
+    let expected = crops * tokens_per_crop;
+    if image_tokens == expected {
+        Ok(())
+    } else {
+        Err(ModelError::InvalidRequest(format!(
+            "the prompt has {image_tokens} image tokens but its {} images need {expected}",
+            request.images.len()
+        )))
+    }
+}
+
+/// The budget units of a request: its tokens and its vision patches of side `patch`.
+pub fn request_cost(request: &PreparedRequest, patch: usize) -> RequestCost {
+    RequestCost {
+        prompt_tokens: request.input_ids.len(),
+        max_new_tokens: request.max_new_tokens,
+        image_patches: request
+            .images
+            .iter()
+            .flat_map(|i| i.crops.iter())
+            .map(|c| {
+                let (h, w) = patch_grid(c, patch);
+                h * w
+            })
+            .sum(),
+    }
+}
+
+/// The parts of a loaded model that a batch's generation needs.
+pub struct Generator<'a> {
+    /// The decoder.
+    pub text: &'a TextModel,
+    /// eos ids and bans.
+    pub config: &'a GenerationConfig,
+    /// The token whose embeddings image features replace.
+    pub image_token_id: u32,
+}
+
+impl Generator<'_> {
+    /// Greedy generation for a batch. `encode` turns one page's crops into its feature rows
+    /// (once per distinct page of the batch); `decode` turns ids into text.
+    pub fn run(
+        &self,
+        batch: &[&PreparedRequest],
+        keep_first_logits: bool,
+        encode: impl Fn(&[ProcessedImage]) -> candle_core::Result<Tensor>,
+        decode: impl Fn(&[u32]) -> Result<String, PromptError>,
+    ) -> Result<Vec<DetailedGeneration>, ModelError> {
+        let mut encoded: Vec<(Arc<RgbImage>, Tensor)> = Vec::new();
+        let mut per_request: Vec<Option<Tensor>> = Vec::with_capacity(batch.len());
+        for request in batch {
+            let mut features = Vec::with_capacity(request.images.len());
+            for image in &request.images {
+                let cached = encoded
+                    .iter()
+                    .find(|(src, _)| Arc::ptr_eq(src, &image.source));
+                let f = match cached {
+                    Some((_, f)) => f.clone(),
+                    None => {
+                        let f = encode(&image.crops).map_err(model_error)?;
+                        encoded.push((image.source.clone(), f.clone()));
+                        f
+                    }
+                };
+                features.push(f);
+            }
+            per_request.push(if features.is_empty() {
+                None
+            } else {
+                Some(Tensor::cat(&features, 0).map_err(model_error)?)
+            });
+        }
+        let inputs: Vec<SequenceInput<'_>> = batch
+            .iter()
+            .zip(per_request)
+            .map(|(r, image_features)| SequenceInput {
+                input_ids: &r.input_ids,
+                image_features,
+                image_ids: r
+                    .images
+                    .iter()
+                    .map(|i| Arc::as_ptr(&i.source) as usize)
+                    .collect(),
+                max_new_tokens: r.max_new_tokens,
+            })
+            .collect();
+        let outputs = generate(
+            self.text,
+            &inputs,
+            self.config,
+            self.image_token_id,
+            keep_first_logits,
+        )
+        .map_err(model_error)?;
+        batch
+            .iter()
+            .zip(outputs)
+            .map(
+                |(
+                    request,
+                    SequenceOutput {
+                        token_ids,
+                        finish_reason,
+                        first_logits,
+                    },
+                )| {
+                    let text = decode(&token_ids).map_err(|e| ModelError::Device(e.to_string()))?;
+                    Ok(DetailedGeneration {
+                        generation: Generation {
+                            text,
+                            token_ids,
+                            finish_reason,
+                            prompt_tokens: request.input_ids.len(),
+                        },
+                        first_logits,
+                    })
+                },
+            )
+            .collect()
+    }
+}
+
+/// Refuses a page whose crops include one smaller than a vision patch (it would have no
+/// features at all).
+pub fn check_patches(
+    image: &RgbImage,
+    crops: &[ProcessedImage],
+    patch: usize,
+) -> Result<(), ModelError> {
+    match crops.iter().find(|c| {
+        let (h, w) = patch_grid(c, patch);
+        h == 0 || w == 0
+    }) {
+        None => Ok(()),
+        Some(small) => Err(ModelError::InvalidRequest(
+            crate::error::ImageError::SmallerThanPatch {
+                width: image.width(),
+                height: image.height(),
+                crop_width: small.width,
+                crop_height: small.height,
+                patch,
+            }
+            .to_string(),
+        )),
+    }
+}
