@@ -1,3 +1,7 @@
+//! [`SinkError`]: what went wrong while writing or reading a sink. Each variant names the
+//! object at fault; the pipeline decides from the variant whether the configuration (exit 2) or
+//! the storage (exit 3) is to blame.
+
 use docpipe_store::StoreError;
 
 /// What went wrong while writing or reading a sink; each variant names the object at fault.

@@ -1,3 +1,7 @@
+//! Reading a sink's committed rows back, every part in path order: for tests and tools such as
+//! `docpipe eval docvqa`, which scores the rows it wrote. A run itself never reads its whole
+//! output; resume reads two columns (`resume.rs`).
+
 use arrow::array::RecordBatch;
 use docpipe_store::Stores;
 use futures::TryStreamExt;

@@ -1,3 +1,7 @@
+//! The two JSON files next to the parts: [`RunManifest`] (`manifest.json`, written last and
+//! create-only; its presence means the run completed) and [`RunReport`] (`report.json`:
+//! counts, errors by stage, timings). Fields are documented in docs/schema.md.
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -1,3 +1,7 @@
+//! Resume: what is already committed under a sink. Lists the part files and reads only their
+//! `doc_uri` and `doc_version` columns, so that a rerun skips committed documents without
+//! downloading the data ([`Committed`]); [`PartInfo`] describes one part.
+
 use std::collections::HashSet;
 use std::sync::Arc;
 

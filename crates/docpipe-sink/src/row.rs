@@ -1,3 +1,6 @@
+//! [`OutputRow`]: one output row in memory, one (document, page, task, question), with the
+//! helpers that fill in a document's identity and a failure. Columns: docs/schema.md.
+
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -98,18 +101,6 @@ pub fn unix_micros(time: SystemTime) -> i64 {
         Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
         Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
     }
-}
-
-pub(crate) fn stage_from_str(text: &str) -> Option<Stage> {
-    [
-        Stage::Source,
-        Stage::Render,
-        Stage::Prepare,
-        Stage::Infer,
-        Stage::Sink,
-    ]
-    .into_iter()
-    .find(|stage| stage.as_str() == text)
 }
 
 pub(crate) fn finish_reason_from_str(text: &str) -> Option<FinishReason> {

@@ -1,3 +1,7 @@
+//! The Arrow schema of the output rows and the conversion between [`OutputRow`]s and record
+//! batches, both ways. This is the column contract documented in docs/schema.md: change the
+//! two together.
+
 use std::sync::Arc;
 
 use arrow::array::{
@@ -6,10 +10,12 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, TimeUnit, UInt32Type};
 
-use crate::row::{finish_reason_from_str, stage_from_str};
+use docpipe_core::Stage;
+
+use crate::row::finish_reason_from_str;
 use crate::{OutputRow, SinkError};
 
-/// The output column names, in schema order (DESIGN.md, "Output rows").
+/// The output column names, in schema order (documented in `docs/schema.md`).
 pub mod columns {
     pub const RUN_ID: &str = "run_id";
     pub const DOC_URI: &str = "doc_uri";
@@ -241,7 +247,7 @@ pub(crate) fn batch_to_rows(batch: &RecordBatch) -> Result<Vec<OutputRow>, Strin
                 error_stage: match get(error_stage, row) {
                     None => None,
                     Some(text) => Some(
-                        stage_from_str(&text)
+                        Stage::from_name(&text)
                             .ok_or_else(|| format!("row {row}: unknown error_stage {text:?}"))?,
                     ),
                 },

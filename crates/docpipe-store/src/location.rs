@@ -1,3 +1,7 @@
+//! [`Location`]: a store plus the prefix a location string points at, with the path
+//! arithmetic every stage uses (children, relative paths, joins that refuse `..`), and
+//! [`to_url`], which turns local paths into absolute `file://` URLs without touching the disk.
+
 use std::path::{Component, PathBuf};
 use std::sync::Arc;
 

@@ -1,3 +1,7 @@
+//! [`StoreOptions`]: client and retry settings for remote stores. They are explicit rather than
+//! object_store's defaults so that a run's tolerance of a flaky store is documented
+//! (docs/storage.md) and tests can shorten it ([`StoreOptions::quick`]).
+
 use std::time::Duration;
 
 use object_store::{BackoffConfig, RetryConfig};

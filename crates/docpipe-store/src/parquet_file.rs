@@ -1,3 +1,6 @@
+//! [`ParquetObjectFile`]: a Parquet file on an object store read with range requests (footer,
+//! then only the row groups and columns asked for), as resume and Parquet manifests need.
+
 use std::ops::Range;
 use std::sync::Arc;
 

@@ -1,3 +1,6 @@
+//! [`Stores`]: opens locations from URLs, one cached client per bucket or container, with
+//! credentials, regions and endpoints from the environment only (never from pipeline files).
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -1,3 +1,7 @@
+//! [`FaultyProxy`]: a loopback HTTP proxy in front of a test server that fails the requests a
+//! [`FaultPlan`] picks (503 or a dropped connection), to show that transient storage faults are
+//! retried.
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
