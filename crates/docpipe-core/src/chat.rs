@@ -12,10 +12,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ContentItem {
+    /// Text of the message, inserted into the prompt as written.
     Text {
+        /// The text, e.g. a question with the task's prompt template applied.
         text: String,
     },
+    /// An image placeholder: the request's next image from [`ChatRequest::images`] goes here.
     Image {
+        /// Where to load the image from, relative to the request file (`docpipe generate`); `None`
+        /// in requests the pipeline builds, which carry the pixels in [`ChatRequest::images`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
     },
@@ -24,7 +29,10 @@ pub enum ContentItem {
 /// An HF chat message: a role and a list of content items.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
+    /// Who speaks, as the checkpoint's chat template expects it: `user`, `assistant` or `system`.
+    /// The pipeline only sends `user` messages.
     pub role: String,
+    /// Text and image items, in prompt order.
     pub content: Vec<ContentItem>,
 }
 
@@ -33,8 +41,11 @@ pub struct ChatMessage {
 /// once for all of its questions.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
+    /// The conversation, rendered with the checkpoint's chat template plus a generation prompt.
     pub messages: Vec<ChatMessage>,
+    /// The pixels for the image items of `messages`, one per item, in order.
     pub images: Vec<Arc<image::RgbImage>>,
+    /// Generation stops after this many new tokens (finish reason `length`).
     pub max_new_tokens: usize,
 }
 
@@ -49,6 +60,7 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// The value of the `finish_reason` column: `stop` or `length`.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
@@ -64,6 +76,8 @@ pub struct Generation {
     pub text: String,
     /// Generated ids, the stopping eos included when there was one.
     pub token_ids: Vec<u32>,
+    /// Whether generation reached an end-of-sequence token or `max_new_tokens`.
     pub finish_reason: FinishReason,
+    /// Prompt length in tokens, image tokens included (the `prompt_tokens` column).
     pub prompt_tokens: usize,
 }

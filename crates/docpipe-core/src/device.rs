@@ -14,7 +14,9 @@ use serde::{Deserialize, Deserializer};
 /// One device as written in a pipeline file or on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeviceSpec {
+    /// The CPU (`cpu`).
     Cpu,
+    /// One GPU by CUDA ordinal (`cuda:N`).
     Cuda(usize),
     /// Every visible GPU: expanded into `Cuda(0..n)` when the model is loaded.
     CudaAll,
@@ -63,9 +65,12 @@ impl<'de> Deserialize<'de> for DeviceSpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
+    /// 32-bit floats (`f32`), the default: use it on the CPU, where candle's bf16 matmul is slow.
     #[default]
     F32,
+    /// IEEE half precision (`f16`); overflows in idefics2-8b's wide MLPs, so prefer bf16 there.
     F16,
+    /// bfloat16 (`bf16`): half the memory of f32, the precision to run on a GPU.
     Bf16,
 }
 

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 /// A question asked about a document, with the identifier the caller uses to match the answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Question {
+    /// Written to the `question_id` column; manifest ids that are numbers become strings.
     pub id: String,
+    /// The question as asked, before the task's prompt template is applied (the `question` column).
     pub text: String,
 }
 
@@ -35,6 +37,7 @@ pub struct DocumentRef {
 }
 
 impl DocumentRef {
+    /// A document known only by its URI: no version, size, questions or keys.
     pub fn new(uri: impl Into<String>) -> Self {
         Self {
             uri: uri.into(),
@@ -49,10 +52,13 @@ impl DocumentRef {
 /// A rendered page: RGB pixels plus what pdfium knows about the page.
 #[derive(Debug, Clone)]
 pub struct PageImage {
+    /// The document the page belongs to, shared by all of its pages.
     pub doc: Arc<DocumentRef>,
     /// 1-based page number.
     pub page: u32,
+    /// Pages in the document, whatever `render.max_pages` selected (1 for PNG and JPEG).
     pub page_count: u32,
+    /// The rendered pixels, shared by every request about this page.
     pub image: Arc<image::RgbImage>,
     /// The page's text layer, empty for raster documents.
     pub text: String,

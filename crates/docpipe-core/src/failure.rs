@@ -10,9 +10,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
+    /// Fetching the document failed.
     Source,
+    /// Opening the document or rendering a page failed.
     Render,
+    /// Building the prompt or preprocessing the images was rejected, or the document had no
+    /// question.
     Prepare,
+    /// Generation failed, even for the request alone.
     Infer,
 }
 
@@ -48,7 +53,9 @@ impl fmt::Display for Stage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{stage}: {doc_uri}{}: {message}", page.map(|p| format!(" page {p}")).unwrap_or_default())]
 pub struct Failure {
+    /// Where it failed; the `error_stage` column.
     pub stage: Stage,
+    /// The document, as in the `doc_uri` column.
     pub doc_uri: String,
     /// 1-based page, when the failure concerns one page only.
     pub page: Option<u32>,
@@ -57,6 +64,7 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A failure of the whole document; [`Failure::on_page`] narrows it to one page.
     pub fn new(stage: Stage, doc_uri: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             stage,
@@ -66,6 +74,7 @@ impl Failure {
         }
     }
 
+    /// The same failure, concerning only the 1-based `page`.
     pub fn on_page(mut self, page: u32) -> Self {
         self.page = Some(page);
         self

@@ -4,6 +4,8 @@
 //! types here rather than tuples of strings, so that a page always knows which document it came
 //! from and a failure always names the stage, the document and the page it concerns.
 
+#![warn(missing_docs)]
+
 mod chat;
 mod device;
 mod document;

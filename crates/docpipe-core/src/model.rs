@@ -45,7 +45,12 @@ pub trait VisionLanguageModel: Send + Sync {
 /// The size of a prepared request, in the units batching budgets are expressed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestCost {
+    /// Prompt length in tokens, image tokens included.
     pub prompt_tokens: usize,
+    /// The request's generation limit; budgets count it because the KV cache grows to prompt +
+    /// this.
     pub max_new_tokens: usize,
+    /// Vision-encoder patches over all crops of the request's images; requests sharing a page image
+    /// count them once per batch.
     pub image_patches: usize,
 }

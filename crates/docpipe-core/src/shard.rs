@@ -17,6 +17,7 @@ use crate::fnv1a64;
 pub struct InvalidShard {
     /// What was given, e.g. `4/4` or `SLURM_ARRAY_TASK_ID=x`.
     pub spec: String,
+    /// What is wrong with it, e.g. which variable is not set.
     pub reason: String,
 }
 
@@ -40,6 +41,7 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Shard `index` of `count`; an error unless `count ≥ 1` and `index < count`.
     pub fn new(index: u32, count: u32) -> Result<Self, InvalidShard> {
         if count == 0 || index >= count {
             return Err(InvalidShard {
@@ -50,14 +52,17 @@ impl Shard {
         Ok(Self { index, count })
     }
 
+    /// This shard's 0-based index, below [`Shard::count`].
     pub fn index(self) -> u32 {
         self.index
     }
 
+    /// How many shards the run is split into (N, at least 1).
     pub fn count(self) -> u32 {
         self.count
     }
 
+    /// Whether this shard processes the document: [`shard_of`] of its URI is this shard's index.
     pub fn owns(self, doc_uri: &str) -> bool {
         shard_of(doc_uri, self.count) == self.index
     }

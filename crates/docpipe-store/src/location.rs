@@ -37,6 +37,8 @@ impl Location {
         }
     }
 
+    /// The object store holding this location, shared with every location opened from the same
+    /// bucket or container.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }

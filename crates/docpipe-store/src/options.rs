@@ -19,8 +19,12 @@ use object_store::{BackoffConfig, RetryConfig};
 /// such as missing objects, denied access or a create-only conflict.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// How often and for how long a failed request is retried, with what backoff.
     pub retry: RetryConfig,
+    /// Limit on establishing one connection.
     pub connect_timeout: Duration,
+    /// Limit on one whole request, body included; a request that runs past it fails (and is retried
+    /// if idempotent).
     pub request_timeout: Duration,
     /// Extra builder settings applied after the environment, e.g. `("aws_endpoint", ...)`.
     /// For tests and embedding programs; pipeline files never reach this.

@@ -27,6 +27,8 @@ pub struct ParquetObjectFile {
 }
 
 impl ParquetObjectFile {
+    /// The file at `path` in `store`, of `size` bytes as a listing gave it (a wrong size makes the
+    /// footer read fail).
     pub fn new(store: Arc<dyn ObjectStore>, path: Path, size: u64) -> Self {
         Self { store, path, size }
     }

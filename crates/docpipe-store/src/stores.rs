@@ -26,6 +26,8 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Opens stores with these client and retry settings; [`Stores::default`] uses
+    /// [`StoreOptions::default`].
     pub fn new(options: StoreOptions) -> Self {
         Self {
             options,
@@ -33,6 +35,7 @@ impl Stores {
         }
     }
 
+    /// The settings every remote store opened here gets.
     pub fn options(&self) -> &StoreOptions {
         &self.options
     }
@@ -42,6 +45,7 @@ impl Stores {
         self.open_url(&to_url(location)?)
     }
 
+    /// Opens a URL, reusing the cached store of its scheme and authority (bucket, container, host).
     pub fn open_url(&self, url: &Url) -> Result<Location, StoreError> {
         let (scheme, prefix) =
             ObjectStoreScheme::parse(url).map_err(|source| StoreError::Open {
