@@ -23,6 +23,7 @@ pub struct LocalCopy {
 }
 
 impl LocalCopy {
+    /// The local file to render: the document itself, or its temporary copy.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -54,6 +55,7 @@ impl Fetcher {
         Self::with_temp_dir(stores, std::env::temp_dir())
     }
 
+    /// Downloads go to `temp_dir`, e.g. a large local disk rather than a small `/tmp`.
     pub fn with_temp_dir(stores: Arc<Stores>, temp_dir: impl Into<PathBuf>) -> Self {
         Self {
             stores,

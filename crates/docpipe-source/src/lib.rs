@@ -14,6 +14,8 @@
 //! files listed from a local folder are absolute local paths; manifest entries are kept as
 //! written, except that relative entries are resolved against the manifest's own folder.
 
+#![warn(missing_docs)]
+
 mod error;
 mod fetch;
 mod listing;
@@ -30,7 +32,9 @@ use docpipe_store::Stores;
 /// Where a run's documents come from.
 #[derive(Debug, Clone)]
 pub enum SourceSpec {
+    /// Every object under a folder or prefix that the include globs keep.
     Listing(ListingSpec),
+    /// The entries of a JSONL, CSV or Parquet manifest.
     Manifest(ManifestSpec),
 }
 

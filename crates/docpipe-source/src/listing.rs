@@ -22,6 +22,7 @@ pub struct ListingSpec {
 }
 
 impl ListingSpec {
+    /// Every object under `location`, no include filter.
     pub fn new(location: impl Into<String>) -> Self {
         Self {
             location: location.into(),

@@ -29,6 +29,7 @@ pub enum ManifestFormat {
     Jsonl,
     /// A header line, then one row per document; every column is read as text.
     Csv,
+    /// A Parquet file; key columns of any type are cast to text.
     Parquet,
 }
 
@@ -57,11 +58,19 @@ impl ManifestFormat {
 /// is set.
 #[derive(Debug, Clone)]
 pub struct ManifestSpec {
+    /// The manifest file: a local path or an object-store URL. Relative entries are resolved
+    /// against its folder.
     pub location: String,
     /// `None`: taken from the location's extension.
     pub format: Option<ManifestFormat>,
+    /// The column (JSONL field) holding each entry's document URI; default `uri`. An empty value is
+    /// an error.
     pub uri_column: String,
+    /// Columns copied as text into every output row of the entry's document, in this order, under
+    /// the same names (the output's key columns). A missing or null value becomes null.
     pub key_columns: Vec<String>,
+    /// The column holding per-document questions (see above); `None`: `questions` in JSONL, no
+    /// questions in CSV and Parquet.
     pub questions_column: Option<String>,
     /// Look up each entry's object for its etag and size (resume needs the version). Entries
     /// whose object does not exist are kept without a version: fetching them fails later and
@@ -70,6 +79,8 @@ pub struct ManifestSpec {
 }
 
 impl ManifestSpec {
+    /// The manifest at `location`, format from its extension, URIs in column `uri`, no keys or
+    /// questions, versions resolved.
     pub fn new(location: impl Into<String>) -> Self {
         Self {
             location: location.into(),
