@@ -13,59 +13,104 @@ use serde::{Deserialize, Serialize};
 pub enum RenderError {
     /// No usable pdfium library: nothing can be rendered until the set-up is fixed.
     #[error("pdfium library not found: {message}")]
-    LibraryNotFound { message: String },
+    LibraryNotFound {
+        /// Where the library was looked for and how to install it.
+        message: String,
+    },
     /// The worker process could not be started or did not answer its start-up handshake.
     #[error("render worker {command}: {reason}")]
-    WorkerStart { command: String, reason: String },
+    WorkerStart {
+        /// The worker's program and arguments.
+        command: String,
+        /// What failed: spawning the process, or its handshake (e.g. an unexpected reply).
+        reason: String,
+    },
     /// The file is not a document we can read (empty, not a PDF or image, damaged).
     #[error("{}: not a readable document: {reason}", path.display())]
-    NotADocument { path: PathBuf, reason: String },
+    NotADocument {
+        /// The document's local file, as passed to the pool.
+        path: PathBuf,
+        /// pdfium's or the image decoder's complaint.
+        reason: String,
+    },
     /// The PDF is encrypted and no password was given.
     #[error("{}: the PDF is encrypted; give its password (--password)", path.display())]
-    Encrypted { path: PathBuf },
+    Encrypted {
+        /// The document's local file, as passed to the pool.
+        path: PathBuf,
+    },
     /// The PDF is encrypted and the given password does not open it.
     #[error("{}: wrong password for the encrypted PDF", path.display())]
-    WrongPassword { path: PathBuf },
+    WrongPassword {
+        /// The document's local file, as passed to the pool.
+        path: PathBuf,
+    },
     /// The page (or an image on it) is larger than the pixel budget; nothing was allocated.
     #[error(
         "{} page {page}: {what} of {width}x{height} pixels exceeds the pixel budget of {budget}",
         path.display()
     )]
     PageTooLarge {
+        /// The document's local file, as passed to the pool.
         path: PathBuf,
+        /// 1-based page (frame of a TIFF; 1 for a single image).
         page: u32,
+        /// What is too large: `rendered page`, `embedded image` or `image`.
         what: String,
+        /// Its declared width in pixels (after scaling, for a rendered page).
         width: u64,
+        /// Its declared height in pixels (after scaling, for a rendered page).
         height: u64,
+        /// [`crate::RenderPoolConfig::pixel_budget`], in pixels.
         budget: u64,
     },
     /// pdfium or the image decoder failed on this page; the other pages are unaffected.
     #[error("{} page {page}: {reason}", path.display())]
     Page {
+        /// The document's local file, as passed to the pool.
         path: PathBuf,
+        /// 1-based page that failed.
         page: u32,
+        /// pdfium's or the decoder's message.
         reason: String,
     },
     /// The worker died while rendering this document; the rest of the document is not rendered.
     #[error("{}{}: render worker crashed ({status})", path.display(), on_page(*page))]
     WorkerCrashed {
+        /// The document's local file, as passed to the pool.
         path: PathBuf,
+        /// The page being rendered; `None` when the worker died while opening the document.
         page: Option<u32>,
+        /// How the process ended, e.g. `exit status: 1` or `signal: 11 (SIGSEGV)`.
         status: String,
     },
     /// The worker took longer than the per-page timeout and was killed.
     #[error("{}{}: render timed out after {:.1}s; the worker was killed", path.display(), on_page(*page), timeout.as_secs_f64())]
     Timeout {
+        /// The document's local file, as passed to the pool.
         path: PathBuf,
+        /// The page being rendered; `None` when opening the document timed out.
         page: Option<u32>,
+        /// [`crate::RenderPoolConfig::page_timeout`].
         timeout: Duration,
     },
     /// Reading the document or writing a page failed.
     #[error("{}: {message}", path.display())]
-    Io { path: PathBuf, message: String },
+    Io {
+        /// The document's local file, as passed to the pool (a failed PNG write names the page
+        /// file in `message`).
+        path: PathBuf,
+        /// The I/O error.
+        message: String,
+    },
     /// The worker sent something that does not follow the protocol (a version mismatch or a bug).
     #[error("{}: render worker protocol error: {reason}", path.display())]
-    Protocol { path: PathBuf, reason: String },
+    Protocol {
+        /// The document's local file, as passed to the pool.
+        path: PathBuf,
+        /// The unreadable or unexpected reply.
+        reason: String,
+    },
 }
 
 fn on_page(page: Option<u32>) -> String {

@@ -28,6 +28,8 @@
 //!
 //! The pdfium library is looked up as [`library::locate`] describes.
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod library;
 mod page;

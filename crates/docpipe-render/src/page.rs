@@ -15,7 +15,10 @@ use image::{ImageEncoder, RgbImage};
 pub struct RenderedPage {
     /// 1-based page number.
     pub page: u32,
+    /// Pages (TIFF frames) in the document, whatever [`crate::DocumentOptions::pages`] selected.
     pub page_count: u32,
+    /// The page scaled so that its longest edge is [`crate::RenderPoolConfig::longest_edge`]
+    /// pixels.
     pub image: RgbImage,
     /// pdfium's text layer of the page; empty for raster documents.
     pub text: String,
@@ -39,9 +42,14 @@ impl RenderedPage {
 pub struct SavedPage {
     /// 1-based page number.
     pub page: u32,
+    /// Pages (TIFF frames) in the document, whatever [`crate::DocumentOptions::pages`] selected.
     pub page_count: u32,
+    /// Width of the written image in pixels.
     pub width: u32,
+    /// Height of the written image in pixels.
     pub height: u32,
+    /// The PNG file: `dir/page-NNNN.png` in the folder given to
+    /// [`crate::RenderPool::render_to_png`] (see [`png_file_name`]).
     pub path: PathBuf,
     /// pdfium's text layer of the page; empty for raster documents.
     pub text: String,

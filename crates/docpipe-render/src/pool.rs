@@ -19,8 +19,12 @@ use crate::protocol::{read_frame, write_frame, Job, Reply};
 /// worker otherwise inherits this process's environment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerCommand {
+    /// The executable to run.
     pub program: PathBuf,
+    /// Its arguments, e.g. `render-worker` for the `docpipe` binary.
     pub args: Vec<OsString>,
+    /// Variables set on top of the inherited environment, e.g. `PDFIUM_LIB` (see
+    /// [`crate::library::locate`]).
     pub env: Vec<(OsString, OsString)>,
 }
 
@@ -30,6 +34,7 @@ impl WorkerCommand {
         Ok(Self::new(std::env::current_exe()?).arg("render-worker"))
     }
 
+    /// Runs `program` with no arguments and the inherited environment.
     pub fn new(program: impl Into<PathBuf>) -> Self {
         WorkerCommand {
             program: program.into(),
@@ -38,11 +43,13 @@ impl WorkerCommand {
         }
     }
 
+    /// Appends an argument.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
         self
     }
 
+    /// Sets an environment variable for the worker.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
@@ -70,6 +77,7 @@ pub struct RenderPoolConfig {
     /// Pages, and images inside pages, with more pixels than this are refused before anything
     /// is allocated for them.
     pub pixel_budget: u64,
+    /// How to start a worker process (default: [`WorkerCommand::current_exe`]).
     pub worker_command: WorkerCommand,
 }
 
@@ -92,6 +100,8 @@ impl RenderPoolConfig {
 pub struct DocumentOptions {
     /// `None` renders every page.
     pub pages: Option<PageSelection>,
+    /// Password for encrypted PDFs; ignored for other files. Without one an encrypted PDF fails
+    /// with [`RenderError::Encrypted`].
     pub password: Option<String>,
 }
 
@@ -142,6 +152,7 @@ impl RenderPool {
         })
     }
 
+    /// The settings the pool runs with (`workers` at least 1).
     pub fn config(&self) -> &RenderPoolConfig {
         &self.shared.config
     }
