@@ -29,8 +29,11 @@ const DATASET_MANIFEST: &str = "manifest.json";
 pub struct DatasetManifest {
     /// The shard count N.
     pub shards: u32,
+    /// The key columns of the parts, in order, as the first shard's manifest gives them.
     pub key_columns: Vec<String>,
+    /// Rows over every shard's parts.
     pub rows: u64,
+    /// Documents over every shard's parts.
     pub documents: u64,
     /// Unix time in milliseconds.
     pub committed_at_ms: u64,
@@ -45,10 +48,15 @@ pub struct ShardEntry {
     pub shard: String,
     /// The shard manifest, relative to the sink location.
     pub manifest: String,
+    /// The run that completed the shard and wrote its manifest.
     pub run_id: String,
+    /// The shard's `model` column value.
     pub model: String,
+    /// Rows in the shard's parts.
     pub rows: u64,
+    /// Documents in the shard's parts.
     pub documents: u64,
+    /// The shard's parts, as its manifest lists them.
     pub parts: Vec<PartInfo>,
 }
 
@@ -56,9 +64,17 @@ pub struct ShardEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardProblem {
     /// No shard manifest: the shard never ran, is still running, or died.
-    Missing { shard: String },
+    Missing {
+        /// The shard, `I/N`.
+        shard: String,
+    },
     /// A shard manifest is there but does not describe a complete shard of this dataset.
-    Failed { shard: String, reason: String },
+    Failed {
+        /// The shard, `I/N`.
+        shard: String,
+        /// E.g. another shard count, a part listed but absent, documents left unprocessed.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ShardProblem {
@@ -75,13 +91,21 @@ impl fmt::Display for ShardProblem {
 pub enum DatasetCommit {
     /// `manifest.json` was written.
     Written {
+        /// Where: `<sink>/manifest.json`.
         url: String,
+        /// What was written.
         manifest: DatasetManifest,
     },
     /// `manifest.json` was already there (create-only): nothing was written.
-    AlreadyCommitted { url: String },
+    AlreadyCommitted {
+        /// The existing `<sink>/manifest.json`.
+        url: String,
+    },
     /// Some shards are missing or failed; nothing was written.
-    Incomplete { problems: Vec<ShardProblem> },
+    Incomplete {
+        /// One per shard at fault, in shard order.
+        problems: Vec<ShardProblem>,
+    },
 }
 
 /// Writes the dataset manifest under `location` once every shard is complete.

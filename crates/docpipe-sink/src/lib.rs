@@ -22,6 +22,8 @@
 //! buffered documents, which a rerun redoes after [`Sink::committed`] has listed what is
 //! already there. (On S3, configure a lifecycle rule to abort incomplete multipart uploads.)
 
+#![warn(missing_docs)]
+
 mod create_only;
 mod dataset;
 mod error;

@@ -12,6 +12,8 @@ use crate::{OutputRow, PartInfo};
 /// completed and lists exactly the parts that make up its output.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunManifest {
+    /// The run that wrote the manifest; earlier, interrupted runs may have written some of its
+    /// parts.
     pub run_id: String,
     /// The `model` column value: checkpoint name plus a short hash.
     pub model: String,
@@ -27,7 +29,9 @@ pub struct RunManifest {
     pub seconds_by_stage: BTreeMap<String, f64>,
     /// Every committed part of this run or shard (filled by the sink).
     pub parts: Vec<PartInfo>,
+    /// Rows over `parts` (filled by the sink).
     pub rows: u64,
+    /// Documents over `parts` (filled by the sink).
     pub documents: u64,
 }
 
@@ -35,8 +39,11 @@ pub struct RunManifest {
 /// dashboards. The pipeline fills it; [`RunReport::record`] does the per-row counting.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
+    /// The run this report describes: the last one that finished, not every run of the dataset.
     pub run_id: String,
+    /// The `model` column value, as in the manifest.
     pub model: String,
+    /// `I/N` when the run was sharded, `None` otherwise.
     pub shard: Option<String>,
     /// Documents listed by the source (this shard's).
     pub documents_listed: u64,
@@ -44,18 +51,25 @@ pub struct RunReport {
     pub documents_skipped: u64,
     /// Documents committed by this run.
     pub documents_committed: u64,
+    /// Rows written by this run, answered plus failed.
     pub rows: u64,
+    /// Rows with an answer.
     pub rows_answered: u64,
+    /// Rows with an `error_stage`.
     pub rows_failed: u64,
     /// Failed rows per stage (`render`, `infer`, ...).
     pub errors_by_stage: BTreeMap<String, u64>,
     /// Seconds spent per stage.
     pub seconds_by_stage: BTreeMap<String, f64>,
+    /// Wall time of the run, from its start to this report: listing and model loading included.
     pub wall_seconds: f64,
+    /// Sum of `prompt_tokens` over this run's rows.
     pub prompt_tokens: u64,
+    /// Sum of `answer_tokens` over this run's rows.
     pub answer_tokens: u64,
     /// Generated tokens per second of wall time.
     pub answer_tokens_per_second: f64,
+    /// Parts written by this run (earlier runs' parts not counted).
     pub parts_written: u64,
 }
 

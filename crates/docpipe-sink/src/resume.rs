@@ -30,8 +30,11 @@ type DocumentKey = (String, Option<String>);
 pub struct PartInfo {
     /// Relative to the sink location, e.g. `parts/all-1764000000000-0123456789abcdef.parquet`.
     pub path: String,
+    /// Rows in the part.
     pub rows: u64,
+    /// Documents in the part; a part holds whole documents only.
     pub documents: u64,
+    /// Size of the Parquet file in bytes.
     pub bytes: u64,
 }
 
@@ -50,10 +53,12 @@ impl Committed {
             .contains(&(doc.uri.clone(), doc.version.clone()))
     }
 
+    /// Committed (URI, version) pairs, over every part and shard.
     pub fn document_count(&self) -> usize {
         self.documents.len()
     }
 
+    /// Rows over every committed part.
     pub fn row_count(&self) -> u64 {
         self.parts.iter().map(|part| part.rows).sum()
     }

@@ -10,26 +10,45 @@ use docpipe_core::{DocumentRef, Failure, FinishReason, Stage};
 /// of the output columns (see [`crate::output_schema`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputRow {
+    /// The invocation that wrote the row: start time in Unix milliseconds (13 digits), `-`, process
+    /// id (8 hex digits). A resumed run has a new one, so one dataset can hold several.
     pub run_id: String,
+    /// The document: a full URL for listed remote objects, an absolute path for local files, a
+    /// manifest entry as written (relative ones resolved against the manifest's folder).
     pub doc_uri: String,
+    /// The object's etag when it was listed; `None` when the store gave none (e.g. a manifest entry
+    /// whose object does not exist). Resume matches on `doc_uri` + `doc_version`.
     pub doc_version: Option<String>,
     /// 1-based; `None` when the document failed before its pages were known.
     pub page: Option<u32>,
+    /// Pages in the document, whatever `render.max_pages` selected; `None` as for `page`.
     pub page_count: Option<u32>,
+    /// The task's name (default: its kind, `ocr`, `qa` or `fields`).
     pub task: String,
     /// `None` for OCR.
     pub question_id: Option<String>,
+    /// What was asked, before the task's prompt template: the question, the field's question, or
+    /// for `ocr` the prompt itself. Empty on "no question" rows.
     pub question: String,
     /// `None` on error.
     pub answer: Option<String>,
     /// A JSON object, for field extraction.
     pub fields: Option<String>,
+    /// Why generation stopped; `None` on failed rows.
     pub finish_reason: Option<FinishReason>,
+    /// Prompt length in tokens, image tokens included; `None` on failed rows.
     pub prompt_tokens: Option<u32>,
+    /// Generated tokens, the stopping end-of-sequence token included; `None` on failed rows.
     pub answer_tokens: Option<u32>,
+    /// Wall time in milliseconds of the model batch that produced the answer, the same for every
+    /// row of that batch (not a per-request time); `None` on failed rows.
     pub latency_ms: Option<f32>,
+    /// The checkpoint: folder name of `model.path`, `@`, 8 hex digits of a hash of its config and
+    /// weights index. Set on failed rows too.
     pub model: String,
+    /// Where the row failed; `None` exactly when it has an answer.
     pub error_stage: Option<Stage>,
+    /// A message a user can act on, naming the document (and page); `None` on answered rows.
     pub error: Option<String>,
     /// Microseconds since the Unix epoch, UTC (see [`unix_micros`]).
     pub created_at: i64,

@@ -17,25 +17,44 @@ use crate::{OutputRow, SinkError};
 
 /// The output column names, in schema order (documented in `docs/schema.md`).
 pub mod columns {
+    /// `run_id` (utf8, never null): the invocation that wrote the row.
     pub const RUN_ID: &str = "run_id";
+    /// `doc_uri` (utf8, never null): the document's URI or path.
     pub const DOC_URI: &str = "doc_uri";
+    /// `doc_version` (utf8): the document's etag when listed.
     pub const DOC_VERSION: &str = "doc_version";
+    /// `page` (uint32): 1-based page number.
     pub const PAGE: &str = "page";
+    /// `page_count` (uint32): pages in the document.
     pub const PAGE_COUNT: &str = "page_count";
+    /// `task` (utf8, never null): the task's name.
     pub const TASK: &str = "task";
+    /// `question_id` (utf8): the question's id or the field's name; null for `ocr`.
     pub const QUESTION_ID: &str = "question_id";
+    /// `question` (utf8, never null): what was asked, before the prompt template.
     pub const QUESTION: &str = "question";
+    /// `answer` (utf8): the generated text; null exactly on failed rows.
     pub const ANSWER: &str = "answer";
+    /// `fields` (utf8, a JSON object): a `fields` task's answers for the page.
     pub const FIELDS: &str = "fields";
+    /// `finish_reason` (utf8): `stop` or `length`.
     pub const FINISH_REASON: &str = "finish_reason";
+    /// `prompt_tokens` (uint32): prompt length, image tokens included.
     pub const PROMPT_TOKENS: &str = "prompt_tokens";
+    /// `answer_tokens` (uint32): generated tokens.
     pub const ANSWER_TOKENS: &str = "answer_tokens";
+    /// `latency_ms` (float32): wall time of the answer's model batch, in milliseconds.
     pub const LATENCY_MS: &str = "latency_ms";
+    /// `model` (utf8, never null): checkpoint name and hash.
     pub const MODEL: &str = "model";
+    /// `error_stage` (utf8): `source`, `render`, `prepare` or `infer`; null on answered rows.
     pub const ERROR_STAGE: &str = "error_stage";
+    /// `error` (utf8): what went wrong, for a user; null on answered rows.
     pub const ERROR: &str = "error";
+    /// `created_at` (timestamp µs UTC, never null): when the document reached the sink.
     pub const CREATED_AT: &str = "created_at";
 
+    /// The 18 standard columns in schema order; key columns, when there are any, come before them.
     pub const ALL: [&str; 18] = [
         RUN_ID,
         DOC_URI,

@@ -74,6 +74,8 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// A sink writing under `options.location`. Checks the key columns and opens the store; nothing
+    /// is read or written yet.
     pub fn open(stores: &Stores, options: SinkOptions) -> Result<Self, SinkError> {
         let location = stores.open(&options.location)?;
         let schema = output_schema(&options.key_columns)?;
@@ -97,10 +99,12 @@ impl Sink {
         })
     }
 
+    /// The Arrow schema of the parts: key columns, then the standard columns.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
 
+    /// Where the parts, manifest and report go.
     pub fn location(&self) -> &Location {
         &self.location
     }
@@ -158,6 +162,8 @@ impl Sink {
             .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
+    /// Writes the buffered documents as one part if the oldest has waited
+    /// [`SinkOptions::part_max_age`]; returns the part written, if any.
     pub async fn flush_if_due(&mut self) -> Result<Option<PartInfo>, SinkError> {
         if self.flush_due() {
             return self.flush().await;
