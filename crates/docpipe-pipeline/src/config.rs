@@ -4,7 +4,6 @@
 //! through exactly the same checks as a key written in the file: an unknown key or a bad value
 //! fails before any work starts, with the key named.
 
-
 use docpipe_core::{DeviceSpec, Dtype, Question};
 use serde::Deserialize;
 
@@ -14,16 +13,35 @@ pub const DEMO_PIPELINE: &str = include_str!("../../../pipelines/demo.toml");
 /// Why a pipeline file or an override was rejected. Always names the key concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The pipeline file is not valid TOML.
     #[error("{origin}: not valid TOML: {message}")]
-    Syntax { origin: String, message: String },
+    Syntax {
+        /// The file as named in messages: its path, or e.g. `embedded demo.toml`.
+        origin: String,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// A `--set` item (given here) has no `=`, or its key is not `section.key` with non-empty
+    /// segments.
     #[error("--set {0:?}: expected section.key=value")]
     OverrideSyntax(String),
+    /// A `--set` key cannot be followed: it goes through a value that is not a table, or indexes
+    /// past the end of a list of tables.
     #[error("--set {key}: {message}")]
-    OverridePath { key: String, message: String },
+    OverridePath {
+        /// The dotted key of the override, e.g. `task.3.prompt`.
+        key: String,
+        /// Why the key cannot be set.
+        message: String,
+    },
+    /// After the overrides, a key is unknown, missing, of the wrong type or out of range.
     #[error("{origin}: `{key}`: {message}")]
     Invalid {
+        /// The file as named in messages.
         origin: String,
+        /// The key at fault, e.g. `render.workers` or `task[1].prompt`.
         key: String,
+        /// What is wrong with its value.
         message: String,
     },
 }
@@ -32,12 +50,17 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
+    /// `[source]`: the documents to process.
     pub source: SourceConfig,
+    /// `[render]`: page rendering; every key has a default.
     #[serde(default)]
     pub render: RenderConfig,
+    /// `[model]`: the checkpoint, its replicas and the batch budgets.
     pub model: ModelConfig,
+    /// `[[task]]`, at least one: what to ask about every page, in the order the rows are written.
     #[serde(rename = "task")]
     pub tasks: Vec<TaskConfig>,
+    /// `[sink]`: where the rows go.
     pub sink: SinkConfig,
 }
 
@@ -63,10 +86,15 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestConfig {
+    /// The column holding each document's URI; default `uri`.
     #[serde(default = "default_uri_column")]
     pub uri_column: String,
+    /// Columns copied into every output row of the document (lake enrichment), as text, under the
+    /// same names, before the standard columns.
     #[serde(default)]
     pub key_columns: Vec<String>,
+    /// The column of per-document questions (a list of `{id, text}`); `None`: `questions` in a
+    /// JSONL manifest, no questions in CSV and Parquet.
     #[serde(default)]
     pub questions_column: Option<String>,
 }
@@ -110,6 +138,7 @@ pub struct ModelConfig {
     /// One replica per entry: `"cpu"`, `"cuda:N"` or `"cuda:all"` (one per visible GPU).
     #[serde(default = "default_devices")]
     pub devices: Vec<DeviceSpec>,
+    /// Precision of weights and activations; `f32` by default (use `bf16` on GPUs).
     #[serde(default)]
     pub dtype: Dtype,
     /// Default generation length; a task may set its own.
@@ -134,31 +163,39 @@ pub enum TaskConfig {
     Ocr {
         /// The `task` column; defaults to the kind.
         name: Option<String>,
+        /// The instruction sent with the page image; also the `question` column.
         #[serde(default = "default_ocr_prompt")]
         prompt: String,
+        /// Overrides `model.max_new_tokens` for this task.
         max_new_tokens: Option<usize>,
     },
     /// Questions about each page: those listed here plus the document's own (from a manifest).
     Qa {
+        /// The `task` column; defaults to the kind.
         name: Option<String>,
         /// `{question}` is replaced by the question text.
         #[serde(default = "default_question_prompt")]
         prompt: String,
+        /// Asked of every page, before the document's own; ids must be unique.
         #[serde(default)]
         questions: Vec<Question>,
         /// Also ask the questions the source attached to each document.
         #[serde(default = "default_true")]
         document_questions: bool,
+        /// Overrides `model.max_new_tokens` for this task.
         max_new_tokens: Option<usize>,
     },
     /// Named fields, each asked as a question; the page's answers are also written together as
     /// one JSON object in the `fields` column.
     Fields {
+        /// The `task` column; defaults to the kind.
         name: Option<String>,
         /// `{question}` is replaced by the field's question, `{field}` by its name.
         #[serde(default = "default_question_prompt")]
         prompt: String,
+        /// The fields, at least one; names must be unique.
         fields: Vec<FieldConfig>,
+        /// Overrides `model.max_new_tokens` for this task.
         max_new_tokens: Option<usize>,
     },
 }
@@ -167,6 +204,7 @@ pub enum TaskConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldConfig {
+    /// The `question_id` column and the field's key in the `fields` JSON object.
     pub name: String,
     /// Defaults to "What is the <name with spaces>?".
     pub question: Option<String>,
@@ -371,6 +409,7 @@ impl TaskConfig {
         }
     }
 
+    /// The task's own generation length, when it sets one (else `model.max_new_tokens`).
     pub fn max_new_tokens(&self) -> Option<usize> {
         match self {
             TaskConfig::Ocr { max_new_tokens, .. }

@@ -23,6 +23,7 @@ use crate::tasks::{chat_request, Query, TaskPlan};
 
 /// A document opened for rendering: which pages will come, then the pages themselves.
 pub struct OpenedDocument {
+    /// Pages in the document, whatever was selected for rendering (the `page_count` column).
     pub page_count: u32,
     /// The pages that will be rendered (all of them unless limited), in order.
     pub pages: Vec<u32>,
@@ -41,6 +42,7 @@ pub trait Renderer: Send + Sync {
 /// An answered row.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// The model's output: text, tokens and finish reason.
     pub generation: Generation,
     /// Wall time of the batch that produced it.
     pub latency: Duration,
@@ -53,24 +55,32 @@ pub struct RowOutcome {
     pub page: Option<u32>,
     /// Index into [`FinishedDocument::queries`].
     pub query: usize,
+    /// The answer, or why this row has none.
     pub result: Result<Answer, Failure>,
 }
 
 /// Everything a document produced: exactly one row per (page, query), sorted.
 #[derive(Debug, Clone)]
 pub struct FinishedDocument {
+    /// The document, as the source listed it.
     pub doc: Arc<DocumentRef>,
     /// `None` when the document could not be opened.
     pub page_count: Option<u32>,
+    /// What was asked of every page, in row order; the same for every page.
     pub queries: Arc<Vec<Query>>,
+    /// Sorted by page, then query.
     pub rows: Vec<RowOutcome>,
 }
 
 /// Threads and budgets of the engine.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
+    /// Threads that fetch, render and prepare documents, one document each at a time (at least 1;
+    /// the run uses one per render worker).
     pub render_threads: usize,
+    /// Limits on one model batch.
     pub budget: BatchBudget,
+    /// Prepared requests that may wait for a replica before render threads block.
     pub queue: usize,
 }
 
@@ -81,16 +91,20 @@ pub struct EngineStats {
     pub render: Duration,
     /// Summed over render threads: wall time of preparing pages' requests on rayon.
     pub prepare: Duration,
+    /// One entry per replica, in the order they were given.
     pub replicas: Vec<ReplicaStats>,
 }
 
 /// Why the engine stopped before processing every document.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// No replica is left to run the remaining requests.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The receiver of finished documents was dropped (the sink failed), so the rest would be lost.
     #[error("the sink stopped accepting documents")]
     SinkClosed,
+    /// The rayon pool for preparation could not be built.
     #[error("cannot start the preparation threads: {0}")]
     Threads(String),
 }

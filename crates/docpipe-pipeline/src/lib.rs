@@ -4,6 +4,8 @@
 //! memory. CPU work runs on rayon and in the render worker processes, I/O on tokio, and model
 //! replicas each on their own thread.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod engine;
 pub mod model;

@@ -14,12 +14,15 @@ use crate::pool::Replica;
 
 /// The replicas of a loaded model, by family.
 pub enum LoadedModel {
+    /// An Idefics2 checkpoint (`model_type` `idefics2`), one replica per device.
     Idefics2(Vec<Replica<Idefics2Model>>),
 }
 
 /// A model family docpipe can run, named by `config.json`'s `model_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
+    /// Idefics2 (`model_type` `idefics2`, e.g. `HuggingFaceM4/idefics2-8b`), in crate
+    /// docpipe-idefics2.
     Idefics2,
 }
 
@@ -67,7 +70,12 @@ pub enum ModelLoadError {
         path.display(),
         supported_model_types()
     )]
-    UnsupportedFamily { path: PathBuf, found: String },
+    UnsupportedFamily {
+        /// The checkpoint's `config.json`.
+        path: PathBuf,
+        /// Its `model_type`.
+        found: String,
+    },
     /// No usable device: the run cannot proceed on this machine.
     #[error(transparent)]
     Device(#[from] DeviceError),

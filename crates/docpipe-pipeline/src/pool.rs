@@ -23,8 +23,11 @@ pub use fault::FAULT_ENV;
 
 /// One prepared request waiting for a replica, with the caller's tag to match the answer.
 pub struct Job<P, T> {
+    /// The caller's identifier, returned unchanged in [`Completed::tag`].
     pub tag: T,
+    /// The model's inputs, from [`VisionLanguageModel::prepare`].
     pub prepared: P,
+    /// What the request counts against the batch budget.
     pub cost: RequestCost,
     /// Requests about the same page share this value (see [`Batchable::image_group`]).
     pub image_group: u64,
@@ -63,13 +66,20 @@ pub enum InferError {
     Model(#[from] ModelError),
     /// The model broke its contract of one generation per request.
     #[error("the model returned {returned} generations for {requested} requests")]
-    AnswerCount { returned: usize, requested: usize },
+    AnswerCount {
+        /// Generations the model returned.
+        returned: usize,
+        /// Requests in the batch.
+        requested: usize,
+    },
 }
 
 /// The answer to one job: a generation or the error that prevented it.
 #[derive(Debug)]
 pub struct Completed<T> {
+    /// The job's [`Job::tag`].
     pub tag: T,
+    /// The generation, or why the job got none.
     pub result: Result<Generation, InferError>,
     /// Wall time of the `generate` call that produced it (the whole batch).
     pub latency: Duration,
@@ -79,7 +89,9 @@ pub struct Completed<T> {
 
 /// A replica and the device it runs on (for messages).
 pub struct Replica<M> {
+    /// Where the replica runs.
     pub device: DeviceSpec,
+    /// The loaded model, shared with the render threads that prepare requests.
     pub model: Arc<M>,
 }
 
@@ -87,16 +99,24 @@ pub struct Replica<M> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{device}: {error}")]
 pub struct ReplicaFailure {
+    /// The replica's device.
     pub device: DeviceSpec,
+    /// The [`ModelError::Device`] that retired it.
     pub error: ModelError,
 }
 
 /// Why the pool could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("every inference replica failed ({}); {abandoned} requests were not run", list(failures))]
+    /// Every replica retired after a device failure; requests still queued were not run.
+    #[error(
+        "every inference replica failed ({}); {abandoned} requests were not run",
+        list(failures)
+    )]
     NoReplicaLeft {
+        /// Why each replica retired, one entry per replica.
         failures: Vec<ReplicaFailure>,
+        /// Requests left in the queue that no replica will run.
         abandoned: usize,
     },
 }
@@ -109,10 +129,15 @@ fn list(failures: &[ReplicaFailure]) -> String {
 /// What each replica did, for the run report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaStats {
+    /// The replica's device.
     pub device: DeviceSpec,
+    /// Batches that returned one generation per request.
     pub batches: usize,
+    /// Requests answered by those batches.
     pub requests: usize,
+    /// Tokens generated over those requests, end-of-sequence tokens included.
     pub generated_tokens: usize,
+    /// Wall time spent in `generate`, failed calls included.
     pub busy: Duration,
     /// The device error that retired this replica, if any.
     pub failure: Option<ModelError>,
@@ -132,6 +157,8 @@ impl ReplicaStats {
     }
 }
 
+/// The model replicas and the queue they take batches from. Started with [`InferencePool::start`],
+/// fed through [`Submitter`]s, stopped with [`InferencePool::finish`].
 pub struct InferencePool<M: VisionLanguageModel, T> {
     queue: Arc<WorkQueue<Job<M::Prepared, T>>>,
     threads: Vec<(DeviceSpec, JoinHandle<ReplicaStats>)>,
@@ -220,6 +247,8 @@ impl<P, T> Clone for Submitter<P, T> {
 }
 
 impl<P, T> Submitter<P, T> {
+    /// Queues a job, blocking while the queue is full; [`QueueClosed`] when no replica is left or
+    /// the pool is finishing.
     pub fn submit(&self, job: Job<P, T>) -> Result<(), QueueClosed> {
         self.queue.push(job)
     }

@@ -17,9 +17,12 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Sets how many documents this run processes (after skipping committed ones and applying
+    /// `source.limit`): the bar's length.
     pub fn set_documents_total(&self, n: u64) {
         self.documents_total.store(n, Ordering::Relaxed);
     }
+    /// Counts one page rendered.
     pub fn page_rendered(&self) {
         self.pages_rendered.fetch_add(1, Ordering::Relaxed);
     }

@@ -30,8 +30,10 @@ pub trait Batchable {
 /// Why a push was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueClosed {
+    /// Every replica has retired, so the job would never run.
     #[error("no inference replica is left")]
     NoReplica,
+    /// The pool is finishing and takes no more jobs.
     #[error("the inference queue is closed")]
     Closed,
 }

@@ -25,9 +25,11 @@ use crate::tasks::TaskPlan;
 
 /// What a run needs besides its pipeline file.
 pub struct RunOptions {
+    /// The parsed and validated pipeline.
     pub config: PipelineConfig,
     /// How to start render workers (the `docpipe` binary's hidden `render-worker` mode).
     pub worker_command: WorkerCommand,
+    /// Client and retry settings for every store the run opens (source, documents, sink).
     pub store_options: StoreOptions,
     /// Seconds between progress log lines when stderr is not a terminal.
     pub log_every: Duration,
@@ -38,6 +40,7 @@ pub struct RunOptions {
 /// A run that finished: every listed document is committed.
 #[derive(Debug)]
 pub struct RunSummary {
+    /// What the run did: counts, errors by stage, timings; also written as `report.json`.
     pub report: RunReport,
     /// The sink location, `{date}` expanded.
     pub sink_uri: String,
@@ -50,16 +53,24 @@ pub struct RunSummary {
 /// from runs cut short (rerun resumes).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The documents could not be listed (bad location or manifest, unreachable store).
     #[error("source.uri: {0}")]
     Source(#[source] SourceError),
+    /// The sink could not be opened or listed, or writing a part, the report or the manifest
+    /// failed.
     #[error("sink.uri: {0}")]
     Sink(#[source] SinkError),
+    /// The model could not be loaded (bad checkpoint, unsupported family, no usable device).
     #[error("{key}: {error}", key = .0.key(), error = .0)]
     Model(#[from] ModelLoadError),
+    /// The render worker processes could not be started (e.g. no pdfium library).
     #[error("render workers: {0}")]
     Render(#[source] RenderError),
+    /// The engine stopped early: every replica failed, or the sink stopped taking documents.
     #[error("inference: {0}")]
     Engine(#[from] EngineError),
+    /// A blocking task of the run (model loading, render pool start-up, the engine) panicked
+    /// or was cancelled; the message is tokio's.
     #[error("a pipeline thread failed: {0}")]
     Join(String),
 }

@@ -21,6 +21,7 @@ pub struct Query {
     pub question: String,
     /// What the model is asked: the task's prompt with the question filled in.
     pub prompt: String,
+    /// The generation limit: the task's own, else `model.max_new_tokens`.
     pub max_new_tokens: usize,
     /// For field extraction: the field this answers, gathered into the `fields` column.
     pub field: Option<String>,
@@ -34,6 +35,8 @@ pub struct TaskPlan {
 }
 
 impl TaskPlan {
+    /// The plan for `tasks`, in order; `default_max_new_tokens` (`model.max_new_tokens`) serves
+    /// tasks that set none.
     pub fn new(tasks: Vec<TaskConfig>, default_max_new_tokens: usize) -> Self {
         Self {
             tasks,
