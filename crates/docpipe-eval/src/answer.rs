@@ -29,9 +29,11 @@ impl Default for ShortAnswerPrompt {
     }
 }
 
+/// A [`ShortAnswerPrompt::template`] without exactly one `{question}` placeholder.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("prompt template {template:?} must contain {QUESTION_PLACEHOLDER} exactly once")]
 pub struct TemplateError {
+    /// The template as given.
     pub template: String,
 }
 
@@ -81,6 +83,8 @@ impl Default for AnswerPostprocess {
 pub const END_OF_UTTERANCE: &str = "<end_of_utterance>";
 
 impl AnswerPostprocess {
+    /// The answer after the enabled clean-ups, in this order: cut at the end-of-turn token, trim,
+    /// drop one trailing period.
     pub fn apply(&self, raw: &str) -> String {
         let mut text = raw;
         if self.strip_end_of_utterance {

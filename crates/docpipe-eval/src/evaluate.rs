@@ -26,6 +26,7 @@ pub struct AnlsSummary {
 /// `metrics.json`: the summary plus what did not line up between gold and predictions.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Metrics {
+    /// ANLS, per-type ANLS and accuracy; its fields sit at the top level of the JSON.
     #[serde(flatten)]
     pub summary: AnlsSummary,
     /// Scored questions without a prediction (each scored 0).
@@ -42,17 +43,27 @@ pub struct Metrics {
 /// question without gold answers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredQuestion {
+    /// DocVQA's `questionId`.
     pub question_id: i64,
+    /// The question text.
     pub question: String,
+    /// The predicted answer as read; `None` when the predictions have none for the question.
     pub prediction: Option<String>,
+    /// The gold answers; `None` in the test split.
     pub answers: Option<Vec<String>>,
+    /// The question's DocVQA categories.
     pub question_types: Vec<String>,
+    /// ANLS of the prediction against the gold answers, 0 to 1 (0 without a prediction).
     pub score: Option<f64>,
+    /// Whether the normalized prediction equals a normalized gold answer.
     pub exact_match: Option<bool>,
 }
 
+/// Everything [`evaluate`] computes: the metrics, the per-question rows and what is needed to print
+/// them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
+    /// What goes into `metrics.json`.
     pub metrics: Metrics,
     /// Scored questions per type, for the readable table.
     pub type_counts: BTreeMap<String, usize>,

@@ -8,6 +8,8 @@
 //! results with [`report`] and [`predictions::submission_json`]; [`pipeline`] holds the pipeline it
 //! runs and turns the committed rows back into predictions.
 
+#![warn(missing_docs)]
+
 pub mod anls;
 pub mod answer;
 pub mod dataset;

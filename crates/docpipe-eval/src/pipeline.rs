@@ -23,13 +23,18 @@ const MAX_NEW_TOKENS: usize = 32;
 /// Why the evaluation settings or the pipeline were rejected. Always names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// A `prompt.*` or `answer.*` override is malformed (see [`apply_override`]).
     #[error(transparent)]
     Override(#[from] ConfigError),
+    /// A `prompt.*` or `answer.*` key is unknown or its value has the wrong type.
     #[error("--set {section}.*: {source}")]
     Section {
+        /// `prompt` or `answer`.
         section: &'static str,
+        /// What TOML deserialization found wrong, naming the key.
         source: toml::de::Error,
     },
+    /// `prompt.template` does not hold exactly one `{question}`.
     #[error("--set prompt.template: {0}")]
     Template(#[from] TemplateError),
 }
@@ -38,13 +43,17 @@ pub enum SettingsError {
 /// pipeline. Values follow the pipeline's rule ([`apply_override`]): TOML, else a string.
 #[derive(Debug)]
 pub struct EvalSettings {
+    /// The `prompt.*` overrides over [`ShortAnswerPrompt::default`], validated.
     pub prompt: ShortAnswerPrompt,
+    /// The `answer.*` overrides over [`AnswerPostprocess::default`].
     pub answer: AnswerPostprocess,
     /// The overrides left for the pipeline, in their order.
     pub pipeline: Vec<String>,
 }
 
 impl EvalSettings {
+    /// Splits `--set` items by section and builds the evaluation settings from `prompt.*` and
+    /// `answer.*`; the pipeline's items are only passed on here.
     pub fn from_overrides(overrides: &[String]) -> Result<Self, SettingsError> {
         let mut evaluation = toml::Table::new();
         let mut pipeline = Vec::new();
@@ -109,8 +118,11 @@ pub fn pipeline_config(
 /// A question the pipeline could not answer, with the row's error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnansweredQuestion {
+    /// DocVQA's `questionId`.
     pub question_id: i64,
+    /// The page image's document URI, as in the row.
     pub doc_uri: String,
+    /// The row's error message (`no answer` if it has none).
     pub error: String,
 }
 
@@ -119,6 +131,7 @@ pub struct UnansweredQuestion {
 pub struct RowPredictions {
     /// Cleaned-up answers, sorted by questionId.
     pub predictions: Vec<Prediction>,
+    /// Questions whose row failed, in row order.
     pub unanswered: Vec<UnansweredQuestion>,
 }
 
@@ -126,7 +139,9 @@ pub struct RowPredictions {
 #[derive(Debug, thiserror::Error)]
 #[error("row of {doc_uri} has question id {question_id:?}, not a DocVQA questionId")]
 pub struct ForeignRow {
+    /// The row's document.
     pub doc_uri: String,
+    /// The row's `question_id` as written.
     pub question_id: String,
 }
 
@@ -254,7 +269,8 @@ mod tests {
     }
 
     fn row(question_id: Option<&str>, answer: Option<&str>, error: Option<&str>) -> OutputRow {
-        let mut row = OutputRow::for_document(&docpipe_core::DocumentRef::new("p.png"), "run", "m", 0);
+        let mut row =
+            OutputRow::for_document(&docpipe_core::DocumentRef::new("p.png"), "run", "m", 0);
         row.question_id = question_id.map(str::to_owned);
         row.answer = answer.map(str::to_owned);
         row.error = error.map(str::to_owned);

@@ -4,13 +4,18 @@
 use docpipe_store::{StoreError, Stores};
 use serde::{Deserialize, Serialize};
 
+/// Why a predictions file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictionsError {
+    /// The file cannot be opened or read (absent, denied, unreachable).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The file is not a JSON list of `{"questionId", "answer"}` objects.
     #[error("{file}: not a DocVQA predictions file ([{{\"questionId\": int, \"answer\": string}}, ...]): {source}")]
     Json {
+        /// The predictions file.
         file: String,
+        /// serde's error, with line and column.
         #[source]
         source: serde_json::Error,
     },
@@ -30,8 +35,10 @@ impl PredictionsError {
 /// One submitted answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
+    /// DocVQA's `questionId` (a number, or a string holding one).
     #[serde(rename = "questionId", deserialize_with = "crate::ids::deserialize")]
     pub question_id: i64,
+    /// The predicted answer, scored as it is (no clean-up here).
     pub answer: String,
 }
 

@@ -18,32 +18,55 @@ use docpipe_store::{Location, StoreError, Stores};
 
 pub use parquet_layout::PageReader;
 
+/// Why a DocVQA dataset could not be opened or read. Each variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// The location cannot be opened, or the annotation file, a Parquet file or the folder
+    /// listing cannot be read (absent, denied, unreachable).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The annotation JSON does not parse; serde's message carries the line and column.
     #[error("{file}: not a DocVQA annotation file: {source}")]
     Json {
+        /// The annotation file.
         file: String,
+        /// serde's error.
         #[source]
         source: serde_json::Error,
     },
     /// A Parquet file lacks a column or holds values of the wrong kind.
     #[error("{file}: {problem}")]
-    Malformed { file: String, problem: String },
+    Malformed {
+        /// The dataset file at fault.
+        file: String,
+        /// What is wrong, naming the column or the question.
+        problem: String,
+    },
+    /// A Parquet file cannot be decoded (not Parquet, truncated, or a failed range read).
     #[error("{file}: cannot read Parquet: {source}")]
     Parquet {
+        /// The Parquet file.
         file: String,
+        /// The Parquet reader's error.
         #[source]
         source: parquet::errors::ParquetError,
     },
+    /// The location is neither a `.json` nor a `.parquet` file, and no `.parquet` object lies
+    /// under it.
     #[error("{url}: no .parquet files found (expected a val_v1.0.json-style file, a .parquet file or a folder of them)")]
-    NoFiles { url: String },
+    NoFiles {
+        /// The location as opened.
+        url: String,
+    },
+    /// A page image named by the JSON layout cannot be read ([`PageGroup::read_image`]); only
+    /// that page's questions fail.
     #[error("missing image {url} (question {question_id}): {source}")]
     MissingImage {
+        /// The image's location.
         url: String,
+        /// The first question about the image.
         question_id: i64,
+        /// Why it cannot be read.
         #[source]
         source: Box<StoreError>,
     },
@@ -64,11 +87,16 @@ impl DatasetError {
 /// The gold side of one question: what scoring needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Annotation {
+    /// DocVQA's `questionId`, unique over the dataset; predictions and metrics are keyed by it.
     pub question_id: i64,
+    /// The question text as the dataset gives it.
     pub question: String,
     /// Absent in the test split.
     pub answers: Option<Vec<String>>,
+    /// DocVQA's question categories (e.g. `table/list`, `handwritten`), for per-type scores; empty
+    /// when the dataset has none.
     pub question_types: Vec<String>,
+    /// DocVQA's `docId`: the page image the question is about.
     pub doc_id: i64,
 }
 
@@ -79,7 +107,9 @@ pub enum ImageSource {
     Stored(Location),
     /// Bytes inlined in a Parquet row; `path` is the original file name when the row has one.
     Inline {
+        /// The encoded image file (PNG or JPEG), shared by the page's questions.
         bytes: Arc<[u8]>,
+        /// The original file name when the row has one.
         path: Option<String>,
     },
 }
@@ -110,15 +140,22 @@ impl ImageSource {
 /// One DocVQA question with its page image.
 #[derive(Debug, Clone)]
 pub struct DocVqaQuestion {
+    /// DocVQA's `questionId`, unique over the dataset.
     pub question_id: i64,
+    /// The question text as the dataset gives it.
     pub question: String,
+    /// The gold answers; `None` in the test split.
     pub answers: Option<Vec<String>>,
+    /// DocVQA's question categories; empty when the dataset has none.
     pub question_types: Vec<String>,
+    /// DocVQA's `docId`: the page image the question is about.
     pub doc_id: i64,
+    /// Where the page image is.
     pub image: ImageSource,
 }
 
 impl DocVqaQuestion {
+    /// The gold side of the question, without the image.
     pub fn annotation(&self) -> Annotation {
         Annotation {
             question_id: self.question_id,
@@ -133,7 +170,9 @@ impl DocVqaQuestion {
 /// All the questions (of the selected ones) about one page image, in dataset order.
 #[derive(Debug, Clone)]
 pub struct PageGroup {
+    /// The page image all of `questions` are about.
     pub image: ImageSource,
+    /// The selected questions about it, at least one, in dataset order.
     pub questions: Vec<DocVqaQuestion>,
 }
 
@@ -169,6 +208,8 @@ pub struct DocVqaDataset {
 }
 
 impl DocVqaDataset {
+    /// Opens `location`: a `.json` file in the official layout, a `.parquet` file, or a folder or
+    /// prefix of `.parquet` files. Only a folder is listed here; files are read later.
     pub async fn open(stores: &Stores, location: &str) -> Result<Self, DatasetError> {
         let root = stores.open(location)?;
         let name = root
