@@ -12,6 +12,8 @@
 //! `503 Service Unavailable` or by dropping the connection, to show that transient faults are
 //! retried.
 
+#![warn(missing_docs)]
+
 mod conformance;
 mod http;
 mod moto;

@@ -37,17 +37,36 @@ wait "$server""#;
 /// start.
 #[derive(Clone, thiserror::Error)]
 pub enum TestkitError {
+    /// The `moto_server` executable does not exist: moto is not installed.
     #[error(
         "moto_server not found at {path}: run `make setup` (or scripts/setup-moto.sh), or point \
          DOCPIPE_MOTO_SERVER at a moto_server executable"
     )]
-    MotoMissing { path: String },
+    MotoMissing {
+        /// Where it was looked for: `$DOCPIPE_MOTO_SERVER`, else the checkout's
+        /// `.cache/moto-venv/bin/moto_server`.
+        path: String,
+    },
+    /// moto could not be spawned, exited, or did not answer within 60 s.
     #[error("moto_server did not start: {message}")]
-    MotoStart { message: String },
+    MotoStart {
+        /// What happened, with the end of moto's log.
+        message: String,
+    },
+    /// moto refused or failed the bucket creation request.
     #[error("cannot create bucket {bucket}: {message}")]
-    Bucket { bucket: String, message: String },
+    Bucket {
+        /// The bucket asked for.
+        bucket: String,
+        /// The HTTP status or the connection error.
+        message: String,
+    },
+    /// A [`TestStore`](crate::TestStore) of the local backend could not create its folder.
     #[error("cannot create a temporary folder: {message}")]
-    Folder { message: String },
+    Folder {
+        /// The I/O error.
+        message: String,
+    },
 }
 
 impl std::fmt::Debug for TestkitError {
@@ -174,6 +193,8 @@ impl MotoServer {
         String::from_utf8_lossy(&tail[..read]).into_owned()
     }
 
+    /// Creates `bucket` on this server, e.g. one per test on the [shared](MotoServer::shared)
+    /// server.
     pub fn create_bucket(&self, bucket: &str) -> Result<(), TestkitError> {
         match simple_request(&self.address, "PUT", &format!("/{bucket}")) {
             Ok(200) => Ok(()),
@@ -193,6 +214,7 @@ impl MotoServer {
         &self.address
     }
 
+    /// `http://127.0.0.1:<port>`: the S3 endpoint URL (`AWS_ENDPOINT_URL`).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.address)
     }

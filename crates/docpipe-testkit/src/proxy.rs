@@ -27,8 +27,11 @@ pub enum Fault {
 /// (counting all requests from 1).
 #[derive(Debug, Clone, Copy)]
 pub struct FaultPlan {
+    /// How the picked requests fail.
     pub fault: Fault,
+    /// How many requests, from the first, fail.
     pub first: usize,
+    /// Also fail every N-th request (numbered from 1); `None` or 0: only the first ones.
     pub every: Option<usize>,
 }
 
@@ -83,6 +86,7 @@ impl FaultyProxy {
         })
     }
 
+    /// `http://127.0.0.1:<port>`: the endpoint URL to give clients instead of the upstream's.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.address)
     }
@@ -92,6 +96,7 @@ impl FaultyProxy {
         self.counters.requests.load(Ordering::SeqCst)
     }
 
+    /// Requests the proxy failed so far.
     pub fn faults_injected(&self) -> usize {
         self.counters.faults.load(Ordering::SeqCst)
     }

@@ -82,6 +82,7 @@ impl TestStore {
         }
     }
 
+    /// Which kind of store this is.
     pub fn backend(&self) -> Backend {
         match self.owner {
             Owner::Folder(_) => Backend::File,
