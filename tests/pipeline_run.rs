@@ -82,7 +82,10 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
     .unwrap();
     let pool = RenderPool::new(RenderPoolConfig {
         workers: 1,
-        longest_edge: config.render.longest_edge,
+        longest_edge: config
+            .render
+            .longest_edge
+            .unwrap_or_else(|| model.image_longest_edge()),
         worker_command: worker(),
         ..RenderPoolConfig::new().unwrap()
     })

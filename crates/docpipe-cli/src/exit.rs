@@ -68,9 +68,9 @@ impl Classify for docpipe_eval::PredictionsError {
     }
 }
 
-impl Classify for docpipe_idefics2::DeviceError {
+impl Classify for docpipe_vlm::DeviceError {
     fn is_usage(&self) -> bool {
-        docpipe_idefics2::DeviceError::is_usage(self)
+        docpipe_vlm::DeviceError::is_usage(self)
     }
 }
 

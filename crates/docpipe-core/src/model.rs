@@ -31,6 +31,11 @@ pub trait VisionLanguageModel: Send + Sync {
     /// Checkpoint name plus a short hash of its config and weights index (the `model` column).
     fn model_id(&self) -> &str;
 
+    /// The longest side, in pixels, the model's image processor keeps of an input image: a page
+    /// rendered larger is only scaled down again. The pipeline renders pages at this size
+    /// unless `render.longest_edge` says otherwise.
+    fn image_longest_edge(&self) -> u32;
+
     /// Builds the prompt and preprocesses the images of one request.
     fn prepare(&self, request: &ChatRequest) -> Result<Self::Prepared, ModelError>;
 

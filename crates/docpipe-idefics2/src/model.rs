@@ -151,6 +151,10 @@ impl VisionLanguageModel for Idefics2Model {
         &self.model_id
     }
 
+    fn image_longest_edge(&self) -> u32 {
+        self.processor.config().size.longest_edge as u32
+    }
+
     fn prepare(&self, request: &ChatRequest) -> Result<Idefics2Request, ModelError> {
         let prompt = self
             .prompt

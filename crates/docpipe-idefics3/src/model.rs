@@ -159,6 +159,10 @@ impl VisionLanguageModel for Idefics3Model {
         &self.model_id
     }
 
+    fn image_longest_edge(&self) -> u32 {
+        self.processor.config().size.longest_edge as u32
+    }
+
     fn prepare(&self, request: &ChatRequest) -> Result<Idefics3Request, ModelError> {
         let invalid = |e: &dyn std::fmt::Display| ModelError::InvalidRequest(e.to_string());
         let layouts: Vec<_> = request

@@ -103,10 +103,12 @@ pub struct ManifestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenderConfig {
-    /// Longest side of a rendered page in pixels. 980 is what the processor keeps anyway; 1960
-    /// lets each of the four split crops keep its native resolution.
-    #[serde(default = "default_longest_edge")]
-    pub longest_edge: u32,
+    /// Longest side of a rendered page in pixels. Unset: what the model's image processor keeps
+    /// (`size.longest_edge`: 980 for Idefics2, 1456 for Idefics3), since anything larger is
+    /// scaled down again. 1960 lets each of Idefics2's four split crops keep its native
+    /// resolution.
+    #[serde(default)]
+    pub longest_edge: Option<u32>,
     /// Render worker processes.
     #[serde(default = "default_render_workers")]
     pub workers: usize,
@@ -121,7 +123,7 @@ pub struct RenderConfig {
 impl Default for RenderConfig {
     fn default() -> Self {
         Self {
-            longest_edge: default_longest_edge(),
+            longest_edge: None,
             workers: default_render_workers(),
             timeout_s: default_render_timeout(),
             max_pages: None,
@@ -227,9 +229,6 @@ fn default_extensions() -> Vec<String> {
 fn default_uri_column() -> String {
     "uri".to_owned()
 }
-fn default_longest_edge() -> u32 {
-    980
-}
 fn default_render_workers() -> usize {
     2
 }
@@ -312,10 +311,10 @@ impl PipelineConfig {
         if self.source.uri.trim().is_empty() {
             return bad("source.uri", "must not be empty".into());
         }
-        if self.render.longest_edge < 64 || self.render.longest_edge > 8192 {
+        if let Some(edge) = self.render.longest_edge.filter(|e| !(64..=8192).contains(e)) {
             return bad(
                 "render.longest_edge",
-                format!("{} is outside 64..=8192", self.render.longest_edge),
+                format!("{edge} is outside 64..=8192"),
             );
         }
         if self.render.workers == 0 {
@@ -560,7 +559,7 @@ mod tests {
         );
         assert_eq!(config.model.dtype, Dtype::Bf16);
         assert_eq!(config.sink.uri, "out/elsewhere");
-        assert_eq!(config.render.longest_edge, 1960);
+        assert_eq!(config.render.longest_edge, Some(1960));
         match &config.tasks[0] {
             TaskConfig::Ocr { prompt, .. } => assert_eq!(prompt, "Read it."),
             other => panic!("task 0 is {other:?}"),

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use docpipe_core::DeviceSpec;
-use docpipe_idefics2::{candle_device, candle_dtype, DeviceError, Idefics2Model, LoadError};
+use docpipe_core::VisionLanguageModel;
+use docpipe_idefics2::Idefics2Model;
+use docpipe_idefics3::Idefics3Model;
+use docpipe_vlm::{candle_device, candle_dtype, DeviceError, LoadError};
 
 use crate::config::ModelConfig;
 use crate::pool::Replica;
@@ -16,6 +19,8 @@ use crate::pool::Replica;
 pub enum LoadedModel {
     /// An Idefics2 checkpoint (`model_type` `idefics2`), one replica per device.
     Idefics2(Vec<Replica<Idefics2Model>>),
+    /// An Idefics3 checkpoint (`model_type` `idefics3`), one replica per device.
+    Idefics3(Vec<Replica<Idefics3Model>>),
 }
 
 /// A model family docpipe can run, named by `config.json`'s `model_type`.
@@ -24,16 +29,19 @@ pub enum Family {
     /// Idefics2 (`model_type` `idefics2`, e.g. `HuggingFaceM4/idefics2-8b`), in crate
     /// docpipe-idefics2.
     Idefics2,
+    /// Idefics3 (`model_type` `idefics3`), in crate docpipe-idefics3.
+    Idefics3,
 }
 
 impl Family {
     /// Every supported family, in the order error messages list them.
-    pub const ALL: &'static [Family] = &[Family::Idefics2];
+    pub const ALL: &'static [Family] = &[Family::Idefics2, Family::Idefics3];
 
     /// The `model_type` of its checkpoints.
     pub fn model_type(self) -> &'static str {
         match self {
             Family::Idefics2 => docpipe_idefics2::config::MODEL_TYPE,
+            Family::Idefics3 => docpipe_idefics3::config::MODEL_TYPE,
         }
     }
 
@@ -134,25 +142,32 @@ fn model_type(dir: &Path) -> Result<String, LoadError> {
 pub fn load(config: &ModelConfig) -> Result<LoadedModel, ModelLoadError> {
     let dir = Path::new(&config.path);
     match Family::of_checkpoint(dir)? {
-        Family::Idefics2 => load_idefics2(dir, config).map(LoadedModel::Idefics2),
+        Family::Idefics2 => {
+            load_replicas(dir, config, Idefics2Model::load).map(LoadedModel::Idefics2)
+        }
+        Family::Idefics3 => {
+            load_replicas(dir, config, Idefics3Model::load).map(LoadedModel::Idefics3)
+        }
     }
 }
 
-fn load_idefics2(
+/// One replica of a family's model per device.
+fn load_replicas<M: VisionLanguageModel>(
     dir: &Path,
     config: &ModelConfig,
-) -> Result<Vec<Replica<Idefics2Model>>, ModelLoadError> {
+    load: impl Fn(&Path, &candle_core::Device, candle_core::DType) -> Result<M, LoadError>,
+) -> Result<Vec<Replica<M>>, ModelLoadError> {
     let dtype = candle_dtype(config.dtype);
     let mut replicas = Vec::new();
     for spec in expand_devices(&config.devices, |ordinal| {
         candle_device(DeviceSpec::Cuda(ordinal)).is_ok()
     })? {
         let device = candle_device(spec)?;
-        let model = Idefics2Model::load(dir, &device, dtype).map_err(|e| match e {
+        let model = load(dir, &device, dtype).map_err(|e| match e {
             LoadError::Device(_) => ModelLoadError::Weights(e),
             other => ModelLoadError::Checkpoint(other),
         })?;
-        tracing::info!(device = %spec, model = %docpipe_core::VisionLanguageModel::model_id(&model), "model replica loaded");
+        tracing::info!(device = %spec, model = %model.model_id(), "model replica loaded");
         replicas.push(Replica {
             device: spec,
             model: Arc::new(model),

@@ -16,7 +16,7 @@ use docpipe_store::{StoreError, StoreOptions, Stores};
 use crate::config::{expand_date, PipelineConfig};
 use crate::engine::{self, EngineConfig, EngineError, FinishedDocument};
 use crate::model::{self, LoadedModel, ModelLoadError};
-use crate::pool::Replica;
+use crate::pool::{PoolError, Replica};
 use crate::progress::{Counters, ProgressDisplay};
 use crate::queue::BatchBudget;
 use crate::renderer::PoolRenderer;
@@ -157,6 +157,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
     };
     match loaded {
         LoadedModel::Idefics2(replicas) => job.run(replicas).await,
+        LoadedModel::Idefics3(replicas) => job.run(replicas).await,
     }
 }
 
@@ -223,9 +224,20 @@ impl Job {
         };
 
         let render = &config.render;
+        // Pages are rendered at the size the model keeps unless the pipeline says otherwise.
+        let Some(longest_edge) = render
+            .longest_edge
+            .or_else(|| replicas.first().map(|r| r.model.image_longest_edge()))
+        else {
+            return Err(EngineError::Pool(PoolError::NoReplicaLeft {
+                failures: Vec::new(),
+                abandoned: 0,
+            })
+            .into());
+        };
         let pool_config = RenderPoolConfig {
             workers: render.workers,
-            longest_edge: render.longest_edge,
+            longest_edge,
             page_timeout: Duration::from_secs(render.timeout_s),
             worker_command,
             pixel_budget: 100_000_000,

@@ -82,6 +82,10 @@ impl VisionLanguageModel for EchoModel {
         "echo-0000"
     }
 
+    fn image_longest_edge(&self) -> u32 {
+        980
+    }
+
     fn prepare(&self, request: &ChatRequest) -> Result<EchoPrepared, ModelError> {
         Ok(EchoPrepared {
             prompt: prompt_of(request),

@@ -105,10 +105,7 @@ fn anls(args: AnlsArgs) -> Result<Outcome, CommandError> {
         );
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&metrics.summary).incomplete()?
-        );
+        println!("{}", serde_json::to_string(&metrics.summary).incomplete()?);
     } else {
         print!("{}", report::table(&evaluation));
     }

@@ -1,4 +1,5 @@
-//! `docpipe generate`: batched greedy generation with an Idefics2 checkpoint over a JSONL file
+//! `docpipe generate`: batched greedy generation with an Idefics2 or Idefics3 checkpoint (by
+//! `config.json`'s `model_type`) over a JSONL file
 //! of HF chat requests. Other tools drive this command, so its flags and output fields are a
 //! fixed contract, documented in docs/generate.md.
 
@@ -6,9 +7,12 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use docpipe_core::{DeviceSpec, Dtype, VisionLanguageModel};
-use docpipe_idefics2::request_file::read_requests;
-use docpipe_idefics2::{candle_device, candle_dtype, Idefics2Model, Idefics2Request};
+use docpipe_core::{DeviceSpec, Dtype, ModelError, VisionLanguageModel};
+use docpipe_idefics2::Idefics2Model;
+use docpipe_idefics3::Idefics3Model;
+use docpipe_vlm::request::{DetailedGeneration, PreparedRequest};
+use docpipe_vlm::request_file::{read_requests, FileRequest};
+use docpipe_vlm::{candle_device, candle_dtype};
 use docpipe_pipeline::model::Family;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -78,18 +82,53 @@ pub fn run(args: GenerateArgs) -> Result<Outcome, CommandError> {
     }
     let device = candle_device(args.device).classified()?;
     let requests = read_requests(&args.requests).usage()?;
-    let model = match Family::of_checkpoint(&args.model).usage()? {
+    let dtype = candle_dtype(args.dtype);
+    match Family::of_checkpoint(&args.model).usage()? {
         Family::Idefics2 => {
-            Idefics2Model::load(&args.model, &device, candle_dtype(args.dtype)).usage()?
+            let model = Idefics2Model::load(&args.model, &device, dtype).usage()?;
+            let vocab = model.config().text.vocab_size;
+            generate_all(
+                &args,
+                &requests,
+                &model,
+                vocab,
+                Idefics2Model::generate_detailed,
+            )
         }
-    };
+        Family::Idefics3 => {
+            let model = Idefics3Model::load(&args.model, &device, dtype).usage()?;
+            let vocab = model.config().text.vocab_size;
+            generate_all(
+                &args,
+                &requests,
+                &model,
+                vocab,
+                Idefics3Model::generate_detailed,
+            )
+        }
+    }
+}
+
+/// Prepares every request, generates in batches of `--batch-size` and writes the answers (and
+/// the first-step logits, `vocab` wide, when asked) for a model of either family.
+fn generate_all<M: VisionLanguageModel<Prepared = PreparedRequest>>(
+    args: &GenerateArgs,
+    requests: &[FileRequest],
+    model: &M,
+    vocab: usize,
+    generate_detailed: impl Fn(
+        &M,
+        &[&PreparedRequest],
+        bool,
+    ) -> Result<Vec<DetailedGeneration>, ModelError>,
+) -> Result<Outcome, CommandError> {
     tracing::debug!(
         model = model.model_id(),
         requests = requests.len(),
         "generating"
     );
     // Image preprocessing is CPU work that would otherwise hold up the device for every page.
-    let prepared: Vec<Idefics2Request> = requests
+    let prepared: Vec<PreparedRequest> = requests
         .par_iter()
         .map(|r| {
             model
@@ -107,10 +146,8 @@ pub fn run(args: GenerateArgs) -> Result<Outcome, CommandError> {
     let mut first_logits = Vec::new();
     let mut ids = requests.iter().map(|r| &r.id);
     for batch in prepared.chunks(args.batch_size) {
-        let batch: Vec<&Idefics2Request> = batch.iter().collect();
-        let results = model
-            .generate_detailed(&batch, args.logits_out.is_some())
-            .incomplete()?;
+        let batch: Vec<&PreparedRequest> = batch.iter().collect();
+        let results = generate_detailed(model, &batch, args.logits_out.is_some()).incomplete()?;
         for result in results {
             let id = ids.next().map(String::as_str).unwrap_or_default();
             let g = &result.generation;
@@ -129,7 +166,6 @@ pub fn run(args: GenerateArgs) -> Result<Outcome, CommandError> {
     }
     out.flush().map_err(write_error).incomplete()?;
     if let Some(path) = &args.logits_out {
-        let vocab = model.config().text.vocab_size;
         for row in &mut first_logits {
             row.resize(vocab, 0.0);
         }

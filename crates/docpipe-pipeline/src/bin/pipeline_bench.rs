@@ -141,10 +141,16 @@ fn model_alone(
     pdfs: &Path,
     pages: usize,
 ) -> Result<(), String> {
-    let LoadedModel::Idefics2(replicas) = model::load(&config.model).map_err(|e| e.to_string())?;
+    let LoadedModel::Idefics2(replicas) = model::load(&config.model).map_err(|e| e.to_string())?
+    else {
+        return Err("the model-alone bench runs an Idefics2 checkpoint".into());
+    };
     let pool = RenderPool::new(RenderPoolConfig {
         workers: config.render.workers,
-        longest_edge: config.render.longest_edge,
+        longest_edge: config
+            .render
+            .longest_edge
+            .unwrap_or_else(|| replicas[0].model.image_longest_edge()),
         worker_command: worker,
         ..RenderPoolConfig::new().map_err(|e| e.to_string())?
     })
