@@ -311,7 +311,11 @@ impl PipelineConfig {
         if self.source.uri.trim().is_empty() {
             return bad("source.uri", "must not be empty".into());
         }
-        if let Some(edge) = self.render.longest_edge.filter(|e| !(64..=8192).contains(e)) {
+        if let Some(edge) = self
+            .render
+            .longest_edge
+            .filter(|e| !(64..=8192).contains(e))
+        {
             return bad(
                 "render.longest_edge",
                 format!("{edge} is outside 64..=8192"),

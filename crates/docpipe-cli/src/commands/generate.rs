@@ -10,10 +10,10 @@ use anyhow::{anyhow, Context};
 use docpipe_core::{DeviceSpec, Dtype, ModelError, VisionLanguageModel};
 use docpipe_idefics2::Idefics2Model;
 use docpipe_idefics3::Idefics3Model;
+use docpipe_pipeline::model::Family;
 use docpipe_vlm::request::{DetailedGeneration, PreparedRequest};
 use docpipe_vlm::request_file::{read_requests, FileRequest};
 use docpipe_vlm::{candle_device, candle_dtype};
-use docpipe_pipeline::model::Family;
 use rayon::prelude::*;
 use serde::Serialize;
 
