@@ -14,11 +14,13 @@
 //! | [`image`], [`resample`] | decoding, RGB conversion, normalization, Pillow's resampler |
 //! | [`chat`] | chat template and tokenizer |
 //! | [`request`] | prepared requests, page cache, a batch's generation |
+//! | [`model`] | the assembled model of either family ([`model::IdeficsModel`]) over what a family supplies ([`model::Family`]) |
 //! | [`request_file`] | the JSONL request format of `docpipe generate` |
 //! | [`device`], [`error`] | devices, dtypes, the typed errors |
 //!
 //! A family crate (`docpipe-idefics2`, `docpipe-idefics3`) adds its config, image processor,
-//! prompt expansion, connector and the assembled model. What transformers computes is
+//! prompt expansion and connector, and names its model as [`model::IdeficsModel`] over its
+//! [`model::Family`] implementation. What transformers computes is
 //! specified in `docs/models/idefics2-spec.md` (section G for Idefics3); comments cite its
 //! sections ("spec A.4").
 //!
@@ -39,6 +41,7 @@ pub mod error;
 pub mod generation;
 pub mod image;
 pub mod kv_cache;
+pub mod model;
 pub mod nn;
 pub mod request;
 pub mod request_file;
