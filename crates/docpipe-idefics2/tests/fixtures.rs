@@ -1,23 +1,34 @@
 //! Comparisons with the transformers 5.23 references in `fixtures/idefics2` (see its README).
 
-mod support;
-
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use docpipe_core::{ChatMessage, ChatRequest, ContentItem, VisionLanguageModel};
-use docpipe_idefics2::{Idefics2Model, Idefics2Request};
+use docpipe_idefics2::Idefics2Model;
 use docpipe_vlm::config::Resample;
+use docpipe_vlm::fixture_check::{
+    assert_close, check_batch_independence, check_logits_and_tokens, max_level_diff, read_json,
+    read_npy, Case, Fixtures,
+};
 use docpipe_vlm::image::load_image;
 use docpipe_vlm::resample::resize;
 use docpipe_vlm::vision::bucket_ids;
 use image::RgbImage;
-use serde_json::Value;
-use support::*;
+
+const MODELS: &[&str] = &["tiny-gqa-split", "tiny-mha-nosplit", "tiny-chatty"];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/idefics2")
+}
+
+fn reference_dir(name: &str) -> PathBuf {
+    Fixtures { root: fixtures() }.reference_dir(name)
+}
 
 fn load(name: &str) -> Idefics2Model {
-    Idefics2Model::load(&model_dir(name), &Device::Cpu, DType::F32).unwrap()
+    let dir = Fixtures { root: fixtures() }.model_dir(name);
+    Idefics2Model::load(&dir, &Device::Cpu, DType::F32).unwrap()
 }
 
 /// Loads a fixture image as transformers 5.23 (the reference) sees it. 5.23 drops the alpha
@@ -33,39 +44,25 @@ fn load_like_reference(path: &Path) -> RgbImage {
     }
 }
 
-/// A request line of `requests.jsonl`, images loaded relative to the file. Lines that name the
-/// same image share one `Arc`, as pages do in the pipeline.
-fn chat_request(
-    line: &Value,
-    base: &Path,
-    cache: &mut Vec<(String, Arc<RgbImage>)>,
-) -> ChatRequest {
-    let messages: Vec<ChatMessage> = serde_json::from_value(line["messages"].clone()).unwrap();
-    let mut images = Vec::new();
-    for item in messages.iter().flat_map(|m| &m.content) {
-        if let ContentItem::Image { path: Some(p) } = item {
-            let image = match cache.iter().find(|(q, _)| q == p) {
-                Some((_, img)) => img.clone(),
-                None => {
-                    let img = Arc::new(load_like_reference(&base.join(p)));
-                    cache.push((p.clone(), img.clone()));
-                    img
-                }
-            };
-            images.push(image);
+/// transformers 5's extra prompt rule (see the crate docs): a space after a closing fake token
+/// that is directly followed by anything but whitespace or `<`.
+fn transformers5_spacing(text: &str) -> String {
+    const FAKE: &str = "<fake_token_around_image>";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find(FAKE) {
+        out.push_str(&rest[..pos + FAKE.len()]);
+        rest = &rest[pos + FAKE.len()..];
+        if rest
+            .chars()
+            .next()
+            .is_some_and(|c| !c.is_whitespace() && c != '<')
+        {
+            out.push(' ');
         }
     }
-    ChatRequest {
-        messages,
-        images,
-        max_new_tokens: line["max_new_tokens"].as_u64().unwrap() as usize,
-    }
-}
-
-struct Case {
-    id: String,
-    expected: Value,
-    prepared: Idefics2Request,
+    out.push_str(rest);
+    out
 }
 
 /// Prepares every reference request. Where transformers 5.23 inserted its space after a
@@ -73,18 +70,11 @@ struct Case {
 /// difference and then uses the reference ids, so that the model itself can be compared.
 fn cases(model: &Idefics2Model, name: &str) -> Vec<Case> {
     let dir = reference_dir(name);
-    let requests = read_jsonl(&dir.join("requests.jsonl"));
-    let expected = read_jsonl(&dir.join("expected.jsonl"));
-    assert_eq!(requests.len(), expected.len());
-    let mut cache = Vec::new();
-    requests
-        .iter()
-        .zip(expected)
-        .map(|(line, expected)| {
-            let id = line["id"].as_str().unwrap().to_string();
-            assert_eq!(expected["id"], line["id"]);
-            let request = chat_request(line, &dir, &mut cache);
-            let mut prepared = model.prepare(&request).unwrap();
+    docpipe_vlm::fixture_check::cases(
+        model,
+        &dir,
+        load_like_reference,
+        |id, request, expected, prepared| {
             let want: Vec<u32> = serde_json::from_value(expected["input_ids"].clone()).unwrap();
             if prepared.input_ids != want {
                 let prompt = model
@@ -104,13 +94,8 @@ fn cases(model: &Idefics2Model, name: &str) -> Vec<Case> {
                 assert_eq!(ids.get_ids(), want.as_slice(), "{name}/{id}: prompt ids");
                 prepared.input_ids = want;
             }
-            Case {
-                id,
-                expected,
-                prepared,
-            }
-        })
-        .collect()
+        },
+    )
 }
 
 fn fast_image_resize_bilinear(image: &RgbImage, width: u32, height: u32) -> Vec<u8> {
@@ -130,28 +115,15 @@ fn fast_image_resize_bilinear(image: &RgbImage, width: u32, height: u32) -> Vec<
     dst.into_vec()
 }
 
-fn max_level_diff(a: &[u8], b: &[f32]) -> i32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as i32 - y as i32).abs())
-        .max()
-        .unwrap_or(0)
-}
-
 /// The Pillow port is exact on every reference case; `fast_image_resize` (measured for the
 /// record, see `resample`'s docs) is within one level but not exact.
 #[test]
 fn resize_matches_pillow_bilinear() {
-    let dir = fixtures().join("resize");
-    let index: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
+    let fixtures = Fixtures { root: fixtures() };
+    let index = read_json(&fixtures.root.join("resize/index.json"));
     let mut fir_worst = 0;
     for case in index["cases"].as_array().unwrap() {
-        let src = read_npy(&dir.join(case["src"].as_str().unwrap()));
-        let dst = read_npy(&dir.join(case["dst"].as_str().unwrap()));
-        let (h, w) = (src.shape[0] as u32, src.shape[1] as u32);
-        let image = RgbImage::from_raw(w, h, src.data.iter().map(|&v| v as u8).collect()).unwrap();
+        let (image, dst) = fixtures.resize_case(case);
         let (out_w, out_h) = (dst.shape[1] as u32, dst.shape[0] as u32);
         let ours = resize(&image, out_w, out_h, Resample::Bilinear);
         assert_eq!(
@@ -175,8 +147,7 @@ fn resize_matches_pillow_bilinear() {
 
 #[test]
 fn position_ids_match_transformers() {
-    let path = fixtures().join("reference/position_ids.json");
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let json = read_json(&fixtures().join("reference/position_ids.json"));
     let mut checked = 0;
     for (side, rows) in json["rows"].as_object().unwrap() {
         for (n, want) in rows.as_object().unwrap() {
@@ -250,20 +221,6 @@ fn pixel_values_match_the_pil_processor() {
     }
 }
 
-fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let worst = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!("{what}: max diff {worst} (scale {scale})");
-    assert!(
-        worst <= rel * scale,
-        "{what}: max diff {worst} > {rel} × {scale}"
-    );
-}
-
 #[test]
 fn vision_and_connector_outputs_match() {
     for name in MODELS {
@@ -329,45 +286,7 @@ fn vision_and_connector_outputs_match() {
 fn logits_and_tokens_match_transformers() {
     for name in MODELS {
         let model = load(name);
-        let cases = cases(&model, name);
-        let batch: Vec<&Idefics2Request> = cases.iter().map(|c| &c.prepared).collect();
-        let outputs = model.generate_detailed(&batch, true).unwrap();
-        let prefill = read_npy(&reference_dir(name).join("prefill_logits.npy"));
-        let vocab = prefill.shape[1];
-        for (i, (case, out)) in cases.iter().zip(&outputs).enumerate() {
-            let what = format!("{name}/{}", case.id);
-            let logits = out.first_logits.as_ref().unwrap();
-            assert_close(
-                logits,
-                &prefill.data[i * vocab..(i + 1) * vocab],
-                1e-3,
-                &format!("{what} prefill"),
-            );
-            let want: Vec<u32> =
-                serde_json::from_value(case.expected["token_ids"].clone()).unwrap();
-            let margins: Vec<f64> =
-                serde_json::from_value(case.expected["margins"].clone()).unwrap();
-            let safe = margins.iter().position(|&m| m < 0.05).unwrap_or(want.len());
-            let got = &out.generation.token_ids;
-            assert_eq!(&got[..safe.min(got.len())], &want[..safe], "{what}: tokens");
-            if safe == want.len() {
-                assert_eq!(got, &want, "{what}: tokens");
-                assert_eq!(
-                    out.generation.finish_reason.as_str(),
-                    case.expected["finish_reason"].as_str().unwrap(),
-                    "{what}: finish reason"
-                );
-                assert_eq!(
-                    out.generation.text,
-                    case.expected["text"].as_str().unwrap(),
-                    "{what}: text"
-                );
-            }
-            assert_eq!(
-                out.generation.prompt_tokens,
-                case.expected["prompt_tokens"].as_u64().unwrap() as usize
-            );
-        }
+        check_logits_and_tokens(&model, name, &reference_dir(name), &cases(&model, name));
     }
 }
 
@@ -376,21 +295,7 @@ fn logits_and_tokens_match_transformers() {
 fn results_do_not_depend_on_the_batch() {
     for name in MODELS {
         let model = load(name);
-        let cases = cases(&model, name);
-        let all: Vec<&Idefics2Request> = cases.iter().map(|c| &c.prepared).collect();
-        let together = model.generate_detailed(&all, true).unwrap();
-        for chunk in [1usize, 4] {
-            let mut apart = Vec::new();
-            for part in all.chunks(chunk) {
-                apart.extend(model.generate_detailed(part, true).unwrap());
-            }
-            assert_eq!(
-                apart,
-                together,
-                "{name}: batch size {chunk} vs {}",
-                all.len()
-            );
-        }
+        check_batch_independence(&model, name, &cases(&model, name));
     }
 }
 

@@ -1,23 +1,23 @@
 //! Comparisons with the transformers 5.23 references in `fixtures/idefics3` (see its README).
 
-#[path = "../../docpipe-idefics2/tests/support/mod.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use docpipe_core::{ChatMessage, ChatRequest, ContentItem, VisionLanguageModel};
+use docpipe_core::VisionLanguageModel;
 use docpipe_idefics3::config::{LongestEdge, ProcessorConfig};
 use docpipe_idefics3::processor::ImageProcessor;
-use docpipe_idefics3::{Idefics3Model, Idefics3Request};
+use docpipe_idefics3::Idefics3Model;
 use docpipe_vlm::config::{Normalization, Resample};
+use docpipe_vlm::fixture_check::{
+    assert_close, chat_request, check_batch_independence, check_logits_and_tokens, max_level_diff,
+    read_json, read_jsonl, read_npy, Case, Fixtures,
+};
 use docpipe_vlm::image::{load_image, ProcessedImage};
 use docpipe_vlm::resample::resize;
 use docpipe_vlm::rope::inv_freq;
 use image::RgbImage;
 use serde_json::Value;
-use support::{read_jsonl, read_npy};
 
 const MODELS: &[&str] = &["tiny-llama3", "tiny-smolvlm", "tiny-nosplit"];
 
@@ -26,52 +26,18 @@ fn fixtures() -> PathBuf {
 }
 
 fn reference_dir(name: &str) -> PathBuf {
-    fixtures().join("reference").join(name)
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    Fixtures { root: fixtures() }.reference_dir(name)
 }
 
 fn load(name: &str) -> Idefics3Model {
-    let dir = fixtures().join("models").join(name);
+    let dir = Fixtures { root: fixtures() }.model_dir(name);
     Idefics3Model::load(&dir, &Device::Cpu, DType::F32).unwrap()
 }
 
-/// A request line of `requests.jsonl`, images loaded relative to the file as transformers
-/// 5.23's Idefics3 processor sees them (alpha composited onto white, like `load_image`).
-/// Lines that name the same image share one `Arc`, as pages do in the pipeline.
-fn chat_request(
-    line: &Value,
-    base: &Path,
-    cache: &mut Vec<(String, Arc<RgbImage>)>,
-) -> ChatRequest {
-    let messages: Vec<ChatMessage> = serde_json::from_value(line["messages"].clone()).unwrap();
-    let mut images = Vec::new();
-    for item in messages.iter().flat_map(|m| &m.content) {
-        if let ContentItem::Image { path: Some(p) } = item {
-            let image = match cache.iter().find(|(q, _)| q == p) {
-                Some((_, img)) => img.clone(),
-                None => {
-                    let img = Arc::new(load_image(&base.join(p)).unwrap());
-                    cache.push((p.clone(), img.clone()));
-                    img
-                }
-            };
-            images.push(image);
-        }
-    }
-    ChatRequest {
-        messages,
-        images,
-        max_new_tokens: line["max_new_tokens"].as_u64().unwrap() as usize,
-    }
-}
-
-struct Case {
-    id: String,
-    expected: Value,
-    prepared: Idefics3Request,
+/// A fixture image as transformers 5.23's Idefics3 processor sees it (alpha composited onto
+/// white, like `load_image`).
+fn load_like_reference(path: &Path) -> RgbImage {
+    load_image(path).unwrap()
 }
 
 /// The reference tiles of a request, when the fixtures have them.
@@ -116,21 +82,14 @@ const ONE_LEVEL: f32 = 2.0 / 255.0 + 1e-6;
 /// that the model itself is compared; `pixel_values_match_the_pil_processor` bounds the
 /// difference.
 fn cases(model: &Idefics3Model, name: &str) -> Vec<Case> {
-    let dir = reference_dir(name);
-    let requests = read_jsonl(&dir.join("requests.jsonl"));
-    let expected = read_jsonl(&dir.join("expected.jsonl"));
-    assert_eq!(requests.len(), expected.len());
-    let mut cache = Vec::new();
-    requests
-        .iter()
-        .zip(expected)
-        .map(|(line, expected)| {
-            let id = line["id"].as_str().unwrap().to_string();
-            let request = chat_request(line, &dir, &mut cache);
-            let mut prepared = model.prepare(&request).unwrap();
+    docpipe_vlm::fixture_check::cases(
+        model,
+        &reference_dir(name),
+        load_like_reference,
+        |id, _, expected, prepared| {
             let want: Vec<u32> = serde_json::from_value(expected["input_ids"].clone()).unwrap();
             assert_eq!(prepared.input_ids, want, "{name}/{id}: prompt ids");
-            if let Some(reference) = reference_tiles(name, &id) {
+            if let Some(reference) = reference_tiles(name, id) {
                 let ours: Vec<_> = prepared
                     .images
                     .iter()
@@ -146,39 +105,22 @@ fn cases(model: &Idefics3Model, name: &str) -> Vec<Case> {
                     }
                 }
             }
-            Case {
-                id,
-                expected,
-                prepared,
-            }
-        })
-        .collect()
-}
-
-fn max_level_diff(a: &[u8], b: &[f32]) -> i32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as i32 - y as i32).abs())
-        .max()
-        .unwrap_or(0)
+        },
+    )
 }
 
 /// Pillow's LANCZOS on every RGB case. The RGBA case is for a port that resizes before the
 /// RGB conversion (the spec's 4.x order); 5.23 converts first, so no resize runs on RGBA.
 #[test]
 fn resize_matches_pillow_lanczos() {
-    let dir = fixtures().join("resize");
-    let index = read_json(&dir.join("index.json"));
+    let fixtures = Fixtures { root: fixtures() };
+    let index = read_json(&fixtures.root.join("resize/index.json"));
     let mut checked = 0;
     for case in index["cases"].as_array().unwrap() {
         if case["mode"] != "RGB" {
             continue;
         }
-        let src = read_npy(&dir.join(case["src"].as_str().unwrap()));
-        let dst = read_npy(&dir.join(case["dst"].as_str().unwrap()));
-        let (h, w) = (src.shape[0] as u32, src.shape[1] as u32);
-        let image = RgbImage::from_raw(w, h, src.data.iter().map(|&v| v as u8).collect()).unwrap();
+        let (image, dst) = fixtures.resize_case(case);
         let ours = resize(
             &image,
             dst.shape[1] as u32,
@@ -269,7 +211,7 @@ fn pixel_values_match_the_pil_processor() {
                 continue;
             };
             let prepared = model
-                .prepare(&chat_request(line, &dir, &mut cache))
+                .prepare(&chat_request(line, &dir, &mut cache, load_like_reference))
                 .unwrap();
             let ours: Vec<_> = prepared
                 .images
@@ -288,24 +230,6 @@ fn pixel_values_match_the_pil_processor() {
         }
     }
     assert!(exact >= 3 * 6, "{exact} requests with exact pixels");
-}
-
-fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) -> f32 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let worst = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!(
-        "{what}: max diff {worst} (scale {scale}, relative {})",
-        worst / scale
-    );
-    assert!(
-        worst <= rel * scale,
-        "{what}: max diff {worst} > {rel} × {scale}"
-    );
-    worst / scale
 }
 
 #[test]
@@ -350,47 +274,7 @@ fn vision_and_connector_outputs_match() {
 fn logits_and_tokens_match_transformers() {
     for name in MODELS {
         let model = load(name);
-        let cases = cases(&model, name);
-        let batch: Vec<&Idefics3Request> = cases.iter().map(|c| &c.prepared).collect();
-        let outputs = model.generate_detailed(&batch, true).unwrap();
-        let prefill = read_npy(&reference_dir(name).join("prefill_logits.npy"));
-        let vocab = prefill.shape[1];
-        let (mut worst, mut compared, mut safe_total) = (0f32, 0, 0);
-        for (i, (case, out)) in cases.iter().zip(&outputs).enumerate() {
-            let what = format!("{name}/{}", case.id);
-            let logits = out.first_logits.as_ref().unwrap();
-            let want = &prefill.data[i * vocab..(i + 1) * vocab];
-            worst = worst.max(assert_close(logits, want, 1e-3, &format!("{what} prefill")));
-            let want: Vec<u32> =
-                serde_json::from_value(case.expected["token_ids"].clone()).unwrap();
-            let margins: Vec<f64> =
-                serde_json::from_value(case.expected["margins"].clone()).unwrap();
-            let safe = margins.iter().position(|&m| m < 0.05).unwrap_or(want.len());
-            let got = &out.generation.token_ids;
-            assert_eq!(&got[..safe.min(got.len())], &want[..safe], "{what}: tokens");
-            compared += safe.min(got.len());
-            safe_total += want.len();
-            if safe == want.len() {
-                assert_eq!(got, &want, "{what}: tokens");
-                assert_eq!(
-                    out.generation.finish_reason.as_str(),
-                    case.expected["finish_reason"].as_str().unwrap(),
-                    "{what}: finish reason"
-                );
-                assert_eq!(
-                    out.generation.text,
-                    case.expected["text"].as_str().unwrap(),
-                    "{what}: text"
-                );
-            }
-            assert_eq!(
-                out.generation.prompt_tokens,
-                case.expected["prompt_tokens"].as_u64().unwrap() as usize
-            );
-        }
-        eprintln!(
-            "{name}: worst relative prefill diff {worst}, {compared} of {safe_total} reference tokens compared (before the first margin < 0.05)"
-        );
+        check_logits_and_tokens(&model, name, &reference_dir(name), &cases(&model, name));
     }
 }
 
@@ -399,19 +283,6 @@ fn logits_and_tokens_match_transformers() {
 fn results_do_not_depend_on_the_batch() {
     for name in MODELS {
         let model = load(name);
-        let cases = cases(&model, name);
-        let all: Vec<&Idefics3Request> = cases.iter().map(|c| &c.prepared).collect();
-        let together = model.generate_detailed(&all, true).unwrap();
-        for chunk in [1usize, 4] {
-            let mut apart = Vec::new();
-            for part in all.chunks(chunk) {
-                apart.extend(model.generate_detailed(part, true).unwrap());
-            }
-            for (case, (a, t)) in cases.iter().zip(apart.iter().zip(&together)) {
-                let what = format!("{name}/{}: batch size {chunk} vs {}", case.id, all.len());
-                assert_eq!(a.generation, t.generation, "{what}");
-                assert_eq!(a.first_logits, t.first_logits, "{what}");
-            }
-        }
+        check_batch_independence(&model, name, &cases(&model, name));
     }
 }

@@ -17,6 +17,7 @@
 //! | [`model`] | the assembled model of either family ([`model::IdeficsModel`]) over what a family supplies ([`model::Family`]) |
 //! | [`request_file`] | the JSONL request format of `docpipe generate` |
 //! | [`device`], [`error`] | devices, dtypes, the typed errors |
+//! | `fixture_check` | the families' fixture-test comparisons (feature `fixture-testing`, dev-dependencies only) |
 //!
 //! A family crate (`docpipe-idefics2`, `docpipe-idefics3`) adds its config, image processor,
 //! prompt expansion and connector, and names its model as [`model::IdeficsModel`] over its
@@ -38,6 +39,8 @@ pub mod chat;
 pub mod config;
 pub mod device;
 pub mod error;
+#[cfg(feature = "fixture-testing")]
+pub mod fixture_check;
 pub mod generation;
 pub mod image;
 pub mod kv_cache;
