@@ -8,7 +8,7 @@ use std::process::Output;
 use docpipe_store::object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 
-use crate::support::{docpipe, fixture, fixture_arg};
+use crate::support::{docpipe, fixture, fixture_arg, refused_s3_env, text};
 
 /// `docpipe eval anls --annotations A --predictions P`, then `extra` arguments.
 fn eval_anls(
@@ -217,6 +217,24 @@ fn table_report_names_types_and_unknown_predictions() {
     ] {
         assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
     }
+}
+
+/// A store that cannot be reached is the machine's problem, not the input's: exit 3, naming the
+/// file, and the hint that a rerun will do.
+#[test]
+fn an_unreachable_store_exits_3_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let predictions = write_predictions(dir.path(), &predictions().0);
+    let output = eval_anls(
+        "s3://nowhere/val_v1.0.json",
+        &predictions,
+        &[],
+        &refused_s3_env(),
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("s3://nowhere/val_v1.0.json"), "{stderr}");
+    assert!(stderr.contains("rerun"), "{stderr}");
 }
 
 #[test]

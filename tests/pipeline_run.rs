@@ -18,8 +18,8 @@ use docpipe_store::object_store::ObjectStoreExt;
 use docpipe_store::{StoreOptions, Stores};
 
 use crate::support::{
-    assert_exactly_once, assert_usage_error, command, docpipe, fixture, page_count, repo, rows_at,
-    runtime, text, worker, DEMO_QUERIES,
+    assert_exactly_once, assert_usage_error, command, docpipe, fixture, page_count, refused_s3_env,
+    repo, rows_at, runtime, text, worker, DEMO_QUERIES,
 };
 
 const TINY_MODEL: &str = "fixtures/idefics2/models/tiny-gqa-split";
@@ -428,22 +428,7 @@ fn storage_faults_are_retried() {
 /// line naming the key and the URL, before any document is processed.
 #[test]
 fn unreachable_storage_exits_3_naming_the_key() {
-    // A loopback port nothing listens on: connections are refused at once.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let env: Vec<(String, String)> = [
-        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
-        ("AWS_ALLOW_HTTP", "true".into()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_REGION", "us-east-1".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = refused_s3_env();
     let local = tempfile::tempdir().unwrap();
     let local = local.path().display().to_string();
     for (sets, key, url) in [

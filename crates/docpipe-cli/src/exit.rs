@@ -50,35 +50,23 @@ pub trait Classify {
     fn is_usage(&self) -> bool;
 }
 
-impl Classify for docpipe_pipeline::RunError {
-    fn is_usage(&self) -> bool {
-        docpipe_pipeline::RunError::is_usage(self)
-    }
+/// The library errors that classify themselves with an inherent `is_usage`.
+macro_rules! classify_with_is_usage {
+    ($($error:ty),+ $(,)?) => {
+        $(impl Classify for $error {
+            fn is_usage(&self) -> bool {
+                <$error>::is_usage(self)
+            }
+        })+
+    };
 }
 
-impl Classify for docpipe_eval::DatasetError {
-    fn is_usage(&self) -> bool {
-        docpipe_eval::DatasetError::is_usage(self)
-    }
-}
-
-impl Classify for docpipe_eval::PredictionsError {
-    fn is_usage(&self) -> bool {
-        docpipe_eval::PredictionsError::is_usage(self)
-    }
-}
-
-impl Classify for docpipe_vlm::DeviceError {
-    fn is_usage(&self) -> bool {
-        docpipe_vlm::DeviceError::is_usage(self)
-    }
-}
-
-impl Classify for docpipe_store::StoreError {
-    fn is_usage(&self) -> bool {
-        docpipe_store::StoreError::is_usage(self)
-    }
-}
+classify_with_is_usage!(
+    docpipe_pipeline::RunError,
+    docpipe_eval::DatasetError,
+    docpipe_eval::PredictionsError,
+    docpipe_vlm::DeviceError,
+);
 
 /// Turns a `Result`'s error into a [`CommandError`] of the right kind.
 pub trait ResultExt<T, E> {
