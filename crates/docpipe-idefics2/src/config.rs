@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use docpipe_vlm::config::{
-    check_model_type, first_failure, layered, processor_config, section, Activation, Normalization,
-    Resample, TextConfig, VisionConfig,
+    processor_config, section, Activation, FamilyConfig, IdeficsConfig, Normalization, Resample,
+    TextConfig, VisionConfig,
 };
 use docpipe_vlm::LoadError;
 use serde::Deserialize;
@@ -16,26 +16,6 @@ use serde_json::{json, Value};
 /// The `config.json` `model_type` of the checkpoints this crate runs.
 pub const MODEL_TYPE: &str = "idefics2";
 
-/// `Idefics2VisionConfig`'s defaults.
-fn vision_defaults() -> Value {
-    json!({
-        "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
-        "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
-    })
-}
-
-/// `MistralConfig`'s defaults, except the sliding window: idefics2-8b's hub config sets it to
-/// null, and a config without one is read as having none.
-fn text_defaults() -> Value {
-    json!({
-        "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "tie_word_embeddings": false,
-    })
-}
-
 /// `Idefics2PerceiverConfig`'s defaults (its eps is resolved against the text model's).
 fn perceiver_defaults() -> Value {
     json!({
@@ -43,11 +23,6 @@ fn perceiver_defaults() -> Value {
         "resampler_n_heads": 16, "resampler_head_dim": 96, "num_key_value_heads": 4,
         "hidden_act": "silu",
     })
-}
-
-/// `Idefics2Config`'s top-level defaults.
-fn root_defaults() -> Value {
-    json!({ "image_token_id": 32001 })
 }
 
 /// `Idefics2ImageProcessor` and `Idefics2Processor` defaults.
@@ -116,57 +91,44 @@ impl PerceiverConfig {
     }
 }
 
-/// Top-level fields of `config.json`.
-#[derive(Debug, Clone, Deserialize)]
-struct RootFile {
-    image_token_id: u32,
-}
+/// The whole `config.json`; its family part is the perceiver resampler.
+pub type Idefics2Config = IdeficsConfig<PerceiverConfig>;
 
-/// The whole `config.json`.
-#[derive(Debug, Clone)]
-pub struct Idefics2Config {
-    /// The SigLIP tower.
-    pub vision: VisionConfig,
-    /// The perceiver resampler.
-    pub perceiver: PerceiverConfig,
-    /// The Mistral decoder.
-    pub text: TextConfig,
-    /// `<image>`, whose embeddings image features replace.
-    pub image_token_id: u32,
-}
+impl FamilyConfig for PerceiverConfig {
+    const MODEL_TYPE: &'static str = MODEL_TYPE;
+    /// `Idefics2Config`'s default.
+    const IMAGE_TOKEN_ID: u32 = 32001;
 
-impl Idefics2Config {
-    /// Reads a parsed `config.json`; `path` is only used in error messages.
-    pub fn from_value(root: &Value, path: &Path) -> Result<Self, LoadError> {
-        check_model_type(root, MODEL_TYPE, path)?;
-        let vision: VisionConfig = section(root, "vision_config", vision_defaults(), path)?;
-        let text = TextConfig::from_root(root, text_defaults(), path)?;
-        let perceiver: PerceiverFile =
-            section(root, "perceiver_config", perceiver_defaults(), path)?;
-        let perceiver = PerceiverConfig::resolve(perceiver, &text);
-        let top: RootFile = layered(root_defaults(), &[(root, path)])?;
-        let config = Idefics2Config {
-            vision,
-            perceiver,
-            text,
-            image_token_id: top.image_token_id,
-        };
-        config.vision.check(path)?;
-        first_failure(
-            &[
-                (
-                    config.perceiver.num_key_value_heads > 0
-                        && config.perceiver.n_heads % config.perceiver.num_key_value_heads == 0,
-                    "perceiver_config.resampler_n_heads must be a multiple of num_key_value_heads",
-                ),
-                (
-                    (config.image_token_id as usize) < config.text.vocab_size,
-                    "image_token_id must be below text_config.vocab_size",
-                ),
-            ],
-            path,
-        )?;
-        Ok(config)
+    /// `Idefics2VisionConfig`'s defaults.
+    fn vision_defaults() -> Value {
+        json!({
+            "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
+            "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+        })
+    }
+
+    /// `MistralConfig`'s defaults, except the sliding window: idefics2-8b's hub config sets it to
+    /// null, and a config without one is read as having none.
+    fn text_defaults() -> Value {
+        json!({
+            "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+            "tie_word_embeddings": false,
+        })
+    }
+
+    fn read(root: &Value, text: &TextConfig, path: &Path) -> Result<Self, LoadError> {
+        let file: PerceiverFile = section(root, "perceiver_config", perceiver_defaults(), path)?;
+        Ok(PerceiverConfig::resolve(file, text))
+    }
+
+    fn check(&self, _vision: &VisionConfig) -> (bool, &'static str) {
+        (
+            self.num_key_value_heads > 0 && self.n_heads % self.num_key_value_heads == 0,
+            "perceiver_config.resampler_n_heads must be a multiple of num_key_value_heads",
+        )
     }
 }
 

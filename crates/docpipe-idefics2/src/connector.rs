@@ -23,19 +23,11 @@ struct PerceiverLayer {
 impl PerceiverLayer {
     fn new(config: &PerceiverConfig, w: &Weights) -> std::result::Result<Self, LoadError> {
         let (h, eps) = (config.hidden_size, config.rms_norm_eps);
-        let q_dim = config.n_heads * config.head_dim;
-        let kv_dim = config.num_key_value_heads * config.head_dim;
+        let (heads, kv_heads) = (config.n_heads, config.num_key_value_heads);
         Ok(PerceiverLayer {
             latents_norm: RmsNorm::load(&w.pp("input_latents_norm"), h, eps)?,
             context_norm: RmsNorm::load(&w.pp("input_context_norm"), h, eps)?,
-            attn: AttentionProjections::load(
-                &w.pp("self_attn"),
-                "o_proj",
-                h,
-                q_dim,
-                kv_dim,
-                false,
-            )?,
+            attn: AttentionProjections::grouped(w, h, heads, kv_heads, config.head_dim)?,
             post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), h, eps)?,
             mlp: GatedMlp::load(&w.pp("mlp"), h, 4 * h, h, config.hidden_act)?,
         })
@@ -54,7 +46,7 @@ pub struct Connector {
 impl Connector {
     /// The connector of `config` from the view of `model.connector`.
     pub fn new(config: &Idefics2Config, w: &Weights) -> std::result::Result<Self, LoadError> {
-        let pc = &config.perceiver;
+        let pc = &config.family;
         let projection = GatedMlp::load(
             &w.pp("modality_projection"),
             config.vision.hidden_size,

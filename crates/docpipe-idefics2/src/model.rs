@@ -7,7 +7,6 @@ use std::path::Path;
 use candle_core::Tensor;
 use docpipe_core::ChatRequest;
 use docpipe_vlm::chat::Prompt;
-use docpipe_vlm::config::{ConfigFile, TextConfig, VisionConfig};
 use docpipe_vlm::image::ProcessedImage;
 use docpipe_vlm::model::{Family, IdeficsModel};
 use docpipe_vlm::request::PreparedRequest;
@@ -15,7 +14,7 @@ use docpipe_vlm::weights::Weights;
 use docpipe_vlm::{ImageError, LoadError, PromptError};
 use image::RgbImage;
 
-use crate::config::{Idefics2Config, ProcessorConfig};
+use crate::config::{Idefics2Config, PerceiverConfig, ProcessorConfig};
 use crate::connector::Connector;
 use crate::processor::ImageProcessor;
 use crate::prompt::PromptBuilder;
@@ -32,26 +31,10 @@ pub enum Idefics2 {}
 
 impl Family for Idefics2 {
     const MODEL_NAME: &'static str = "Idefics2Model";
-    type Config = Idefics2Config;
+    type Config = PerceiverConfig;
     type Processor = ImageProcessor;
     type Prompt = PromptBuilder;
     type Connector = Connector;
-
-    fn read_config(file: &ConfigFile) -> Result<Idefics2Config, LoadError> {
-        Idefics2Config::from_value(&file.json, &file.path)
-    }
-
-    fn vision(config: &Idefics2Config) -> &VisionConfig {
-        &config.vision
-    }
-
-    fn text(config: &Idefics2Config) -> &TextConfig {
-        &config.text
-    }
-
-    fn image_token_id(config: &Idefics2Config) -> u32 {
-        config.image_token_id
-    }
 
     fn load_processor(dir: &Path) -> Result<ImageProcessor, LoadError> {
         Ok(ImageProcessor::new(ProcessorConfig::load(dir)?))
@@ -68,13 +51,13 @@ impl Family for Idefics2 {
             processor.images_per_input(),
             config.image_token_id,
         )?;
-        if processor.config().image_seq_len != config.perceiver.n_latents {
+        if processor.config().image_seq_len != config.family.n_latents {
             return Err(LoadError::invalid(
                 dir.join("processor_config.json"),
                 format!(
                     "image_seq_len {} differs from the perceiver's {} latents",
                     processor.config().image_seq_len,
-                    config.perceiver.n_latents
+                    config.family.n_latents
                 ),
             ));
         }

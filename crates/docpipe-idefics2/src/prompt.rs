@@ -4,12 +4,10 @@
 use std::path::Path;
 
 use docpipe_core::ChatMessage;
+pub use docpipe_vlm::chat::FAKE_TOKEN;
 use docpipe_vlm::chat::{ChatTemplate, Prompt, IMAGE_TOKEN};
 use docpipe_vlm::{LoadError, PromptError};
 use tokenizers::Tokenizer;
-
-/// The delimiter around each image block.
-pub const FAKE_TOKEN: &str = "<fake_token_around_image>";
 
 /// Renders chat messages into token ids for one checkpoint.
 #[derive(Debug)]
@@ -28,9 +26,7 @@ impl PromptBuilder {
         images_per_input: usize,
         image_token_id: u32,
     ) -> Result<Self, LoadError> {
-        let chat = ChatTemplate::load(dir)?;
-        chat.required_id(FAKE_TOKEN)?;
-        chat.check_id(IMAGE_TOKEN, image_token_id)?;
+        let chat = ChatTemplate::load_with_image_tokens(dir, image_token_id)?;
         Ok(PromptBuilder {
             chat,
             image_seq_len,

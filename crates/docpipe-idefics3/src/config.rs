@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use docpipe_vlm::config::{
-    check_model_type, first_failure, layered, processor_config, section, Normalization, Resample,
+    first_failure, layered, processor_config, FamilyConfig, IdeficsConfig, Normalization, Resample,
     TextConfig, VisionConfig,
 };
 use docpipe_vlm::LoadError;
@@ -16,29 +16,6 @@ use serde_json::{json, Value};
 
 /// The `config.json` `model_type` of the checkpoints this crate runs.
 pub const MODEL_TYPE: &str = "idefics3";
-
-/// `Idefics3VisionConfig`'s defaults.
-fn vision_defaults() -> Value {
-    json!({
-        "hidden_size": 1152, "intermediate_size": 3072, "num_hidden_layers": 12,
-        "num_attention_heads": 16, "num_channels": 3, "image_size": 224, "patch_size": 32,
-        "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
-    })
-}
-
-/// `LlamaConfig`'s defaults (no sliding window; kv heads default to the query heads).
-fn text_defaults() -> Value {
-    json!({
-        "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "hidden_act": "silu",
-        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": false,
-    })
-}
-
-/// `Idefics3Config`'s top-level defaults.
-fn root_defaults() -> Value {
-    json!({ "image_token_id": 128257, "scale_factor": 2 })
-}
 
 /// `Idefics3ImageProcessor` (PIL) and `Idefics3Processor` defaults.
 fn processor_defaults() -> Value {
@@ -51,55 +28,49 @@ fn processor_defaults() -> Value {
     })
 }
 
-/// Top-level fields of `config.json`.
-#[derive(Debug, Clone, Deserialize)]
-struct RootFile {
-    image_token_id: u32,
-    scale_factor: usize,
-}
-
-/// The whole `config.json`.
-#[derive(Debug, Clone)]
-pub struct Idefics3Config {
-    /// The SigLIP tower.
-    pub vision: VisionConfig,
-    /// The Llama decoder.
-    pub text: TextConfig,
+/// Idefics3's own top-level setting of `config.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PixelShuffleConfig {
     /// Side of the pixel-shuffle window (spec G.4).
     pub scale_factor: usize,
-    /// `<image>`, whose embeddings image features replace.
-    pub image_token_id: u32,
 }
 
-impl Idefics3Config {
-    /// Reads a parsed `config.json`; `path` is only used in error messages.
-    pub fn from_value(root: &Value, path: &Path) -> Result<Self, LoadError> {
-        check_model_type(root, MODEL_TYPE, path)?;
-        let vision: VisionConfig = section(root, "vision_config", vision_defaults(), path)?;
-        let text = TextConfig::from_root(root, text_defaults(), path)?;
-        let top: RootFile = layered(root_defaults(), &[(root, path)])?;
-        let config = Idefics3Config {
-            vision,
-            text,
-            scale_factor: top.scale_factor,
-            image_token_id: top.image_token_id,
-        };
-        config.vision.check(path)?;
-        let side = config.vision.num_patches_per_side();
-        first_failure(
-            &[
-                (
-                    config.scale_factor > 0 && side % config.scale_factor == 0,
-                    "vision_config.image_size / patch_size must be a multiple of scale_factor",
-                ),
-                (
-                    (config.image_token_id as usize) < config.text.vocab_size,
-                    "image_token_id must be below text_config.vocab_size",
-                ),
-            ],
-            path,
-        )?;
-        Ok(config)
+/// The whole `config.json`; its family part is the pixel-shuffle factor.
+pub type Idefics3Config = IdeficsConfig<PixelShuffleConfig>;
+
+impl FamilyConfig for PixelShuffleConfig {
+    const MODEL_TYPE: &'static str = MODEL_TYPE;
+    /// `Idefics3Config`'s default.
+    const IMAGE_TOKEN_ID: u32 = 128257;
+
+    /// `Idefics3VisionConfig`'s defaults.
+    fn vision_defaults() -> Value {
+        json!({
+            "hidden_size": 1152, "intermediate_size": 3072, "num_hidden_layers": 12,
+            "num_attention_heads": 16, "num_channels": 3, "image_size": 224, "patch_size": 32,
+            "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+        })
+    }
+
+    /// `LlamaConfig`'s defaults (no sliding window; kv heads default to the query heads).
+    fn text_defaults() -> Value {
+        json!({
+            "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "hidden_act": "silu",
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": false,
+        })
+    }
+
+    /// `Idefics3Config`'s default factor is 2.
+    fn read(root: &Value, _text: &TextConfig, path: &Path) -> Result<Self, LoadError> {
+        layered(json!({ "scale_factor": 2 }), &[(root, path)])
+    }
+
+    fn check(&self, vision: &VisionConfig) -> (bool, &'static str) {
+        (
+            self.scale_factor > 0 && vision.num_patches_per_side() % self.scale_factor == 0,
+            "vision_config.image_size / patch_size must be a multiple of scale_factor",
+        )
     }
 }
 

@@ -18,7 +18,7 @@ pub struct Connector {
 impl Connector {
     /// The connector of `config` from the view of `model.connector`.
     pub fn new(config: &Idefics3Config, w: &Weights) -> std::result::Result<Self, LoadError> {
-        let s = config.scale_factor;
+        let s = config.family.scale_factor;
         let proj = Linear::load(
             &w.pp("modality_projection").pp("proj"),
             config.vision.hidden_size * s * s,

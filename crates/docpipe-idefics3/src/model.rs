@@ -8,7 +8,6 @@ use std::path::Path;
 use candle_core::Tensor;
 use docpipe_core::ChatRequest;
 use docpipe_vlm::chat::Prompt;
-use docpipe_vlm::config::{ConfigFile, TextConfig, VisionConfig};
 use docpipe_vlm::image::ProcessedImage;
 use docpipe_vlm::model::{Family, IdeficsModel};
 use docpipe_vlm::request::PreparedRequest;
@@ -16,7 +15,7 @@ use docpipe_vlm::weights::Weights;
 use docpipe_vlm::{ImageError, LoadError, PromptError};
 use image::RgbImage;
 
-use crate::config::{Idefics3Config, ProcessorConfig};
+use crate::config::{Idefics3Config, PixelShuffleConfig, ProcessorConfig};
 use crate::connector::Connector;
 use crate::processor::ImageProcessor;
 use crate::prompt::PromptBuilder;
@@ -33,26 +32,10 @@ pub enum Idefics3 {}
 
 impl Family for Idefics3 {
     const MODEL_NAME: &'static str = "Idefics3Model";
-    type Config = Idefics3Config;
+    type Config = PixelShuffleConfig;
     type Processor = ImageProcessor;
     type Prompt = PromptBuilder;
     type Connector = Connector;
-
-    fn read_config(file: &ConfigFile) -> Result<Idefics3Config, LoadError> {
-        Idefics3Config::from_value(&file.json, &file.path)
-    }
-
-    fn vision(config: &Idefics3Config) -> &VisionConfig {
-        &config.vision
-    }
-
-    fn text(config: &Idefics3Config) -> &TextConfig {
-        &config.text
-    }
-
-    fn image_token_id(config: &Idefics3Config) -> u32 {
-        config.image_token_id
-    }
 
     fn load_processor(dir: &Path) -> Result<ImageProcessor, LoadError> {
         Ok(ImageProcessor::new(ProcessorConfig::load(dir)?))
@@ -66,12 +49,15 @@ impl Family for Idefics3 {
         let tile = processor.tile();
         let patch = config.vision.patch_size;
         let side = tile / patch;
-        if tile % patch != 0 || tile > config.vision.image_size || side % config.scale_factor != 0 {
+        if tile % patch != 0
+            || tile > config.vision.image_size
+            || side % config.family.scale_factor != 0
+        {
             return Err(LoadError::invalid(
                 dir.join("processor_config.json"),
                 format!(
                     "max_image_size {tile} must be a multiple of patch_size {patch}, at most image_size {}, in a whole number of {} x {} pixel-shuffle windows",
-                    config.vision.image_size, config.scale_factor, config.scale_factor
+                    config.vision.image_size, config.family.scale_factor, config.family.scale_factor
                 ),
             ));
         }

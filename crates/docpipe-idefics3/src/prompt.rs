@@ -12,14 +12,13 @@
 use std::path::Path;
 
 use docpipe_core::ChatMessage;
+pub use docpipe_vlm::chat::FAKE_TOKEN;
 use docpipe_vlm::chat::{ChatTemplate, Prompt, IMAGE_TOKEN};
 use docpipe_vlm::{LoadError, PromptError};
 use tokenizers::Tokenizer;
 
 use crate::processor::Layout;
 
-/// The delimiter before each tile and around the global image.
-pub const FAKE_TOKEN: &str = "<fake_token_around_image>";
 /// The tag of the global image.
 pub const GLOBAL_IMAGE_TAG: &str = "<global-img>";
 
@@ -34,9 +33,7 @@ impl PromptBuilder {
     /// `<image>` must be `image_token_id` in the vocabulary, and `<fake_token_around_image>`
     /// one token.
     pub fn load(dir: &Path, image_seq_len: usize, image_token_id: u32) -> Result<Self, LoadError> {
-        let chat = ChatTemplate::load(dir)?;
-        chat.required_id(FAKE_TOKEN)?;
-        chat.check_id(IMAGE_TOKEN, image_token_id)?;
+        let chat = ChatTemplate::load_with_image_tokens(dir, image_token_id)?;
         Ok(PromptBuilder {
             chat,
             image_seq_len,

@@ -14,6 +14,8 @@ use crate::error::{LoadError, PromptError};
 
 /// The marker a chat template writes for each image.
 pub const IMAGE_TOKEN: &str = "<image>";
+/// The delimiter both families put around image blocks (Idefics3 also before each tile).
+pub const FAKE_TOKEN: &str = "<fake_token_around_image>";
 
 /// Where a checkpoint keeps its chat template, in the order transformers 5 looks: a
 /// `chat_template` key in `processor_config.json`, `chat_template.jinja`,
@@ -121,6 +123,15 @@ impl ChatTemplate {
             tokenizer,
             tokenizer_path,
         })
+    }
+
+    /// [`ChatTemplate::load`] for a model whose image blocks need `<fake_token_around_image>`
+    /// as one token and `<image>` as `image_token_id` (the id `config.json` gives it).
+    pub fn load_with_image_tokens(dir: &Path, image_token_id: u32) -> Result<Self, LoadError> {
+        let chat = ChatTemplate::load(dir)?;
+        chat.required_id(FAKE_TOKEN)?;
+        chat.check_id(IMAGE_TOKEN, image_token_id)?;
+        Ok(chat)
     }
 
     /// The tokenizer.

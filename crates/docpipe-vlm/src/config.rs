@@ -220,6 +220,73 @@ pub fn first_failure(checks: &[(bool, &str)], path: &Path) -> Result<(), LoadErr
     }
 }
 
+/// What a family's `config.json` has beyond the parts every family has (vision tower, decoder,
+/// image token), and the class defaults it reads all of them over.
+pub trait FamilyConfig: Sized {
+    /// The `model_type` of the family's checkpoints.
+    const MODEL_TYPE: &'static str;
+    /// The class default of `image_token_id`.
+    const IMAGE_TOKEN_ID: u32;
+    /// The vision config class's defaults.
+    fn vision_defaults() -> Value;
+    /// The text config class's defaults.
+    fn text_defaults() -> Value;
+    /// Reads the family's own settings from `config.json` (some resolve against the text
+    /// model's); `path` is only used in error messages.
+    fn read(root: &Value, text: &TextConfig, path: &Path) -> Result<Self, LoadError>;
+    /// The family's own consistency check as `(holds, message)`.
+    fn check(&self, vision: &VisionConfig) -> (bool, &'static str);
+}
+
+/// A family's whole `config.json`: the parts every family has, and the family's own.
+#[derive(Debug, Clone)]
+pub struct IdeficsConfig<F> {
+    /// The SigLIP tower.
+    pub vision: VisionConfig,
+    /// The decoder.
+    pub text: TextConfig,
+    /// `<image>`, whose embeddings image features replace.
+    pub image_token_id: u32,
+    /// The family's own settings (Idefics2's perceiver, Idefics3's pixel-shuffle factor).
+    pub family: F,
+}
+
+/// The top-level field every family has.
+#[derive(Debug, Clone, Deserialize)]
+struct ImageTokenId {
+    image_token_id: u32,
+}
+
+impl<F: FamilyConfig> IdeficsConfig<F> {
+    /// Reads a parsed `config.json`; `path` is only used in error messages.
+    pub fn from_value(root: &Value, path: &Path) -> Result<Self, LoadError> {
+        check_model_type(root, F::MODEL_TYPE, path)?;
+        let vision: VisionConfig = section(root, "vision_config", F::vision_defaults(), path)?;
+        let text = TextConfig::from_root(root, F::text_defaults(), path)?;
+        let family = F::read(root, &text, path)?;
+        let defaults = serde_json::json!({ "image_token_id": F::IMAGE_TOKEN_ID });
+        let top: ImageTokenId = layered(defaults, &[(root, path)])?;
+        let config = IdeficsConfig {
+            vision,
+            text,
+            image_token_id: top.image_token_id,
+            family,
+        };
+        config.vision.check(path)?;
+        first_failure(
+            &[
+                config.family.check(&config.vision),
+                (
+                    (config.image_token_id as usize) < config.text.vocab_size,
+                    "image_token_id must be below text_config.vocab_size",
+                ),
+            ],
+            path,
+        )?;
+        Ok(config)
+    }
+}
+
 /// How rotary frequencies are derived from `rope_theta` (`rope_type`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RopeScaling {

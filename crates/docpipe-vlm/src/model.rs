@@ -13,7 +13,7 @@ use docpipe_core::{ChatRequest, Generation, ModelError, RequestCost, VisionLangu
 use image::RgbImage;
 
 use crate::chat::Prompt;
-use crate::config::{ConfigFile, GenerationConfig, TextConfig, VisionConfig};
+use crate::config::{ConfigFile, FamilyConfig, GenerationConfig, IdeficsConfig};
 use crate::error::{ImageError, LoadError, PromptError};
 use crate::image::ProcessedImage;
 use crate::request::{
@@ -29,8 +29,8 @@ use crate::weights::Weights;
 pub trait Family {
     /// The name `Debug` shows for the assembled model (`"Idefics2Model"`).
     const MODEL_NAME: &'static str;
-    /// The family's `config.json`.
-    type Config: std::fmt::Debug + Send + Sync;
+    /// The family's own part of `config.json`.
+    type Config: FamilyConfig + std::fmt::Debug + Send + Sync;
     /// Its image processor.
     type Processor: Send + Sync;
     /// Its prompt builder.
@@ -38,28 +38,19 @@ pub trait Family {
     /// Its connector from vision width to text width.
     type Connector: Send + Sync;
 
-    /// Reads the parsed `config.json` (checking its `model_type`).
-    fn read_config(file: &ConfigFile) -> Result<Self::Config, LoadError>;
-    /// The SigLIP tower's settings in `config`.
-    fn vision(config: &Self::Config) -> &VisionConfig;
-    /// The decoder's settings in `config`.
-    fn text(config: &Self::Config) -> &TextConfig;
-    /// The token whose embeddings image features replace.
-    fn image_token_id(config: &Self::Config) -> u32;
-
     /// The image processor of the checkpoint in `dir`.
     fn load_processor(dir: &Path) -> Result<Self::Processor, LoadError>;
     /// The prompt builder, and the checks that the processor's settings fit `config` (they
     /// need no weights, so they fail before the weights are mapped).
     fn load_prompt(
         dir: &Path,
-        config: &Self::Config,
+        config: &IdeficsConfig<Self::Config>,
         processor: &Self::Processor,
     ) -> Result<Self::Prompt, LoadError>;
     /// The connector from the view of `model.connector`, checked against the processor.
     fn load_connector(
         dir: &Path,
-        config: &Self::Config,
+        config: &IdeficsConfig<Self::Config>,
         processor: &Self::Processor,
         weights: &Weights,
     ) -> Result<Self::Connector, LoadError>;
@@ -85,7 +76,7 @@ pub trait Family {
     /// the tower's packed valid patches `(Σ P, vision hidden)`, `lens` patches per crop.
     fn connect(
         connector: &Self::Connector,
-        config: &Self::Config,
+        config: &IdeficsConfig<Self::Config>,
         processor: &Self::Processor,
         patches: &Tensor,
         lens: &[usize],
@@ -95,7 +86,7 @@ pub trait Family {
 /// A checkpoint of family `F` loaded on one device.
 pub struct IdeficsModel<F: Family> {
     model_id: String,
-    config: F::Config,
+    config: IdeficsConfig<F::Config>,
     generation: GenerationConfig,
     processor: F::Processor,
     prompt: F::Prompt,
@@ -118,16 +109,16 @@ impl<F: Family> IdeficsModel<F> {
     /// Loads a checkpoint directory (the layouts the family's config reads).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, LoadError> {
         let file = ConfigFile::read(dir)?;
-        let config = F::read_config(&file)?;
+        let config = IdeficsConfig::<F::Config>::from_value(&file.json, &file.path)?;
         let generation = GenerationConfig::load(&dir.join("generation_config.json"), &file.json)?;
         let processor = F::load_processor(dir)?;
         let prompt = F::load_prompt(dir, &config, &processor)?;
         let weights = Weights::load(dir, dtype, device)?;
         let model = weights.pp("model");
-        let vision = VisionTower::new(F::vision(&config), &model.pp("vision_model"))?;
+        let vision = VisionTower::new(&config.vision, &model.pp("vision_model"))?;
         let connector = F::load_connector(dir, &config, &processor, &model.pp("connector"))?;
         let text = TextModel::new(
-            F::text(&config),
+            &config.text,
             &model.pp("text_model"),
             &weights.pp("lm_head"),
         )?;
@@ -145,7 +136,7 @@ impl<F: Family> IdeficsModel<F> {
     }
 
     /// Its `config.json`.
-    pub fn config(&self) -> &F::Config {
+    pub fn config(&self) -> &IdeficsConfig<F::Config> {
         &self.config
     }
 
@@ -191,7 +182,7 @@ impl<F: Family> IdeficsModel<F> {
         Generator {
             text: &self.text,
             config: &self.generation,
-            image_token_id: F::image_token_id(&self.config),
+            image_token_id: self.config.image_token_id,
         }
         .run(
             batch,
@@ -217,7 +208,7 @@ impl<F: Family> VisionLanguageModel for IdeficsModel<F> {
         let invalid = |e: &dyn std::fmt::Display| ModelError::InvalidRequest(e.to_string());
         let prompt =
             F::build_prompt(&self.prompt, &self.processor, request).map_err(|e| invalid(&e))?;
-        let patch = F::vision(&self.config).patch_size;
+        let patch = self.config.vision.patch_size;
         let images = request
             .images
             .iter()
@@ -240,14 +231,14 @@ impl<F: Family> VisionLanguageModel for IdeficsModel<F> {
         };
         check_image_tokens(
             &prepared,
-            F::image_token_id(&self.config),
+            self.config.image_token_id,
             F::image_seq_len(&self.processor),
         )?;
         Ok(prepared)
     }
 
     fn cost(&self, prepared: &PreparedRequest) -> RequestCost {
-        request_cost(prepared, F::vision(&self.config).patch_size)
+        request_cost(prepared, self.config.vision.patch_size)
     }
 
     fn generate(&self, batch: &[&PreparedRequest]) -> Result<Vec<Generation>, ModelError> {

@@ -189,6 +189,27 @@ impl AttentionProjections {
             o: Linear::load(&w.pp(out_name), q_dim, hidden, bias)?,
         })
     }
+
+    /// The `self_attn` block of a Mistral / Llama layer under the layer view `layer` (the
+    /// decoder's and the Idefics2 perceiver's): `o_proj`, no biases, `heads` query and
+    /// `kv_heads` key/value heads of `head_dim`.
+    pub fn grouped(
+        layer: &Weights,
+        hidden: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> std::result::Result<Self, LoadError> {
+        let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
+        Self::load(
+            &layer.pp("self_attn"),
+            "o_proj",
+            hidden,
+            q_dim,
+            kv_dim,
+            false,
+        )
+    }
 }
 
 /// Splits `(tokens, heads·dim)` into `(heads, tokens, dim)`, contiguous.

@@ -34,18 +34,10 @@ impl DecoderLayer {
     fn new(config: &TextConfig, w: &Weights) -> std::result::Result<Self, LoadError> {
         let h = config.hidden_size;
         let eps = config.rms_norm_eps;
-        let q_dim = config.num_attention_heads * config.head_dim;
-        let kv_dim = config.num_key_value_heads * config.head_dim;
+        let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
         Ok(DecoderLayer {
             input_norm: RmsNorm::load(&w.pp("input_layernorm"), h, eps)?,
-            attn: AttentionProjections::load(
-                &w.pp("self_attn"),
-                "o_proj",
-                h,
-                q_dim,
-                kv_dim,
-                false,
-            )?,
+            attn: AttentionProjections::grouped(w, h, heads, kv_heads, config.head_dim)?,
             post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), h, eps)?,
             mlp: GatedMlp::load(
                 &w.pp("mlp"),
