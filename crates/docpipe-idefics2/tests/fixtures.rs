@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
 use docpipe_core::{ChatMessage, ChatRequest, ContentItem, VisionLanguageModel};
 use docpipe_idefics2::Idefics2Model;
 use docpipe_vlm::config::Resample;
@@ -18,17 +17,16 @@ use image::RgbImage;
 
 const MODELS: &[&str] = &["tiny-gqa-split", "tiny-mha-nosplit", "tiny-chatty"];
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/idefics2")
+fn fixtures() -> Fixtures {
+    Fixtures::of("idefics2")
 }
 
 fn reference_dir(name: &str) -> PathBuf {
-    Fixtures { root: fixtures() }.reference_dir(name)
+    fixtures().reference_dir(name)
 }
 
 fn load(name: &str) -> Idefics2Model {
-    let dir = Fixtures { root: fixtures() }.model_dir(name);
-    Idefics2Model::load(&dir, &Device::Cpu, DType::F32).unwrap()
+    fixtures().load(name)
 }
 
 /// Loads a fixture image as transformers 5.23 (the reference) sees it. 5.23 drops the alpha
@@ -119,7 +117,7 @@ fn fast_image_resize_bilinear(image: &RgbImage, width: u32, height: u32) -> Vec<
 /// record, see `resample`'s docs) is within one level but not exact.
 #[test]
 fn resize_matches_pillow_bilinear() {
-    let fixtures = Fixtures { root: fixtures() };
+    let fixtures = fixtures();
     let index = read_json(&fixtures.root.join("resize/index.json"));
     let mut fir_worst = 0;
     for case in index["cases"].as_array().unwrap() {
@@ -147,7 +145,7 @@ fn resize_matches_pillow_bilinear() {
 
 #[test]
 fn position_ids_match_transformers() {
-    let json = read_json(&fixtures().join("reference/position_ids.json"));
+    let json = read_json(&fixtures().root.join("reference/position_ids.json"));
     let mut checked = 0;
     for (side, rows) in json["rows"].as_object().unwrap() {
         for (n, want) in rows.as_object().unwrap() {
@@ -304,7 +302,7 @@ fn results_do_not_depend_on_the_batch() {
 #[test]
 fn crops_together_give_the_bits_of_crops_alone() {
     let model = load("tiny-gqa-split");
-    let page = load_image(&fixtures().join("images/page.png")).unwrap();
+    let page = load_image(&fixtures().root.join("images/page.png")).unwrap();
     let crops = model.processor().preprocess(&page).unwrap();
     assert_eq!(crops.len(), 5);
     let together = model.image_features(&crops).unwrap();
@@ -322,7 +320,7 @@ fn crops_together_give_the_bits_of_crops_alone() {
 #[test]
 fn bad_requests_are_invalid_requests() {
     let model = load("tiny-chatty");
-    let page = Arc::new(load_image(&fixtures().join("images/page.png")).unwrap());
+    let page = Arc::new(load_image(&fixtures().root.join("images/page.png")).unwrap());
     let user = |content: Vec<ContentItem>| ChatMessage {
         role: "user".into(),
         content,

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
 use docpipe_core::VisionLanguageModel;
 use docpipe_idefics3::config::{LongestEdge, ProcessorConfig};
 use docpipe_idefics3::processor::ImageProcessor;
@@ -21,17 +20,16 @@ use serde_json::Value;
 
 const MODELS: &[&str] = &["tiny-llama3", "tiny-smolvlm", "tiny-nosplit"];
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/idefics3")
+fn fixtures() -> Fixtures {
+    Fixtures::of("idefics3")
 }
 
 fn reference_dir(name: &str) -> PathBuf {
-    Fixtures { root: fixtures() }.reference_dir(name)
+    fixtures().reference_dir(name)
 }
 
 fn load(name: &str) -> Idefics3Model {
-    let dir = Fixtures { root: fixtures() }.model_dir(name);
-    Idefics3Model::load(&dir, &Device::Cpu, DType::F32).unwrap()
+    fixtures().load(name)
 }
 
 /// A fixture image as transformers 5.23's Idefics3 processor sees it (alpha composited onto
@@ -113,7 +111,7 @@ fn cases(model: &Idefics3Model, name: &str) -> Vec<Case> {
 /// RGB conversion (the spec's 4.x order); 5.23 converts first, so no resize runs on RGBA.
 #[test]
 fn resize_matches_pillow_lanczos() {
-    let fixtures = Fixtures { root: fixtures() };
+    let fixtures = fixtures();
     let index = read_json(&fixtures.root.join("resize/index.json"));
     let mut checked = 0;
     for case in index["cases"].as_array().unwrap() {
@@ -138,7 +136,7 @@ fn resize_matches_pillow_lanczos() {
 /// (8B, SmolVLM) and the fixtures'.
 #[test]
 fn layouts_match_the_processor() {
-    let sizes = read_json(&fixtures().join("reference/sizes.json"));
+    let sizes = read_json(&fixtures().root.join("reference/sizes.json"));
     for case in sizes["cases"].as_array().unwrap() {
         let setting = &sizes["settings"][case["setting"].as_str().unwrap()];
         let processor = ImageProcessor::new(ProcessorConfig {
@@ -183,7 +181,7 @@ fn layouts_match_the_processor() {
 
 #[test]
 fn rope_frequencies_match_transformers() {
-    let versions = read_json(&fixtures().join("VERSIONS.json"));
+    let versions = read_json(&fixtures().root.join("VERSIONS.json"));
     for name in MODELS {
         let model = load(name);
         let text = &model.config().text;

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::{DType, Device};
 use docpipe_core::{ChatMessage, ChatRequest, ContentItem, VisionLanguageModel};
 use image::RgbImage;
 use serde_json::Value;
@@ -102,6 +103,19 @@ pub struct Fixtures {
 }
 
 impl Fixtures {
+    /// The workspace's `fixtures/FAMILY` folder.
+    pub fn of(family: &str) -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        Fixtures {
+            root: root.join(family),
+        }
+    }
+
+    /// Fixture model `name` on the CPU in f32, as the references ran.
+    pub fn load<F: Family>(&self, name: &str) -> IdeficsModel<F> {
+        IdeficsModel::load(&self.model_dir(name), &Device::Cpu, DType::F32).unwrap()
+    }
+
     /// The checkpoint directory of fixture model `name`.
     pub fn model_dir(&self, name: &str) -> PathBuf {
         self.root.join("models").join(name)
