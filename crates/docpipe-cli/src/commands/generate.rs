@@ -7,11 +7,12 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use docpipe_core::{DeviceSpec, Dtype, ModelError, VisionLanguageModel};
+use docpipe_core::{DeviceSpec, Dtype, VisionLanguageModel};
 use docpipe_idefics2::Idefics2Model;
 use docpipe_idefics3::Idefics3Model;
 use docpipe_pipeline::model::Family;
-use docpipe_vlm::request::{DetailedGeneration, PreparedRequest};
+use docpipe_vlm::model::{Family as ModelFamily, IdeficsModel};
+use docpipe_vlm::request::PreparedRequest;
 use docpipe_vlm::request_file::{read_requests, FileRequest};
 use docpipe_vlm::{candle_device, candle_dtype};
 use rayon::prelude::*;
@@ -83,44 +84,27 @@ pub fn run(args: GenerateArgs) -> Result<Outcome, CommandError> {
     let device = candle_device(args.device).classified()?;
     let requests = read_requests(&args.requests).usage()?;
     let dtype = candle_dtype(args.dtype);
-    match Family::of_checkpoint(&args.model).usage()? {
-        Family::Idefics2 => {
-            let model = Idefics2Model::load(&args.model, &device, dtype).usage()?;
-            let vocab = model.config().text.vocab_size;
-            generate_all(
-                &args,
-                &requests,
-                &model,
-                vocab,
-                Idefics2Model::generate_detailed,
-            )
-        }
-        Family::Idefics3 => {
-            let model = Idefics3Model::load(&args.model, &device, dtype).usage()?;
-            let vocab = model.config().text.vocab_size;
-            generate_all(
-                &args,
-                &requests,
-                &model,
-                vocab,
-                Idefics3Model::generate_detailed,
-            )
-        }
+    let (dir, device) = (&args.model, &device);
+    match Family::of_checkpoint(dir).usage()? {
+        Family::Idefics2 => generate_all(
+            &args,
+            &requests,
+            &Idefics2Model::load(dir, device, dtype).usage()?,
+        ),
+        Family::Idefics3 => generate_all(
+            &args,
+            &requests,
+            &Idefics3Model::load(dir, device, dtype).usage()?,
+        ),
     }
 }
 
 /// Prepares every request, generates in batches of `--batch-size` and writes the answers (and
-/// the first-step logits, `vocab` wide, when asked) for a model of either family.
-fn generate_all<M: VisionLanguageModel<Prepared = PreparedRequest>>(
+/// the first-step logits, vocabulary-wide, when asked) for a model of either family.
+fn generate_all<F: ModelFamily>(
     args: &GenerateArgs,
     requests: &[FileRequest],
-    model: &M,
-    vocab: usize,
-    generate_detailed: impl Fn(
-        &M,
-        &[&PreparedRequest],
-        bool,
-    ) -> Result<Vec<DetailedGeneration>, ModelError>,
+    model: &IdeficsModel<F>,
 ) -> Result<Outcome, CommandError> {
     tracing::debug!(
         model = model.model_id(),
@@ -147,7 +131,9 @@ fn generate_all<M: VisionLanguageModel<Prepared = PreparedRequest>>(
     let mut ids = requests.iter().map(|r| &r.id);
     for batch in prepared.chunks(args.batch_size) {
         let batch: Vec<&PreparedRequest> = batch.iter().collect();
-        let results = generate_detailed(model, &batch, args.logits_out.is_some()).incomplete()?;
+        let results = model
+            .generate_detailed(&batch, args.logits_out.is_some())
+            .incomplete()?;
         for result in results {
             let id = ids.next().map(String::as_str).unwrap_or_default();
             let g = &result.generation;
@@ -166,6 +152,7 @@ fn generate_all<M: VisionLanguageModel<Prepared = PreparedRequest>>(
     }
     out.flush().map_err(write_error).incomplete()?;
     if let Some(path) = &args.logits_out {
+        let vocab = model.config().text.vocab_size;
         for row in &mut first_logits {
             row.resize(vocab, 0.0);
         }
