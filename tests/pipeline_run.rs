@@ -298,10 +298,13 @@ fn sigkill_then_rerun_gives_every_row_exactly_once() {
 fn config_errors_exit_2_naming_the_key_before_any_work() {
     let out = tempfile::tempdir().unwrap();
     let sink = out.path().join("never");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--set", "source.bogus=1"], "bogus"),
         (&["--set", "render.longest_edge=big"], "render.longest_edge"),
+        (&["--set", "render.max_pages=0"], "render.max_pages"),
         (&["--set", "model.devices=[\"tpu\"]"], "model.devices"),
+        // This build has no CUDA: asking for a GPU is the configuration's mistake, not the machine's.
+        (&["--set", "model.devices=[\"cuda:0\"]"], "model.devices"),
         (&["--set", "model.dtype=f64"], "model.dtype"),
         (&["--set", "colour=red"], "colour"),
     ];

@@ -48,11 +48,6 @@ impl ShortAnswerPrompt {
             })
         }
     }
-
-    /// The prompt text for one question.
-    pub fn render(&self, question: &str) -> String {
-        self.template.replace(QUESTION_PLACEHOLDER, question.trim())
-    }
 }
 
 /// Which clean-ups to apply to a generated answer before scoring. All on by default.
@@ -112,13 +107,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_prompt_renders_the_question() {
-        let prompt = ShortAnswerPrompt::default();
-        prompt.validate().unwrap();
-        assert_eq!(
-            prompt.render(" What is the total? "),
-            "What is the total?\nGive a very brief answer."
-        );
+    fn templates_need_one_placeholder() {
+        ShortAnswerPrompt::default().validate().unwrap();
         let bad = ShortAnswerPrompt {
             template: "no placeholder".into(),
         };

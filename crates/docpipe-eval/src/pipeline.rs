@@ -180,6 +180,8 @@ pub fn predictions_from_rows(
 
 #[cfg(test)]
 mod tests {
+    use docpipe_pipeline::config::TaskConfig;
+
     use super::*;
 
     fn settings(items: &[&str]) -> Result<EvalSettings, SettingsError> {
@@ -236,6 +238,29 @@ mod tests {
         let bare = settings(&["prompt.template=Q: {question}"]).unwrap();
         assert_eq!(quoted.prompt.template, "Q: {question}");
         assert_eq!(bare.prompt.template, "Q: {question}");
+    }
+
+    /// The shipped DocVQA pipeline and `docpipe eval docvqa` ask the same question.
+    #[test]
+    fn the_shipped_docvqa_pipeline_uses_the_evaluation_prompt() {
+        let shipped = PipelineConfig::load(
+            "docvqa-eval.toml",
+            include_str!("../../../pipelines/docvqa-eval.toml"),
+            &[],
+        )
+        .unwrap();
+        let ours =
+            pipeline_config("m.jsonl", "m", &ShortAnswerPrompt::default(), "o", &[]).unwrap();
+        let prompts = |tasks: &[TaskConfig]| -> Vec<String> {
+            tasks
+                .iter()
+                .map(|task| match task {
+                    TaskConfig::Qa { prompt, .. } => prompt.clone(),
+                    other => panic!("not a qa task: {other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(prompts(&shipped.tasks), prompts(&ours.tasks));
     }
 
     #[test]

@@ -324,6 +324,12 @@ impl PipelineConfig {
         if self.render.workers == 0 {
             return bad("render.workers", "must be at least 1".into());
         }
+        if self.render.max_pages == Some(0) {
+            return bad(
+                "render.max_pages",
+                "must be at least 1 (leave it unset for every page)".into(),
+            );
+        }
         if self.model.path.trim().is_empty() {
             return bad("model.path", "must not be empty".into());
         }
@@ -592,6 +598,10 @@ mod tests {
         assert_eq!(
             invalid_key(load(&["render.longest_edge=0"]).unwrap_err()),
             "render.longest_edge"
+        );
+        assert_eq!(
+            invalid_key(load(&["render.max_pages=0"]).unwrap_err()),
+            "render.max_pages"
         );
         assert_eq!(
             invalid_key(load(&["model.dtype=f64"]).unwrap_err()),
