@@ -7,15 +7,31 @@ use std::time::Duration;
 
 use docpipe_render::worker::FAULT_ENV;
 use docpipe_render::{
-    DocumentOptions, RenderError, RenderPool, RenderPoolConfig, RenderedPage, WorkerCommand,
+    png_file_name, DocumentOptions, RenderError, RenderPool, RenderPoolConfig, RenderedPage,
+    WorkerCommand,
 };
 use image::RgbImage;
 
 use crate::support::{docpipe, fixture, worker};
 
 fn pool_with(workers: usize, command: WorkerCommand, timeout: Duration) -> RenderPool {
+    ranged_pool(
+        workers,
+        RenderPoolConfig::DEFAULT_RANGE_PAGES,
+        command,
+        timeout,
+    )
+}
+
+fn ranged_pool(
+    workers: usize,
+    range_pages: usize,
+    command: WorkerCommand,
+    timeout: Duration,
+) -> RenderPool {
     RenderPool::new(RenderPoolConfig {
         workers,
+        range_pages,
         longest_edge: 980,
         page_timeout: timeout,
         pixel_budget: 100_000_000,
@@ -296,14 +312,198 @@ fn crashed_and_hung_workers_are_replaced() {
     assert!(good.iter().all(Result::is_ok));
 
     let (faulty, good) = run("hang", "landscape.pdf");
-    assert_eq!(faulty.len(), 1, "a timeout ends the document's stream");
+    assert_eq!(
+        faulty.len(),
+        2,
+        "every page of the killed worker's range fails"
+    );
     assert!(
         matches!(faulty[0], Err(RenderError::Timeout { page: Some(1), .. })),
         "{:?}",
         faulty[0]
     );
+    assert!(
+        matches!(
+            faulty[1],
+            Err(RenderError::WorkerCrashed { page: Some(2), .. })
+        ),
+        "{:?}",
+        faulty[1]
+    );
     assert_eq!(good.len(), 3, "a fresh worker renders the next document");
     assert!(good.iter().all(Result::is_ok));
+}
+
+/// Writes a PDF of `pages` US-letter pages, each with its number in large type and a square
+/// whose place depends on the number, so that pages differ and out-of-order output would show.
+fn write_numbered_pdf(path: &Path, pages: usize) {
+    let mut objects = vec![
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        format!(
+            "<< /Type /Pages /Count {pages} /Kids [{}] >>",
+            (0..pages)
+                .map(|i| format!("{} 0 R", 4 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+    ];
+    for i in 0..pages {
+        let content = format!(
+            "BT /F1 64 Tf 72 600 Td (Page {}) Tj ET 0 0 1 rg {} {} 80 80 re f",
+            i + 1,
+            72 + (i % 5) * 90,
+            100 + (i % 7) * 60
+        );
+        objects.push(format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {} 0 R \
+             /Resources << /Font << /F1 3 0 R >> >> >>",
+            5 + 2 * i
+        ));
+        objects.push(format!(
+            "<< /Length {} >>\nstream\n{content}\nendstream",
+            content.len()
+        ));
+    }
+    let mut pdf = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, object) in objects.iter().enumerate() {
+        offsets.push(pdf.len());
+        pdf.extend(format!("{} 0 obj\n{object}\nendobj\n", i + 1).bytes());
+    }
+    let xref = pdf.len();
+    pdf.extend(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).bytes());
+    for offset in offsets {
+        pdf.extend(format!("{offset:010} 00000 n \n").bytes());
+    }
+    pdf.extend(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .bytes(),
+    );
+    std::fs::write(path, pdf).unwrap();
+}
+
+/// Every PNG of a `docpipe render` document folder, by name, with its bytes.
+fn png_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    pngs_in(dir)
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.join(&name)).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn one_document_spread_over_workers_gives_the_same_pages_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = dir.path().join("numbered.pdf");
+    write_numbered_pdf(&pdf, 23);
+    let timeout = Duration::from_secs(60);
+    let alone = render_all(&pool(1), &pdf, &DocumentOptions::default());
+    let shared = render_all(
+        &ranged_pool(3, 2, worker(), timeout),
+        &pdf,
+        &DocumentOptions::default(),
+    );
+    assert_eq!(shared.len(), 23);
+    for (alone, shared) in alone.iter().zip(&shared) {
+        let (alone, shared) = (alone.as_ref().unwrap(), shared.as_ref().unwrap());
+        assert_eq!(shared.page, alone.page);
+        assert_eq!(shared.page_count, 23);
+        assert_eq!(shared.text, alone.text);
+        assert_eq!(shared.image, alone.image, "page {}", alone.page);
+    }
+    let numbers: Vec<u32> = shared.iter().map(|p| p.as_ref().unwrap().page).collect();
+    assert_eq!(numbers, (1..=23).collect::<Vec<_>>());
+
+    let selection = DocumentOptions {
+        pages: Some("2-4,9,15-".parse().unwrap()),
+        ..DocumentOptions::default()
+    };
+    let pages = ranged_pool(2, 1, worker(), timeout)
+        .render_to_png(&pdf, &selection, &dir.path().join("selected"))
+        .unwrap();
+    let numbers: Vec<u32> = pages.map(|p| p.unwrap().page).collect();
+    assert_eq!(numbers, [2, 3, 4, 9, 15, 16, 17, 18, 19, 20, 21, 22, 23]);
+}
+
+#[test]
+fn a_crash_or_hang_fails_only_the_range_of_its_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = dir.path().join("numbered.pdf");
+    write_numbered_pdf(&pdf, 14);
+    for (fault, first_error) in [("crash", "crashed"), ("hang", "timed out")] {
+        let command = worker().env(FAULT_ENV, format!("{fault}:numbered.pdf@6"));
+        let pool = ranged_pool(2, 4, command, Duration::from_secs(2));
+        let pages = render_all(&pool, &pdf, &DocumentOptions::default());
+        assert_eq!(pages.len(), 14, "{fault}");
+        for (page, item) in (1..).zip(&pages) {
+            match (page, item) {
+                // Pages 5-8 are the second range; its worker dies on page 6.
+                (1..=5 | 9.., Ok(rendered)) => assert_eq!(rendered.page, page),
+                (6, Err(e)) => assert!(
+                    e.page() == Some(6) && e.to_string().contains(first_error),
+                    "{fault}: {e}"
+                ),
+                (7 | 8, Err(e @ RenderError::WorkerCrashed { .. })) => {
+                    assert_eq!(e.page(), Some(page), "{fault}: {e}")
+                }
+                (page, other) => panic!("{fault}: page {page}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn cli_spreads_one_document_over_workers_with_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = dir.path().join("numbered.pdf");
+    write_numbered_pdf(&pdf, 12);
+    let render = |workers: &str, out: &str, env: &[(String, String)]| {
+        let out = dir.path().join(out);
+        let output = docpipe(
+            &[
+                "render",
+                pdf.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--workers",
+                workers,
+                "--range-pages",
+                "3",
+            ],
+            env,
+        );
+        (output, png_bytes(&out.join("numbered")))
+    };
+    let (one, alone) = render("1", "one", &[]);
+    assert!(one.status.success(), "{}", stderr(&one));
+    let (two, shared) = render("2", "two", &[]);
+    assert!(two.status.success(), "{}", stderr(&two));
+    assert_eq!(alone.len(), 12);
+    assert!(alone == shared, "two workers wrote different files");
+
+    let fault = [(FAULT_ENV.to_owned(), "crash:numbered.pdf@8".to_owned())];
+    let (crashed, written) = render("2", "crashed", &fault);
+    assert_eq!(crashed.status.code(), Some(1), "{}", stderr(&crashed));
+    let failures = failure_lines(&crashed);
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert!(
+        failures[0].contains("numbered.pdf page 8") && failures[0].contains("and 1 more"),
+        "{failures:#?}"
+    );
+    let names: Vec<&str> = written.iter().map(|(name, _)| name.as_str()).collect();
+    let expected: Vec<String> = [1, 2, 3, 4, 5, 6, 7, 10, 11, 12]
+        .map(png_file_name)
+        .to_vec();
+    assert_eq!(
+        names, expected,
+        "pages 8-9 were left of the crashed worker's range"
+    );
 }
 
 #[test]

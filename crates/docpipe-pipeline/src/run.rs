@@ -237,6 +237,7 @@ impl Job {
         };
         let pool_config = RenderPoolConfig {
             workers: render.workers,
+            range_pages: RenderPoolConfig::DEFAULT_RANGE_PAGES,
             longest_edge,
             page_timeout: Duration::from_secs(render.timeout_s),
             worker_command,

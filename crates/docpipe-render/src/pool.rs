@@ -1,4 +1,5 @@
-//! The pool of worker processes and the per-document page streams.
+//! The pool of worker processes: starting them, lending them to page streams (see
+//! [`crate::PageStream`]) and replacing the ones that died.
 
 use std::ffi::OsString;
 use std::io::{BufReader, BufWriter};
@@ -13,7 +14,8 @@ use image::RgbImage;
 use crate::error::RenderError;
 use crate::page::{RenderedPage, SavedPage};
 use crate::pages::PageSelection;
-use crate::protocol::{read_frame, write_frame, Job, Reply};
+use crate::protocol::{read_frame, Job, Reply};
+use crate::stream::PageStream;
 
 /// How to start a worker: the program, its arguments and extra environment variables (the
 /// worker otherwise inherits this process's environment).
@@ -68,8 +70,14 @@ impl WorkerCommand {
 /// Settings of a [`RenderPool`].
 #[derive(Debug, Clone)]
 pub struct RenderPoolConfig {
-    /// Worker processes, each with its own pdfium; also the number of documents rendered at once.
+    /// Worker processes, each with its own pdfium: the most documents rendered at once, and the
+    /// most workers one document's pages are shared among.
     pub workers: usize,
+    /// Pages a worker is given at a time. A document with more pages is handed out in ranges
+    /// of this many, to the worker that opened it and to any worker that is idle meanwhile, so
+    /// one large document does not leave the other workers idle. Small ranges balance better;
+    /// each range costs one request round trip (the worker keeps the document open).
+    pub range_pages: usize,
     /// Pages are scaled so that their longest edge has this many pixels.
     pub longest_edge: u32,
     /// A worker that takes longer than this for one page (or to open a document) is killed.
@@ -82,11 +90,16 @@ pub struct RenderPoolConfig {
 }
 
 impl RenderPoolConfig {
-    /// Defaults: one worker per CPU, 980 px, 60 s a page, 100 megapixels, and the current
-    /// executable's `render-worker` mode.
+    /// Pages per range by default: enough that the request round trip is negligible, few
+    /// enough that a second worker joins a document within a few pages.
+    pub const DEFAULT_RANGE_PAGES: usize = 4;
+
+    /// Defaults: one worker per CPU, ranges of [`RenderPoolConfig::DEFAULT_RANGE_PAGES`] pages,
+    /// 980 px, 60 s a page, 100 megapixels, and the current executable's `render-worker` mode.
     pub fn new() -> std::io::Result<Self> {
         Ok(RenderPoolConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            range_pages: Self::DEFAULT_RANGE_PAGES,
             longest_edge: 980,
             page_timeout: Duration::from_secs(60),
             pixel_budget: 100_000_000,
@@ -106,16 +119,16 @@ pub struct DocumentOptions {
 }
 
 /// A pool of render worker processes. Cheap to clone and safe to share between threads: each
-/// [`RenderPool::render`] call borrows an idle worker for the whole document (waiting when all
-/// are busy) and gives it back when the document's stream ends. Dead or stuck workers are
-/// killed and replaced by fresh ones on demand.
+/// [`RenderPool::render`] call borrows a worker for the document (waiting when all are busy)
+/// and, while other documents are not waiting for one, borrows idle workers too for further
+/// ranges of its pages. Dead or stuck workers are killed and replaced by fresh ones on demand.
 #[derive(Clone)]
 pub struct RenderPool {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    config: RenderPoolConfig,
+pub(crate) struct Shared {
+    pub(crate) config: RenderPoolConfig,
     state: Mutex<PoolState>,
     returned: Condvar,
 }
@@ -124,6 +137,9 @@ struct PoolState {
     idle: Vec<Worker>,
     /// Workers alive, idle or lent out.
     live: usize,
+    /// Callers blocked in [`Shared::checkout`]: while any wait, streams take no extra workers,
+    /// so a new document is never starved by one large one.
+    waiting: usize,
 }
 
 impl RenderPool {
@@ -145,14 +161,19 @@ impl RenderPool {
                 state: Mutex::new(PoolState {
                     live: started.len(),
                     idle: started,
+                    waiting: 0,
                 }),
                 returned: Condvar::new(),
-                config: RenderPoolConfig { workers, ..config },
+                config: RenderPoolConfig {
+                    workers,
+                    range_pages: config.range_pages.max(1),
+                    ..config
+                },
             }),
         })
     }
 
-    /// The settings the pool runs with (`workers` at least 1).
+    /// The settings the pool runs with (`workers` and `range_pages` at least 1).
     pub fn config(&self) -> &RenderPoolConfig {
         &self.shared.config
     }
@@ -192,75 +213,12 @@ impl RenderPool {
                 path: path.to_path_buf(),
                 message: format!("cannot resolve the path: {e}"),
             })?,
-            pages: options.pages.clone(),
             password: options.password.clone(),
             longest_edge: config.longest_edge,
             pixel_budget: config.pixel_budget,
             png_dir,
         };
-        let mut stream = PageStream {
-            shared: self.shared.clone(),
-            worker: Some(self.checkout()?),
-            path: path.to_path_buf(),
-            page_count: 0,
-            pages: Vec::new(),
-            next: 0,
-            _item: std::marker::PhantomData,
-        };
-        let sent = {
-            let worker = stream.worker.as_mut().expect("just checked out");
-            write_frame(&mut worker.stdin, &job, &[])
-        };
-        if sent.is_err() {
-            return Err(stream.worker_lost(None));
-        }
-        match stream.receive(None)? {
-            (Reply::Opened { page_count, pages }, _) => {
-                stream.page_count = page_count;
-                stream.pages = pages;
-                if stream.pages.is_empty() {
-                    stream.expect_done()?;
-                }
-                Ok(stream)
-            }
-            (Reply::Failed { problem }, _) => {
-                stream.finish();
-                Err(problem.into_error(stream.path.clone()))
-            }
-            (other, _) => Err(stream.protocol_error(&other)),
-        }
-    }
-
-    /// An idle worker, a freshly started one when fewer than `workers` are alive, or the next
-    /// one given back.
-    fn checkout(&self) -> Result<Worker, RenderError> {
-        let shared = &self.shared;
-        let mut state = shared.lock();
-        loop {
-            if let Some(mut worker) = state.idle.pop() {
-                if matches!(worker.child.try_wait(), Ok(None)) {
-                    return Ok(worker);
-                }
-                // Died while idle (killed from outside): replace it rather than fail a document.
-                state.live -= 1;
-                drop(worker);
-                continue;
-            }
-            if state.live < shared.config.workers {
-                state.live += 1;
-                drop(state);
-                let started = Worker::start(&shared.config);
-                if started.is_err() {
-                    shared.lock().live -= 1;
-                    shared.returned.notify_one();
-                }
-                return started;
-            }
-            state = shared
-                .returned
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
-        }
+        PageStream::open(self.shared.clone(), job, options.pages.clone(), path)
     }
 }
 
@@ -269,12 +227,77 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn give_back(&self, worker: Worker) {
+    /// An idle worker, a freshly started one when fewer than `workers` are alive, or the next
+    /// one given back.
+    pub(crate) fn checkout(&self) -> Result<Worker, RenderError> {
+        let mut state = self.lock();
+        loop {
+            if let Some(worker) = self.take_idle(&mut state) {
+                return Ok(worker);
+            }
+            if state.live < self.config.workers {
+                return self.start(state);
+            }
+            state.waiting += 1;
+            state = self.returned.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.waiting -= 1;
+        }
+    }
+
+    /// Like [`Shared::checkout`] but never waits, and yields nothing while others wait: how a
+    /// stream borrows extra workers for more of its document's pages.
+    pub(crate) fn try_checkout(&self) -> Option<Worker> {
+        let mut state = self.lock();
+        if state.waiting > 0 {
+            return None;
+        }
+        if let Some(worker) = self.take_idle(&mut state) {
+            return Some(worker);
+        }
+        if state.live < self.config.workers {
+            return self
+                .start(state)
+                .inspect_err(|e| tracing::warn!("no extra render worker: {e}"))
+                .ok();
+        }
+        None
+    }
+
+    /// Whether a caller is waiting for a worker: a stream then gives back workers it could do
+    /// without.
+    pub(crate) fn others_waiting(&self) -> bool {
+        self.lock().waiting > 0
+    }
+
+    fn take_idle(&self, state: &mut PoolState) -> Option<Worker> {
+        while let Some(mut worker) = state.idle.pop() {
+            if matches!(worker.child.try_wait(), Ok(None)) {
+                return Some(worker);
+            }
+            // Died while idle (killed from outside): replace it rather than fail a document.
+            state.live -= 1;
+        }
+        None
+    }
+
+    /// Starts a worker in a slot counted as live, outside the lock (start-up takes a while).
+    fn start(&self, mut state: MutexGuard<'_, PoolState>) -> Result<Worker, RenderError> {
+        state.live += 1;
+        drop(state);
+        let started = Worker::start(&self.config);
+        if started.is_err() {
+            self.lock().live -= 1;
+            self.returned.notify_one();
+        }
+        started
+    }
+
+    pub(crate) fn give_back(&self, worker: Worker) {
         self.lock().idle.push(worker);
         self.returned.notify_one();
     }
 
-    fn retire(&self, worker: Worker) {
+    pub(crate) fn retire(&self, worker: Worker) {
         drop(worker);
         self.lock().live -= 1;
         self.returned.notify_one();
@@ -284,9 +307,9 @@ impl Shared {
 /// One worker process. Replies are read by a thread into a channel of capacity one, so the
 /// worker renders the next page while the caller handles the current one, yet a caller that
 /// stops reading stops the worker instead of filling memory.
-struct Worker {
+pub(crate) struct Worker {
     child: Child,
-    stdin: BufWriter<ChildStdin>,
+    pub(crate) stdin: BufWriter<ChildStdin>,
     replies: Receiver<std::io::Result<(Reply, Vec<u8>)>>,
 }
 
@@ -346,8 +369,42 @@ impl Worker {
         }
     }
 
+    /// The next reply, waiting at most `timeout`. On an error the process has been killed and
+    /// the caller retires the worker; the error names `path` and the `page` awaited.
+    pub(crate) fn reply(
+        &mut self,
+        timeout: Duration,
+        path: &Path,
+        page: Option<u32>,
+    ) -> Result<(Reply, Vec<u8>), RenderError> {
+        let path = path.to_path_buf();
+        match self.replies.recv_timeout(timeout) {
+            Ok(Ok(frame)) => Ok(frame),
+            Ok(Err(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+                self.kill();
+                Err(RenderError::Protocol {
+                    path,
+                    reason: format!("unreadable reply: {e}"),
+                })
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                self.kill();
+                Err(RenderError::Timeout {
+                    path,
+                    page,
+                    timeout,
+                })
+            }
+            Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => Err(RenderError::WorkerCrashed {
+                path,
+                page,
+                status: self.kill(),
+            }),
+        }
+    }
+
     /// Kills the process (if still running) and says how it ended.
-    fn kill(&mut self) -> String {
+    pub(crate) fn kill(&mut self) -> String {
         if let Ok(Some(status)) = self.child.try_wait() {
             return status.to_string();
         }
@@ -371,7 +428,7 @@ pub trait FromReply: Sized + private::Sealed {
     fn from_reply(reply: private::PageReply) -> Option<Self>;
 }
 
-mod private {
+pub(crate) mod private {
     use std::path::PathBuf;
 
     pub trait Sealed {}
@@ -411,172 +468,5 @@ impl FromReply for SavedPage {
             path: reply.png?,
             text: reply.text,
         })
-    }
-}
-
-/// The pages of one document, in page order, as the worker renders them. A page-level error
-/// is one `Err` item and the stream goes on; when the worker crashes or times out the stream
-/// yields that error and ends. Blocking: from async code, iterate it on a blocking thread
-/// (e.g. `tokio::task::spawn_blocking`) and forward items into a bounded channel.
-///
-/// Dropping the stream before its end kills the worker (it is replaced on demand), so
-/// abandoning a 500-page document costs no rendering of the rest.
-pub struct PageStream<T> {
-    shared: Arc<Shared>,
-    worker: Option<Worker>,
-    path: PathBuf,
-    page_count: u32,
-    pages: Vec<u32>,
-    /// Index into `pages` of the next page expected.
-    next: usize,
-    _item: std::marker::PhantomData<T>,
-}
-
-impl<T> PageStream<T> {
-    /// The document, as the caller named it.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Pages in the document, whatever the selection.
-    pub fn page_count(&self) -> u32 {
-        self.page_count
-    }
-
-    /// The 1-based pages this stream will yield, in order.
-    pub fn pages(&self) -> &[u32] {
-        &self.pages
-    }
-
-    fn expected_page(&self) -> Option<u32> {
-        self.pages.get(self.next).copied()
-    }
-
-    fn receive(&mut self, page: Option<u32>) -> Result<(Reply, Vec<u8>), RenderError> {
-        let timeout = self.shared.config.page_timeout;
-        let worker = self
-            .worker
-            .as_mut()
-            .expect("receive only while a worker is held");
-        match worker.replies.recv_timeout(timeout) {
-            Ok(Ok(frame)) => Ok(frame),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Err(self.worker_lost(page))
-            }
-            Ok(Err(e)) => {
-                self.abandon();
-                Err(RenderError::Protocol {
-                    path: self.path.clone(),
-                    reason: format!("unreadable reply: {e}"),
-                })
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                self.abandon();
-                Err(RenderError::Timeout {
-                    path: self.path.clone(),
-                    page,
-                    timeout,
-                })
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(self.worker_lost(page)),
-        }
-    }
-
-    /// The document is finished and the worker is in a clean state: back to the pool.
-    fn finish(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            self.shared.give_back(worker);
-        }
-    }
-
-    /// Kills the worker (if still held); the pool starts a replacement on demand.
-    fn abandon(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            self.shared.retire(worker);
-        }
-    }
-
-    fn worker_lost(&mut self, page: Option<u32>) -> RenderError {
-        let status = self
-            .worker
-            .as_mut()
-            .map_or_else(|| "already stopped".to_string(), Worker::kill);
-        self.abandon();
-        RenderError::WorkerCrashed {
-            path: self.path.clone(),
-            page,
-            status,
-        }
-    }
-
-    fn protocol_error(&mut self, reply: &Reply) -> RenderError {
-        self.abandon();
-        RenderError::Protocol {
-            path: self.path.clone(),
-            reason: format!("unexpected reply {reply:?}"),
-        }
-    }
-
-    /// After the last page the worker sends `Done` at once; reading it here lets the worker go
-    /// back to the pool even when the caller stops iterating after the last page.
-    fn expect_done(&mut self) -> Result<(), RenderError> {
-        match self.receive(None)? {
-            (Reply::Done, _) => {
-                self.finish();
-                Ok(())
-            }
-            (other, _) => Err(self.protocol_error(&other)),
-        }
-    }
-}
-
-impl<T: FromReply> Iterator for PageStream<T> {
-    type Item = Result<T, RenderError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.worker.as_ref()?;
-        let Some(expected) = self.expected_page() else {
-            return self.expect_done().err().map(Err);
-        };
-        let item = match self.receive(Some(expected)) {
-            Err(e) => return Some(Err(e)),
-            Ok((
-                Reply::Page {
-                    page,
-                    width,
-                    height,
-                    text,
-                    png,
-                },
-                payload,
-            )) if page == expected => T::from_reply(private::PageReply {
-                page,
-                page_count: self.page_count,
-                width,
-                height,
-                text,
-                png,
-                payload,
-            })
-            .ok_or_else(|| RenderError::Protocol {
-                path: self.path.clone(),
-                reason: format!("page {page}: the reply does not match its header"),
-            }),
-            Ok((Reply::PageFailed { problem }, _)) => Err(problem.into_error(self.path.clone())),
-            Ok((other, _)) => return Some(Err(self.protocol_error(&other))),
-        };
-        self.next += 1;
-        if self.expected_page().is_none() {
-            if let Err(e) = self.expect_done() {
-                tracing::warn!("{e}");
-            }
-        }
-        Some(item)
-    }
-}
-
-impl<T> Drop for PageStream<T> {
-    fn drop(&mut self) {
-        self.abandon();
     }
 }

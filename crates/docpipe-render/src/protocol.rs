@@ -14,11 +14,10 @@ use crate::pages::PageSelection;
 /// Headers larger than this are a protocol error, not an allocation.
 const MAX_HEADER: u32 = 64 << 20;
 
-/// One document for a worker to render.
+/// The document a request is about and how to render its pages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Job {
     pub path: PathBuf,
-    pub pages: Option<PageSelection>,
     pub password: Option<String>,
     pub longest_edge: u32,
     pub pixel_budget: u64,
@@ -26,8 +25,24 @@ pub(crate) struct Job {
     pub png_dir: Option<PathBuf>,
 }
 
-/// What a worker sends back. A job gets either `Failed`, or `Opened`, one `Page`/`PageFailed`
-/// per selected page, and `Done`.
+/// What the pool asks of a worker. A document is opened once per worker and then rendered in
+/// ranges, so that several workers can share one document's pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub(crate) enum Request {
+    /// Open the document (closing any other), answer `Opened` with the pages `selection`
+    /// picks, or `Failed`.
+    Open {
+        job: Job,
+        selection: Option<PageSelection>,
+    },
+    /// Render these pages of the document last opened, which must be `job`'s: one
+    /// `Page`/`PageFailed` per page, then `Done`.
+    Render { job: Job, pages: Vec<u32> },
+}
+
+/// What a worker sends back: `Open` gets `Opened` or `Failed`; `Render` gets one
+/// `Page`/`PageFailed` per page and `Done`, or `Failed` when its document is not the open one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub(crate) enum Reply {

@@ -33,9 +33,13 @@ pub struct RenderArgs {
     /// Pixels on the longest edge of every page; the aspect ratio is kept.
     #[arg(long, default_value_t = 980, value_parser = clap::value_parser!(u32).range(1..=65_535))]
     longest_edge: u32,
-    /// Worker processes (default: one per CPU).
+    /// Worker processes (default: one per CPU); a large document is shared among them.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: Option<u32>,
+    /// Pages a worker takes from a document at a time; idle workers take further ranges.
+    #[arg(long, default_value_t = RenderPoolConfig::DEFAULT_RANGE_PAGES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    range_pages: u32,
     /// Pages to render, e.g. `1-3,7,10-`; pages past a document's end are skipped.
     #[arg(long)]
     pages: Option<PageSelection>,
@@ -93,7 +97,8 @@ pub fn run(args: RenderArgs) -> Result<Outcome, CommandError> {
     if let Some(workers) = args.workers {
         config.workers = workers as usize;
     }
-    config.workers = config.workers.min(tasks.len().max(1));
+    // Not capped by the number of documents: the pages of one document are shared out too.
+    config.range_pages = args.range_pages as usize;
     config.longest_edge = args.longest_edge;
     config.page_timeout = Duration::from_secs_f64(args.page_timeout);
     config.pixel_budget = args.max_pixels;

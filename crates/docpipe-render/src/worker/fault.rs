@@ -5,19 +5,27 @@
 use std::path::Path;
 
 /// `crash:NAME` makes the worker abort, `hang:NAME` makes it stop answering, when it starts a
-/// page of the document whose file name is `NAME`. The tests use it to exercise crash and
-/// timeout recovery with ordinary files.
+/// page of the document whose file name is `NAME`; `crash:NAME@7` (or `hang:NAME@7`) only when
+/// it starts page 7, so that one worker's range of a document fails while the others render.
+/// The tests use it to exercise crash and timeout recovery with ordinary files.
 pub const FAULT_ENV: &str = "DOCPIPE_RENDER_FAULT";
 
-/// Called as the worker starts each page of `path`: aborts or hangs if [`FAULT_ENV`] says so.
-pub(super) fn before_page(path: &Path) {
+/// Called as the worker starts `page` of `path`: aborts or hangs if [`FAULT_ENV`] says so.
+pub(super) fn before_page(path: &Path, page: u32) {
     let Ok(setting) = std::env::var(FAULT_ENV) else {
         return;
     };
-    let Some((kind, name)) = setting.split_once(':') else {
+    let Some((kind, target)) = setting.split_once(':') else {
         return;
     };
-    if path.file_name().is_none_or(|file| file != name) {
+    let (name, only_page) = match target.rsplit_once('@') {
+        Some((name, number)) => match number.parse::<u32>() {
+            Ok(number) => (name, Some(number)),
+            Err(_) => return,
+        },
+        None => (target, None),
+    };
+    if path.file_name().is_none_or(|file| file != name) || only_page.is_some_and(|p| p != page) {
         return;
     }
     match kind {

@@ -1,4 +1,5 @@
-//! The worker process: one pdfium, one document at a time, driven over stdin/stdout by the pool.
+//! The worker process: one pdfium, one open document at a time, driven over stdin/stdout by the
+//! pool, which may have other workers render other ranges of the same document meanwhile.
 //! Everything that parses untrusted bytes (pdfium, image decoders) runs here, so a crash or a
 //! hang costs a process the pool replaces, never the caller.
 
@@ -14,7 +15,7 @@ use pdfium_render::prelude::Pdfium;
 
 use crate::error::Problem;
 use crate::library;
-use crate::protocol::{read_frame, write_frame, Job, Reply};
+use crate::protocol::{read_frame, write_frame, Job, Reply, Request};
 
 #[cfg(feature = "fault-injection")]
 pub use fault::FAULT_ENV;
@@ -37,8 +38,38 @@ fn serve(mut input: impl Read, mut output: impl Write) -> io::Result<()> {
         }
     };
     write_frame(&mut output, &Reply::Ready, &[])?;
-    while let Some((job, _)) = read_frame::<Job>(&mut input, 0)? {
-        render_job(&pdfium, &job, &mut output)?;
+    // The document stays open between requests: a range costs no re-parse of the file.
+    let mut open_document: Option<(Job, Document)> = None;
+    while let Some((request, _)) = read_frame::<Request>(&mut input, 0)? {
+        match request {
+            Request::Open { job, selection } => {
+                open_document = None;
+                match open(&pdfium, &job) {
+                    Ok(document) => {
+                        let page_count = document.page_count();
+                        let pages = match &selection {
+                            Some(selection) => selection.pages(page_count),
+                            None => (1..=page_count).collect(),
+                        };
+                        let opened = Reply::Opened { page_count, pages };
+                        write_frame(&mut output, &opened, &[])?;
+                        open_document = Some((job, document));
+                    }
+                    Err(problem) => write_frame(&mut output, &Reply::Failed { problem }, &[])?,
+                }
+            }
+            Request::Render { job, pages } => match &mut open_document {
+                Some((open_job, document)) if *open_job == job => {
+                    render_pages(document, &job, &pages, &mut output)?
+                }
+                _ => {
+                    let problem = Problem::Io {
+                        message: "asked to render a document that is not open".into(),
+                    };
+                    write_frame(&mut output, &Reply::Failed { problem }, &[])?
+                }
+            },
+        }
     }
     Ok(())
 }
@@ -97,27 +128,15 @@ fn open<'a>(pdfium: &'a Pdfium, job: &Job) -> Result<Document<'a>, Problem> {
     }
 }
 
-fn render_job(pdfium: &Pdfium, job: &Job, output: &mut impl Write) -> io::Result<()> {
-    let mut document = match open(pdfium, job) {
-        Ok(document) => document,
-        Err(problem) => return write_frame(output, &Reply::Failed { problem }, &[]),
-    };
-    let page_count = document.page_count();
-    let pages = match &job.pages {
-        Some(selection) => selection.pages(page_count),
-        None => (1..=page_count).collect(),
-    };
-    write_frame(
-        output,
-        &Reply::Opened {
-            page_count,
-            pages: pages.clone(),
-        },
-        &[],
-    )?;
-    for page in pages {
+fn render_pages(
+    document: &mut Document,
+    job: &Job,
+    pages: &[u32],
+    output: &mut impl Write,
+) -> io::Result<()> {
+    for &page in pages {
         #[cfg(feature = "fault-injection")]
-        fault::before_page(&job.path);
+        fault::before_page(&job.path, page);
         match document
             .render(page, job)
             .and_then(|p| deliver(page, p, job))
