@@ -90,9 +90,10 @@ pub struct RenderPoolConfig {
 }
 
 impl RenderPoolConfig {
-    /// Pages per range by default: enough that the request round trip is negligible, few
-    /// enough that a second worker joins a document within a few pages.
-    pub const DEFAULT_RANGE_PAGES: usize = 4;
+    /// Pages per range by default. A worker sending pixels runs at most about two pages ahead
+    /// of the reader, so with two-page ranges it finishes its range while the reader is still on
+    /// another worker's; the request round trip per range costs no measurable time.
+    pub const DEFAULT_RANGE_PAGES: usize = 2;
 
     /// Defaults: one worker per CPU, ranges of [`RenderPoolConfig::DEFAULT_RANGE_PAGES`] pages,
     /// 980 px, 60 s a page, 100 megapixels, and the current executable's `render-worker` mode.
