@@ -30,19 +30,27 @@ pub(crate) struct Job {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub(crate) enum Request {
-    /// Open the document (closing any other), answer `Opened` with the pages `selection`
-    /// picks, or `Failed`.
+    /// Open the document (closing any other) and answer `Opened` with the pages `selection`
+    /// picks, then render the first `first` of them as `Render` does; or answer `Failed`.
+    /// Rendering right away saves a round trip per document.
     Open {
         job: Job,
         selection: Option<PageSelection>,
+        first: usize,
     },
-    /// Render these pages of the document last opened, which must be `job`'s: one
-    /// `Page`/`PageFailed` per page, then `Done`.
-    Render { job: Job, pages: Vec<u32> },
+    /// Render these pages of `job`'s document: one `Page`/`PageFailed` per page, then `Done`.
+    /// `reopen` when the worker has not opened it for this stream (it may have another file of
+    /// the same name open from an earlier one); otherwise it must be the document open.
+    Render {
+        job: Job,
+        pages: Vec<u32>,
+        reopen: bool,
+    },
 }
 
-/// What a worker sends back: `Open` gets `Opened` or `Failed`; `Render` gets one
-/// `Page`/`PageFailed` per page and `Done`, or `Failed` when its document is not the open one.
+/// What a worker sends back: `Open` gets `Failed`, or `Opened` and what `Render` gets; `Render`
+/// gets one `Page`/`PageFailed` per page and `Done`, or `Failed` when it cannot open the
+/// document or it is not the open one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub(crate) enum Reply {

@@ -48,14 +48,14 @@ struct Range {
 }
 
 enum RangeState {
-    /// The worker renders the range; `opening` while its `Opened` reply is still to be read.
-    Rendering { worker: Worker, opening: bool },
+    /// The worker renders the range.
+    Rendering(Worker),
     /// The worker was lost: its remaining pages fail, each with this status.
     Lost { status: String },
 }
 
 impl<T> PageStream<T> {
-    /// Has one worker open the document, then hands it the first range of pages.
+    /// Has one worker open the document and render its first range of pages.
     pub(crate) fn open(
         shared: Arc<Shared>,
         job: Job,
@@ -68,6 +68,7 @@ impl<T> PageStream<T> {
         let request = Request::Open {
             job: job.clone(),
             selection,
+            first: shared.config.range_pages,
         };
         let opened = match write_frame(&mut worker.stdin, &request, &[]) {
             Ok(()) => worker.reply(timeout, &path, None),
@@ -95,6 +96,10 @@ impl<T> PageStream<T> {
                 return Err(e);
             }
         };
+        let first = Range {
+            end: shared.config.range_pages.min(pages.len()),
+            state: RangeState::Rendering(worker),
+        };
         let mut stream = PageStream {
             shared,
             job,
@@ -102,11 +107,13 @@ impl<T> PageStream<T> {
             page_count,
             pages,
             next: 0,
-            assigned: 0,
-            ranges: VecDeque::new(),
+            assigned: first.end,
+            ranges: VecDeque::from([first]),
             _item: PhantomData,
         };
-        stream.recycle(worker);
+        if stream.pages.is_empty() {
+            stream.finish_front();
+        }
         Ok(stream)
     }
 
@@ -125,26 +132,18 @@ impl<T> PageStream<T> {
         &self.pages
     }
 
-    /// Hands `worker` the next range (asking it to open the document first when `opening`).
-    fn assign(&mut self, mut worker: Worker, opening: bool) {
+    /// Hands `worker` the next range (asking it to open the document first when `reopen`).
+    fn assign(&mut self, mut worker: Worker, reopen: bool) {
         let start = self.assigned;
         let end = (start + self.shared.config.range_pages).min(self.pages.len());
         self.assigned = end;
         let render = Request::Render {
             job: self.job.clone(),
             pages: self.pages[start..end].to_vec(),
+            reopen,
         };
-        let open = Request::Open {
-            job: self.job.clone(),
-            selection: None,
-        };
-        let sent = match opening {
-            true => write_frame(&mut worker.stdin, &open, &[]),
-            false => Ok(()),
-        }
-        .and_then(|()| write_frame(&mut worker.stdin, &render, &[]));
-        let state = match sent {
-            Ok(()) => RangeState::Rendering { worker, opening },
+        let state = match write_frame(&mut worker.stdin, &render, &[]) {
+            Ok(()) => RangeState::Rendering(worker),
             Err(_) => {
                 let status = worker.kill();
                 self.shared.retire(worker);
@@ -195,33 +194,17 @@ impl<T> PageStream<T> {
         }
     }
 
-    /// The next reply from the front range's worker about `page`, past its `Opened` reply.
+    /// The next reply from the front range's worker about `page`.
     fn receive(&mut self, page: u32) -> Result<(Reply, Vec<u8>), RenderError> {
         let timeout = self.shared.config.page_timeout;
         let range = self
             .ranges
             .front_mut()
             .expect("a range holds the next page");
-        let RangeState::Rendering { worker, opening } = &mut range.state else {
+        let RangeState::Rendering(worker) = &mut range.state else {
             unreachable!("lost ranges are handled before receiving")
         };
-        loop {
-            match worker.reply(timeout, &self.path, Some(page))? {
-                (Reply::Opened { page_count, .. }, _) if *opening => {
-                    if page_count != self.page_count {
-                        return Err(RenderError::Protocol {
-                            path: self.path.clone(),
-                            reason: format!(
-                                "opened again, the document has {page_count} pages instead of {}",
-                                self.page_count
-                            ),
-                        });
-                    }
-                    *opening = false;
-                }
-                frame => return Ok(frame),
-            }
-        }
+        worker.reply(timeout, &self.path, Some(page))
     }
 
     /// The front range's worker failed on `page`: killed and retired, the rest of its range
@@ -231,7 +214,7 @@ impl<T> PageStream<T> {
             .ranges
             .front_mut()
             .expect("a range holds the next page");
-        if let RangeState::Rendering { worker, .. } =
+        if let RangeState::Rendering(worker) =
             std::mem::replace(&mut range.state, RangeState::Lost { status })
         {
             self.shared.retire(worker);
@@ -241,7 +224,7 @@ impl<T> PageStream<T> {
     /// After the front range's last page: its worker's `Done`, then the worker is recycled.
     fn finish_front(&mut self) {
         let range = self.ranges.pop_front().expect("the range just read from");
-        let RangeState::Rendering { mut worker, .. } = range.state else {
+        let RangeState::Rendering(mut worker) = range.state else {
             return;
         };
         match worker.reply(self.shared.config.page_timeout, &self.path, None) {
@@ -317,7 +300,7 @@ impl<T: FromReply> Iterator for PageStream<T> {
                 page: Some(page),
                 status: status.clone(),
             }),
-            RangeState::Rendering { .. } => self.render_next(page),
+            RangeState::Rendering(_) => self.render_next(page),
         };
         self.next += 1;
         if self.ranges.front().is_some_and(|r| r.end == self.next) {
@@ -330,7 +313,7 @@ impl<T: FromReply> Iterator for PageStream<T> {
 impl<T> Drop for PageStream<T> {
     fn drop(&mut self) {
         for range in self.ranges.drain(..) {
-            if let RangeState::Rendering { worker, .. } = range.state {
+            if let RangeState::Rendering(worker) = range.state {
                 self.shared.retire(worker);
             }
         }

@@ -41,34 +41,54 @@ fn serve(mut input: impl Read, mut output: impl Write) -> io::Result<()> {
     // The document stays open between requests: a range costs no re-parse of the file.
     let mut open_document: Option<(Job, Document)> = None;
     while let Some((request, _)) = read_frame::<Request>(&mut input, 0)? {
-        match request {
-            Request::Open { job, selection } => {
+        let (job, pages) = match request {
+            Request::Open {
+                job,
+                selection,
+                first,
+            } => {
                 open_document = None;
-                match open(&pdfium, &job) {
-                    Ok(document) => {
-                        let page_count = document.page_count();
-                        let pages = match &selection {
-                            Some(selection) => selection.pages(page_count),
-                            None => (1..=page_count).collect(),
-                        };
-                        let opened = Reply::Opened { page_count, pages };
-                        write_frame(&mut output, &opened, &[])?;
-                        open_document = Some((job, document));
+                let document = match open(&pdfium, &job) {
+                    Ok(document) => document,
+                    Err(problem) => {
+                        write_frame(&mut output, &Reply::Failed { problem }, &[])?;
+                        continue;
                     }
-                    Err(problem) => write_frame(&mut output, &Reply::Failed { problem }, &[])?,
-                }
+                };
+                let page_count = document.page_count();
+                let pages = match &selection {
+                    Some(selection) => selection.pages(page_count),
+                    None => (1..=page_count).collect(),
+                };
+                let first = pages[..first.min(pages.len())].to_vec();
+                write_frame(&mut output, &Reply::Opened { page_count, pages }, &[])?;
+                open_document = Some((job.clone(), document));
+                (job, first)
             }
-            Request::Render { job, pages } => match &mut open_document {
-                Some((open_job, document)) if *open_job == job => {
-                    render_pages(document, &job, &pages, &mut output)?
+            Request::Render { job, pages, reopen } => {
+                if reopen {
+                    open_document = None;
+                    match open(&pdfium, &job) {
+                        Ok(document) => open_document = Some((job.clone(), document)),
+                        Err(problem) => {
+                            write_frame(&mut output, &Reply::Failed { problem }, &[])?;
+                            continue;
+                        }
+                    }
                 }
-                _ => {
-                    let problem = Problem::Io {
-                        message: "asked to render a document that is not open".into(),
-                    };
-                    write_frame(&mut output, &Reply::Failed { problem }, &[])?
-                }
-            },
+                (job, pages)
+            }
+        };
+        match &mut open_document {
+            Some((open_job, document)) if *open_job == job => {
+                render_pages(document, &job, &pages, &mut output)?
+            }
+            _ => {
+                let problem = Problem::Io {
+                    message: "asked to render a document that is not open".into(),
+                };
+                write_frame(&mut output, &Reply::Failed { problem }, &[])?
+            }
         }
     }
     Ok(())
