@@ -13,22 +13,22 @@ use serde_json::Value;
 
 use crate::support::{command, docpipe, fixture, fixture_arg, text};
 
+/// The tiny Idefics2 fixture checkpoint every test here evaluates.
+const MODEL: &str = "idefics2/models/tiny-gqa-split";
+
 fn eval_docvqa(dataset: &str, out: &Path) -> Output {
-    docpipe(
-        &[
-            "eval",
-            "docvqa",
-            "--dataset",
-            dataset,
-            "--model",
-            &fixture_arg("idefics2/models/tiny-gqa-split"),
-            "--set",
-            "model.max_new_tokens=8",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    )
+    eval_docvqa_with(dataset, MODEL, &["model.max_new_tokens=8"], out)
+}
+
+/// `docpipe eval docvqa` on `dataset` with the fixture checkpoint `model` and `--set` items.
+pub fn eval_docvqa_with(dataset: &str, model: &str, sets: &[&str], out: &Path) -> Output {
+    let model = fixture_arg(model);
+    let mut args = vec!["eval", "docvqa", "--dataset", dataset, "--model", &model];
+    for item in sets {
+        args.extend(["--set", item]);
+    }
+    args.extend(["--out", out.to_str().unwrap()]);
+    docpipe(&args, &[])
 }
 
 fn json(path: &Path) -> Value {
@@ -315,20 +315,11 @@ fn s3_dataset_and_output_with_pipeline_overrides() {
 #[test]
 fn an_unknown_answer_setting_exits_2_before_any_work() {
     let out = tempfile::tempdir().unwrap();
-    let output = docpipe(
-        &[
-            "eval",
-            "docvqa",
-            "--dataset",
-            &fixture_arg("docvqa/json/val_v1.0.json"),
-            "--model",
-            &fixture_arg("idefics2/models/tiny-gqa-split"),
-            "--set",
-            "answer.lowercase=true",
-            "--out",
-            out.path().to_str().unwrap(),
-        ],
-        &[],
+    let output = eval_docvqa_with(
+        &fixture_arg("docvqa/json/val_v1.0.json"),
+        MODEL,
+        &["answer.lowercase=true"],
+        out.path(),
     );
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(

@@ -15,6 +15,7 @@ use docpipe_store::StoreOptions;
 use docpipe_vlm::{candle_device, candle_dtype};
 use serde_json::Value;
 
+use crate::eval_docvqa::eval_docvqa_with;
 use crate::support::{docpipe, fixture, fixture_arg, rows_at, text, worker};
 
 /// The hub layout (sharded, template in chat_template.json).
@@ -120,20 +121,11 @@ fn render_first_page(pool: &RenderPool, path: &Path) -> Arc<image::RgbImage> {
 #[test]
 fn eval_docvqa_scores_an_idefics3_checkpoint_in_the_save_pretrained_layout() {
     let out = tempfile::tempdir().unwrap();
-    let output = docpipe(
-        &[
-            "eval",
-            "docvqa",
-            "--dataset",
-            &fixture_arg("docvqa/json/val_v1.0.json"),
-            "--model",
-            &fixture_arg(SAVE_PRETRAINED_LAYOUT),
-            "--set",
-            &format!("model.max_new_tokens={MAX_NEW_TOKENS}"),
-            "--out",
-            out.path().to_str().unwrap(),
-        ],
-        &[],
+    let output = eval_docvqa_with(
+        &fixture_arg("docvqa/json/val_v1.0.json"),
+        SAVE_PRETRAINED_LAYOUT,
+        &[&format!("model.max_new_tokens={MAX_NEW_TOKENS}")],
+        out.path(),
     );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let predictions: Value =
