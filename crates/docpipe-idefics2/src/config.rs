@@ -164,13 +164,6 @@ pub struct ProcessorConfig {
 impl ProcessorConfig {
     /// Reads the image-processor files of the checkpoint in `dir` over the class defaults.
     pub fn load(dir: &Path) -> Result<Self, LoadError> {
-        let config: ProcessorConfig = processor_config(dir, processor_defaults())?;
-        if config.normalization.image_std.contains(&0.0) {
-            return Err(LoadError::invalid(
-                dir.join("preprocessor_config.json"),
-                "image_std must not contain 0",
-            ));
-        }
-        Ok(config)
+        processor_config(dir, processor_defaults())
     }
 }

@@ -568,6 +568,16 @@ fn per_channel<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[f32; 3], D::Er
     PerChannel::deserialize(d).map(Into::into)
 }
 
+/// A per-channel divisor: checked here, once for every family, because a 0 would turn every
+/// pixel of that channel into infinity.
+fn nonzero_per_channel<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[f32; 3], D::Error> {
+    let values = per_channel(d)?;
+    if values.contains(&0.0) {
+        return Err(serde::de::Error::custom("must not contain 0"));
+    }
+    Ok(values)
+}
+
 /// Rescale and normalization settings of an image processor (both families).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Normalization {
@@ -580,8 +590,8 @@ pub struct Normalization {
     /// Per-channel mean.
     #[serde(deserialize_with = "per_channel")]
     pub image_mean: [f32; 3],
-    /// Per-channel std.
-    #[serde(deserialize_with = "per_channel")]
+    /// Per-channel std (never 0).
+    #[serde(deserialize_with = "nonzero_per_channel")]
     pub image_std: [f32; 3],
 }
 
@@ -623,6 +633,21 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_zero_image_std_is_rejected_for_every_family() {
+        let normalization = |std: Value| {
+            serde_json::from_value::<Normalization>(json!({
+                "do_rescale": true, "rescale_factor": 0.00392156862745098, "do_normalize": true,
+                "image_mean": [0.5, 0.5, 0.5], "image_std": std,
+            }))
+        };
+        assert!(normalization(json!([0.5, 0.5, 0.5])).is_ok());
+        let error = normalization(json!([0.5, 0.0, 0.5]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must not contain 0"), "{error}");
+    }
 
     fn text(value: Value) -> Result<TextConfig, LoadError> {
         let defaults = json!({
