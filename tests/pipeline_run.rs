@@ -240,6 +240,8 @@ fn sigkill_then_rerun_gives_every_row_exactly_once() {
         format!("source.uri={}", source.path().display()),
         format!("sink.uri={}", out.path().display()),
         "sink.documents_per_part=1".to_owned(),
+        // The killed run's claims are taken over 2 s after the rerun first sees them.
+        "sink.hold_s=2".to_owned(),
         // Two replicas: answers must not depend on which one served a request.
         "model.devices=[\"cpu\", \"cpu\"]".to_owned(),
     ];
@@ -288,6 +290,10 @@ fn sigkill_then_rerun_gives_every_row_exactly_once() {
     let summary = String::from_utf8_lossy(&output.stdout);
     assert!(
         summary.contains(&format!("{committed_before} skipped")),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("taken over from stopped runs"),
         "{summary}"
     );
     let rows = rows_at(&out.path().display().to_string(), StoreOptions::default());

@@ -221,8 +221,23 @@ pub struct SinkConfig {
     /// Documents per part file (a document's rows never span two parts).
     #[serde(default = "default_docs_per_part")]
     pub documents_per_part: usize,
+    /// Claim documents before processing them, so that runs overlapping on this sink process
+    /// each document once (docs/storage.md, "Overlapping runs"). Off only for stores that do not
+    /// honour create-only writes, where overlapping runs must then be prevented by other means.
+    #[serde(default = "default_exclusive")]
+    pub exclusive: bool,
+    /// Seconds a run's claims outlive its last heartbeat: how long documents of a run that died
+    /// stay held before another run takes them over.
+    #[serde(default = "default_hold_s")]
+    pub hold_s: u64,
 }
 
+fn default_exclusive() -> bool {
+    true
+}
+fn default_hold_s() -> u64 {
+    60
+}
 fn default_extensions() -> Vec<String> {
     vec!["pdf".to_owned()]
 }
@@ -342,6 +357,7 @@ impl PipelineConfig {
             ("model.batch_patches", self.model.batch_patches),
             ("model.queue", self.model.queue),
             ("sink.documents_per_part", self.sink.documents_per_part),
+            ("sink.hold_s", self.sink.hold_s as usize),
         ] {
             if value == 0 {
                 return bad(key, "must be at least 1".into());

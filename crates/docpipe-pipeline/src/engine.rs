@@ -151,10 +151,11 @@ impl From<Completed<Tag>> for Event {
 }
 
 /// Runs `docs` through render, prepare and inference, sending each document to `out` once all
-/// of its rows are in. Blocks until done. Documents not finished when it fails are simply not
-/// sent (a rerun redoes them).
-pub fn run<M, R>(
-    docs: Vec<DocumentRef>,
+/// of its rows are in. Blocks until done; `docs` may block too (an exclusive run's documents
+/// arrive as they are claimed). Documents not finished when it fails are simply not sent (a
+/// rerun redoes them).
+pub fn run<M, R, D>(
+    docs: D,
     renderer: Arc<R>,
     replicas: Vec<Replica<M>>,
     plan: Arc<TaskPlan>,
@@ -165,6 +166,8 @@ pub fn run<M, R>(
 where
     M: VisionLanguageModel + 'static,
     R: Renderer + 'static,
+    D: IntoIterator<Item = DocumentRef>,
+    D::IntoIter: Send + 'static,
 {
     let Some(preparer) = replicas.first().map(|r| r.model.clone()) else {
         return Err(PoolError::NoReplicaLeft {
@@ -200,7 +203,8 @@ where
             .expect("spawning the assembler thread")
     };
 
-    let queue = Arc::new(Mutex::new(docs.into_iter().enumerate()));
+    let docs: Box<dyn Iterator<Item = DocumentRef> + Send> = Box::new(docs.into_iter());
+    let queue = Arc::new(Mutex::new(docs.enumerate()));
     let render_threads: Vec<_> = (0..config.render_threads.max(1))
         .map(|i| {
             let worker = RenderThread {
@@ -264,7 +268,7 @@ struct RenderThread<M: VisionLanguageModel, R> {
     stats: EngineStats,
 }
 
-type DocQueue = Mutex<std::iter::Enumerate<std::vec::IntoIter<DocumentRef>>>;
+type DocQueue = Mutex<std::iter::Enumerate<Box<dyn Iterator<Item = DocumentRef> + Send>>>;
 
 impl<M: VisionLanguageModel, R: Renderer> RenderThread<M, R> {
     fn run(mut self, queue: &DocQueue) -> EngineStats {
@@ -562,7 +566,9 @@ mod tests {
             docs
         });
         let result = run(
-            uris.iter().map(|u| DocumentRef::new(*u)).collect(),
+            uris.iter()
+                .map(|u| DocumentRef::new(*u))
+                .collect::<Vec<_>>(),
             Arc::new(FakeRenderer),
             replicas,
             plan,

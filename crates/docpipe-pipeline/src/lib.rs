@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+mod claimer;
 pub mod config;
 pub mod engine;
 pub mod model;

@@ -26,6 +26,10 @@ impl Counters {
     pub fn page_rendered(&self) {
         self.pages_rendered.fetch_add(1, Ordering::Relaxed);
     }
+    /// A document this run meant to process was committed by an overlapping run.
+    pub fn document_done_elsewhere(&self) {
+        self.documents_done.fetch_add(1, Ordering::Relaxed);
+    }
     /// A document's rows were committed.
     pub fn document_written(&self, rows: u64, failed: u64) {
         self.documents_done.fetch_add(1, Ordering::Relaxed);

@@ -1,18 +1,21 @@
-//! A whole run: list the source, skip what the sink already committed, load the model, run the
-//! engine, commit finished documents, then write the report and the manifest.
+//! A whole run: list the source, skip what the sink already committed, claim the rest on the
+//! sink (exclusive runs, see [`crate::claimer`]), load the model, run the engine, commit
+//! finished documents, then write the report and the manifest.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use docpipe_core::DocumentRef;
 use docpipe_core::{Shard, VisionLanguageModel};
 use docpipe_render::{
     DocumentOptions, PageSelection, RenderError, RenderPool, RenderPoolConfig, WorkerCommand,
 };
-use docpipe_sink::{unix_micros, RunManifest, RunReport, Sink, SinkError, SinkOptions};
+use docpipe_sink::{unix_micros, Claims, RunManifest, RunReport, Sink, SinkError, SinkOptions};
 use docpipe_source::{list_documents, Fetcher, ListingSpec, ManifestSpec, SourceError, SourceSpec};
 use docpipe_store::{StoreError, StoreOptions, Stores};
 
+use crate::claimer::{self, ClaimStats};
 use crate::config::{expand_date, PipelineConfig};
 use crate::engine::{self, EngineConfig, EngineError, FinishedDocument};
 use crate::model::{self, LoadedModel, ModelLoadError};
@@ -73,6 +76,19 @@ pub enum RunError {
     /// or was cancelled; the message is tokio's.
     #[error("a pipeline thread failed: {0}")]
     Join(String),
+    /// Documents this run processed were taken over by a run that then stopped without
+    /// committing them (this run was stalled past its hold meanwhile).
+    #[error(
+        "{} documents (first: {first}) were taken over from this run by runs that stopped \
+         before committing them",
+        .count
+    )]
+    Unfinished {
+        /// How many.
+        count: usize,
+        /// The first one's URI.
+        first: String,
+    },
 }
 
 impl RunError {
@@ -85,7 +101,9 @@ impl RunError {
                     | SourceError::MissingFolder { .. }
                     | SourceError::Pattern { .. }
             ) | RunError::Sink(
-                SinkError::Store(StoreError::InvalidLocation { .. }) | SinkError::KeyColumn { .. }
+                SinkError::Store(StoreError::InvalidLocation { .. })
+                    | SinkError::KeyColumn { .. }
+                    | SinkError::NoCreateOnly { .. }
             )
         ) || matches!(self, RunError::Model(e) if e.is_usage())
     }
@@ -94,6 +112,7 @@ impl RunError {
 /// Runs a pipeline to the end. Must be called inside a multi-threaded tokio runtime.
 pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
     let started = Instant::now();
+    let run_id = new_run_id();
     let config = options.config;
     let sink_uri = expand_date(&config.sink.uri, SystemTime::now());
     let stores = Arc::new(Stores::new(options.store_options));
@@ -137,16 +156,13 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
         sink = %sink_uri,
         "documents listed"
     );
-
-    let model_config = config.model.clone();
-    let loaded = tokio::task::spawn_blocking(move || model::load(&model_config))
-        .await
-        .map_err(|e| RunError::Join(e.to_string()))??;
-    let job = Job {
+    Job {
         config,
         stores,
         sink,
         sink_uri,
+        run_id,
+        claims: None,
         todo,
         documents_listed,
         documents_skipped,
@@ -154,11 +170,9 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
         worker_command: options.worker_command,
         log_every: options.log_every,
         started,
-    };
-    match loaded {
-        LoadedModel::Idefics2(replicas) => job.run(replicas).await,
-        LoadedModel::Idefics3(replicas) => job.run(replicas).await,
     }
+    .load_and_run()
+    .await
 }
 
 fn source_spec(config: &PipelineConfig) -> SourceSpec {
@@ -176,13 +190,15 @@ fn source_spec(config: &PipelineConfig) -> SourceSpec {
     }
 }
 
-/// A run whose documents are listed and whose model is loaded.
+/// A run whose documents are listed (and, for an exclusive run, whose claims are started).
 struct Job {
     config: PipelineConfig,
     stores: Arc<Stores>,
     sink: Sink,
     sink_uri: String,
-    todo: Vec<docpipe_core::DocumentRef>,
+    run_id: String,
+    claims: Option<Arc<Claims>>,
+    todo: Vec<DocumentRef>,
     documents_listed: usize,
     documents_skipped: usize,
     shard: Option<Shard>,
@@ -192,6 +208,29 @@ struct Job {
 }
 
 impl Job {
+    /// Loads the model, then claims and processes the documents. Claims start only once the
+    /// model is loaded, so a configuration error leaves nothing on the sink.
+    async fn load_and_run(mut self) -> Result<RunSummary, RunError> {
+        let model_config = self.config.model.clone();
+        let loaded = tokio::task::spawn_blocking(move || model::load(&model_config))
+            .await
+            .map_err(|e| RunError::Join(e.to_string()))??;
+        if self.config.sink.exclusive && !self.todo.is_empty() {
+            let hold = Duration::from_secs(self.config.sink.hold_s);
+            let claims = self.sink.start_claims(&self.run_id, hold).await;
+            self.claims = Some(claims.map_err(RunError::Sink)?);
+        }
+        let claims = self.claims.clone();
+        let result = match loaded {
+            LoadedModel::Idefics2(replicas) => self.run(replicas).await,
+            LoadedModel::Idefics3(replicas) => self.run(replicas).await,
+        };
+        if let Some(claims) = claims {
+            claims.end().await;
+        }
+        result
+    }
+
     async fn run<M: VisionLanguageModel + 'static>(
         self,
         replicas: Vec<Replica<M>>,
@@ -201,6 +240,8 @@ impl Job {
             stores,
             mut sink,
             sink_uri,
+            run_id,
+            claims,
             todo,
             documents_listed,
             documents_skipped,
@@ -213,7 +254,6 @@ impl Job {
             .first()
             .map(|r| r.model.model_id().to_owned())
             .unwrap_or_default();
-        let run_id = new_run_id();
         let mut report = RunReport {
             run_id: run_id.clone(),
             model: model_id.clone(),
@@ -257,6 +297,7 @@ impl Job {
         let counters = Arc::new(Counters::default());
         counters.set_documents_total(todo.len() as u64);
         let display = ProgressDisplay::start(counters.clone(), log_every);
+        let (docs, claimer) = feed(todo, claims.as_ref(), render.workers, &counters);
         let (finished_tx, mut finished_rx) = tokio::sync::mpsc::channel::<FinishedDocument>(4);
         let engine = render_pool.map(|pool| {
             let renderer = Arc::new(PoolRenderer {
@@ -285,7 +326,7 @@ impl Job {
             let counters = counters.clone();
             tokio::task::spawn_blocking(move || {
                 engine::run(
-                    todo,
+                    docs,
                     renderer,
                     replicas,
                     plan,
@@ -306,7 +347,6 @@ impl Job {
         let committed = commit_documents(
             &mut sink,
             &mut finished_rx,
-            &mut report,
             &counters,
             &mut sink_time,
             &labels,
@@ -317,6 +357,10 @@ impl Job {
         let engine_stats = match engine {
             Some(handle) => Some(handle.await.map_err(|e| RunError::Join(e.to_string()))?),
             None => None,
+        };
+        let claimed = match claimer {
+            Some(handle) => handle.await.map_err(|e| RunError::Join(e.to_string()))?,
+            None => Ok(ClaimStats::default()),
         };
         display.finish().await;
         committed.map_err(RunError::Sink)?;
@@ -330,6 +374,9 @@ impl Job {
                 return Err(error.into());
             }
         };
+        let claimed = claimed.map_err(RunError::Sink)?;
+        report.documents_taken_over = claimed.taken_over;
+        report.documents_by_other_runs = claimed.by_other_runs;
 
         let mut seconds_by_stage = BTreeMap::new();
         if let Some(stats) = &engine_stats {
@@ -348,11 +395,22 @@ impl Job {
         let started_flush = Instant::now();
         sink.flush().await.map_err(RunError::Sink)?;
         sink_time += started_flush.elapsed();
+        let unfinished = match &claims {
+            Some(claims) => settle_lost(&sink, claims, &mut report).await?,
+            None => Vec::new(),
+        };
         seconds_by_stage.insert("sink".to_owned(), sink_time.as_secs_f64());
         report.seconds_by_stage = seconds_by_stage.clone();
         report.parts_written = sink.parts_written().len() as u64;
+        report.written = sink.written().clone();
         report.set_wall_seconds(started.elapsed().as_secs_f64());
         sink.write_report(&report).await.map_err(RunError::Sink)?;
+        if let Some(first) = unfinished.first() {
+            return Err(RunError::Unfinished {
+                count: unfinished.len(),
+                first: first.uri.clone(),
+            });
+        }
         let manifest = RunManifest {
             run_id,
             model: model_id,
@@ -376,6 +434,60 @@ impl Job {
     }
 }
 
+/// The engine's documents: all of `todo`, or for an exclusive run the ones a claiming task gets
+/// (with that task's handle).
+type ClaimTask = tokio::task::JoinHandle<Result<ClaimStats, SinkError>>;
+
+fn feed(
+    todo: Vec<DocumentRef>,
+    claims: Option<&Arc<Claims>>,
+    render_threads: usize,
+    counters: &Arc<Counters>,
+) -> (
+    Box<dyn Iterator<Item = DocumentRef> + Send>,
+    Option<ClaimTask>,
+) {
+    let Some(claims) = claims else {
+        return (Box::new(todo.into_iter()), None);
+    };
+    // Claimed documents wait here for a render thread; few, so claims stay close to the work.
+    let (claimed, mut receiver) = tokio::sync::mpsc::channel(render_threads.max(1));
+    let task = tokio::spawn(claimer::claim_documents(
+        todo,
+        claims.clone(),
+        claimed,
+        counters.clone(),
+    ));
+    (
+        Box::new(std::iter::from_fn(move || receiver.blocking_recv())),
+        Some(task),
+    )
+}
+
+/// Waits for the documents this run lost to be committed by the runs that took them over;
+/// counts them in the report and returns those nobody will commit.
+async fn settle_lost(
+    sink: &Sink,
+    claims: &Claims,
+    report: &mut RunReport,
+) -> Result<Vec<docpipe_sink::DocumentKey>, RunError> {
+    let lost = sink.lost_documents();
+    report.documents_lost = lost.len() as u64;
+    if lost.is_empty() {
+        return Ok(Vec::new());
+    }
+    tracing::warn!(
+        "{} documents were taken over by other runs while this run was stalled; their rows \
+         from this run were discarded",
+        lost.len()
+    );
+    let settled = claimer::settle(lost, claims)
+        .await
+        .map_err(RunError::Sink)?;
+    report.documents_by_other_runs += settled.committed;
+    Ok(settled.open)
+}
+
 /// What the rows of this run are labelled with.
 struct RowLabels<'a> {
     run_id: &'a str,
@@ -388,7 +500,6 @@ struct RowLabels<'a> {
 async fn commit_documents(
     sink: &mut Sink,
     finished: &mut tokio::sync::mpsc::Receiver<FinishedDocument>,
-    report: &mut RunReport,
     counters: &Counters,
     sink_time: &mut Duration,
     labels: &RowLabels<'_>,
@@ -420,12 +531,8 @@ async fn commit_documents(
                     rows = unasked_rows(&doc.doc, tasks, run_id, model_id, now);
                 }
                 let failed = rows.iter().filter(|r| r.error_stage.is_some()).count();
-                for row in &rows {
-                    report.record(row);
-                }
                 counters.document_written(rows.len() as u64, failed as u64);
                 sink.commit_document(rows).await?;
-                report.documents_committed += 1;
             }
         }
         *sink_time += started.elapsed();

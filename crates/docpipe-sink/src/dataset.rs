@@ -286,7 +286,7 @@ async fn check_shard(
     let report_path = location.child(&format!("report-{}.json", shard.label()));
     if let Some(bytes) = read(location, &report_path).await? {
         if let Ok(report) = serde_json::from_slice::<RunReport>(&bytes) {
-            let done = report.documents_committed + report.documents_skipped;
+            let done = report.documents_done();
             if done < report.documents_listed {
                 return Ok(Err(format!(
                     "its report says {} of {} listed documents were not processed",

@@ -56,6 +56,18 @@ pub enum SinkError {
         /// No shard manifest yet, manifests that disagree, or `--shards 0`.
         reason: String,
     },
+    /// The sink's store does not refuse a second create-only write, so runs overlapping on it
+    /// cannot be kept from committing a document twice (see `sink.exclusive`).
+    #[error(
+        "{url}: the store does not honour create-only writes ({detail}); overlapping runs \
+         cannot be made exclusive on it (set sink.exclusive = false to run without claims)"
+    )]
+    NoCreateOnly {
+        /// The scratch object written twice.
+        url: String,
+        /// What the store did.
+        detail: String,
+    },
     /// A run manifest is already there: this run (or shard) was completed before.
     #[error("run manifest {url} already exists: this run was already completed")]
     ManifestExists {

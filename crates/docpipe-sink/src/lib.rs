@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+mod claims;
 mod create_only;
 mod dataset;
 mod error;
@@ -34,11 +35,12 @@ mod row;
 mod schema;
 mod writer;
 
+pub use claims::{Claim, Claims, DocumentState};
 pub use dataset::{commit_dataset, DatasetCommit, DatasetManifest, ShardEntry, ShardProblem};
 pub use error::SinkError;
 pub use read::{read_batches, read_rows};
-pub use report::{RunManifest, RunReport};
-pub use resume::{Committed, PartInfo};
+pub use report::{RunManifest, RunReport, WrittenRows};
+pub use resume::{Committed, DocumentKey, PartInfo};
 pub use row::{unix_micros, OutputRow};
 pub use schema::{columns, output_schema, rows_to_batch};
-pub use writer::{Sink, SinkOptions};
+pub use writer::{LostDocument, Sink, SinkOptions};

@@ -9,6 +9,7 @@ use arrow::array::{Array, AsArray};
 use docpipe_core::DocumentRef;
 use docpipe_store::{Location, ParquetObjectFile};
 use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
 use object_store::ObjectMeta;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use serde::{Deserialize, Serialize};
@@ -22,8 +23,25 @@ pub(crate) const PARTS_DIR: &str = "parts";
 /// How many parts are read at once when listing committed documents.
 const READ_CONCURRENCY: usize = 8;
 
-/// A committed document: its URI and version.
-type DocumentKey = (String, Option<String>);
+/// A document as the sink tells documents apart: its URI and version (a new version of a
+/// document is another document).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DocumentKey {
+    /// The `doc_uri` column.
+    pub uri: String,
+    /// The `doc_version` column.
+    pub version: Option<String>,
+}
+
+impl DocumentKey {
+    /// The key of a listed document.
+    pub fn of(doc: &DocumentRef) -> Self {
+        Self {
+            uri: doc.uri.clone(),
+            version: doc.version.clone(),
+        }
+    }
+}
 
 /// A committed part file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,8 +67,7 @@ impl Committed {
     /// True when `doc`, at this version, is in a committed part. A document whose version
     /// changed since is not: it is processed again.
     pub fn contains(&self, doc: &DocumentRef) -> bool {
-        self.documents
-            .contains(&(doc.uri.clone(), doc.version.clone()))
+        self.documents.contains(&DocumentKey::of(doc))
     }
 
     /// Committed (URI, version) pairs, over every part and shard.
@@ -86,22 +103,29 @@ pub(crate) async fn committed(location: &Location) -> Result<Committed, SinkErro
 
 /// The part files under `location`, sorted by path.
 pub(crate) async fn part_objects(location: &Location) -> Result<Vec<ObjectMeta>, SinkError> {
-    let dir = location.child(PARTS_DIR);
+    let mut objects = list_objects(location, &location.child(PARTS_DIR)).await?;
+    objects.retain(|object| object.location.as_ref().ends_with(".parquet"));
+    Ok(objects)
+}
+
+/// The objects under `dir`, sorted by path; none when `dir` is a local folder not created yet.
+pub(crate) async fn list_objects(
+    location: &Location,
+    dir: &Path,
+) -> Result<Vec<ObjectMeta>, SinkError> {
     if location
-        .local_path_of(&dir)
+        .local_path_of(dir)
         .is_some_and(|path| !path.is_dir())
     {
-        // A local sink that was never written to has no parts folder yet.
         return Ok(Vec::new());
     }
     let mut objects: Vec<ObjectMeta> = location
         .store()
-        .list(Some(&dir))
-        .try_filter(|object| futures::future::ready(object.location.as_ref().ends_with(".parquet")))
+        .list(Some(dir))
         .try_collect()
         .await
         .map_err(|source| SinkError::List {
-            url: location.url_of(&dir).to_string(),
+            url: location.url_of(dir).to_string(),
             source,
         })?;
     objects.sort_by(|a, b| a.location.cmp(&b.location));
@@ -165,7 +189,10 @@ async fn read_part_documents(
             let version = versions
                 .is_valid(row)
                 .then(|| versions.value(row).to_owned());
-            documents.insert((uris.value(row).to_owned(), version));
+            documents.insert(DocumentKey {
+                uri: uris.value(row).to_owned(),
+                version,
+            });
         }
     }
     let part = PartInfo {

@@ -83,6 +83,14 @@ impl OutputRow {
         }
     }
 
+    /// The document the row is about.
+    pub fn document_key(&self) -> crate::DocumentKey {
+        crate::DocumentKey {
+            uri: self.doc_uri.clone(),
+            version: self.doc_version.clone(),
+        }
+    }
+
     /// Marks the row as failed: no answer, the failure's stage and message, and its page when
     /// the failure names one.
     pub fn with_failure(mut self, failure: &Failure) -> Self {

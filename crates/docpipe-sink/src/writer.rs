@@ -1,22 +1,25 @@
 //! [`Sink`]: buffers finished documents and writes them as Parquet parts (zstd, dictionary
-//! encoding, whole documents only), uploaded so that a part is complete or absent; at the end,
-//! the report and the create-only manifest. [`SinkOptions`] sets when a part is written.
+//! encoding, whole documents only), each uploaded create-only in one request so that a part is
+//! complete or absent; at the end, the report and the create-only manifest. [`SinkOptions`]
+//! sets when a part is written. With [`Sink::start_claims`], a part holds only documents whose
+//! claims this run still had when it wrote the part.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
 use docpipe_core::Shard;
 use docpipe_store::{Location, Stores};
-use object_store::buffered::BufWriter;
-use object_store::ObjectStoreExt;
-use parquet::arrow::AsyncArrowWriter;
+use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use crate::claims::{Claims, Sealed};
 use crate::create_only::{put_json_create_only, Created};
-use crate::report::{RunManifest, RunReport};
-use crate::resume::{self, Committed, PartInfo};
+use crate::report::{RunManifest, RunReport, WrittenRows};
+use crate::resume::{self, Committed, DocumentKey, PartInfo};
 use crate::schema::{output_schema, rows_to_batch};
 use crate::{OutputRow, SinkError};
 
@@ -59,6 +62,15 @@ impl SinkOptions {
     }
 }
 
+/// A document another run took over before this one could commit it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostDocument {
+    /// The document.
+    pub doc: DocumentKey,
+    /// The run that took it over.
+    pub taken_by: String,
+}
+
 /// Writes committed documents as Parquet parts under a sink location.
 #[derive(Debug)]
 pub struct Sink {
@@ -66,11 +78,15 @@ pub struct Sink {
     options: SinkOptions,
     schema: SchemaRef,
     properties: WriterProperties,
-    buffer: Vec<OutputRow>,
-    buffered_documents: usize,
+    /// Finished documents not written yet, each with all of its rows.
+    buffer: Vec<Vec<OutputRow>>,
+    buffered_rows: usize,
     buffered_bytes: usize,
     oldest: Option<Instant>,
-    written: Vec<PartInfo>,
+    parts: Vec<PartInfo>,
+    written: WrittenRows,
+    lost: Vec<LostDocument>,
+    claims: Option<Arc<Claims>>,
 }
 
 impl Sink {
@@ -92,11 +108,33 @@ impl Sink {
             schema,
             properties,
             buffer: Vec::new(),
-            buffered_documents: 0,
+            buffered_rows: 0,
             buffered_bytes: 0,
             oldest: None,
-            written: Vec::new(),
+            parts: Vec::new(),
+            written: WrittenRows::default(),
+            lost: Vec::new(),
+            claims: None,
         })
+    }
+
+    /// Makes this run exclusive on the sink from now on: documents must be claimed (with the
+    /// returned [`Claims`]) before they are processed, and a part only takes documents whose
+    /// claims this run still holds. Starts the run's heartbeat; see [`Claims`].
+    pub async fn start_claims(
+        &mut self,
+        run_id: &str,
+        hold: Duration,
+    ) -> Result<Arc<Claims>, SinkError> {
+        let claims = Claims::start(
+            self.location.clone(),
+            run_id.to_owned(),
+            hold,
+            self.encode(&[])?,
+        )
+        .await?;
+        self.claims = Some(claims.clone());
+        Ok(claims)
     }
 
     /// The Arrow schema of the parts: key columns, then the standard columns.
@@ -137,12 +175,12 @@ impl Sink {
             )));
         }
         self.buffered_bytes += rows.iter().map(OutputRow::approximate_bytes).sum::<usize>();
-        self.buffered_documents += 1;
+        self.buffered_rows += rows.len();
         self.oldest.get_or_insert_with(Instant::now);
-        self.buffer.extend(rows);
+        self.buffer.push(rows);
         let options = &self.options;
-        if self.buffered_documents >= options.documents_per_part
-            || self.buffer.len() >= options.rows_per_part
+        if self.buffer.len() >= options.documents_per_part
+            || self.buffered_rows >= options.rows_per_part
             || self.buffered_bytes >= options.bytes_per_part
             || self.flush_due()
         {
@@ -171,7 +209,8 @@ impl Sink {
         Ok(None)
     }
 
-    /// Writes the buffered documents as one part now.
+    /// Writes the buffered documents as one part now. With claims, documents another run took
+    /// over are left out (see [`Sink::lost_documents`]).
     pub async fn flush(&mut self) -> Result<Option<PartInfo>, SinkError> {
         if self.buffer.is_empty() {
             return Ok(None);
@@ -183,49 +222,123 @@ impl Sink {
             u64::try_from(crate::unix_micros(SystemTime::now()) / 1000).unwrap_or_default(),
             rand::random::<u64>()
         );
+        let documents = std::mem::take(&mut self.buffer);
+        self.buffered_rows = 0;
+        self.buffered_bytes = 0;
+        self.oldest = None;
+        let documents = self.seal(documents, &relative).await?;
+        if documents.is_empty() {
+            return Ok(None);
+        }
+        let rows: Vec<OutputRow> = documents.iter().flatten().cloned().collect();
+        let body = self.encode(&rows)?;
         let path = self.location.child(&relative);
-        let url = self.location.url_of(&path).to_string();
-        let write_error = |e: parquet::errors::ParquetError| SinkError::Write {
-            url: url.clone(),
-            message: e.to_string(),
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
         };
-        let batch = rows_to_batch(&self.schema, &self.buffer)?;
-        let object = BufWriter::new(Arc::clone(self.location.store()), path.clone());
-        let mut writer = AsyncArrowWriter::try_new(
-            object,
+        let bytes = body.len() as u64;
+        match self
+            .location
+            .store()
+            .put_opts(&path, body.into(), options)
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) if self.claims.is_some() => {
+                // A run that took these documents over while this one stalled voided the part.
+                for rows in &documents {
+                    self.lose(&rows[0], "a run that took this run's documents over".into());
+                }
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(SinkError::Write {
+                    url: self.location.url_of(&path).to_string(),
+                    message: e.to_string(),
+                })
+            }
+        }
+        for row in &rows {
+            self.written.record(row);
+        }
+        self.written.documents_committed += documents.len() as u64;
+        let part = PartInfo {
+            path: relative,
+            rows: rows.len() as u64,
+            documents: documents.len() as u64,
+            bytes,
+        };
+        self.parts.push(part.clone());
+        Ok(Some(part))
+    }
+
+    /// Keeps the documents whose claims this run still holds, after appending their commit
+    /// entries naming `part`; all of them when the sink has no claims.
+    async fn seal(
+        &mut self,
+        documents: Vec<Vec<OutputRow>>,
+        part: &str,
+    ) -> Result<Vec<Vec<OutputRow>>, SinkError> {
+        let Some(claims) = self.claims.clone() else {
+            return Ok(documents);
+        };
+        let keys: Vec<DocumentKey> = documents
+            .iter()
+            .map(|rows| rows[0].document_key())
+            .collect();
+        let sealed = claims.seal(&keys, part).await?;
+        let mut kept = Vec::with_capacity(documents.len());
+        for (rows, sealed) in documents.into_iter().zip(sealed) {
+            match sealed {
+                Sealed::Kept => kept.push(rows),
+                Sealed::Lost { by } => self.lose(&rows[0], by),
+            }
+        }
+        Ok(kept)
+    }
+
+    fn lose(&mut self, row: &OutputRow, taken_by: String) {
+        let doc = row.document_key();
+        tracing::warn!(
+            doc = %doc.uri,
+            "not committed: {taken_by} took this document over while this run was stalled; \
+             its rows from this run were discarded"
+        );
+        self.lost.push(LostDocument { doc, taken_by });
+    }
+
+    /// Parquet bytes of `rows` with the sink's schema and properties.
+    fn encode(&self, rows: &[OutputRow]) -> Result<Bytes, SinkError> {
+        let error = |e: parquet::errors::ParquetError| SinkError::Write {
+            url: self.location.url().to_string(),
+            message: format!("encoding a part: {e}"),
+        };
+        let batch = rows_to_batch(&self.schema, rows)?;
+        let mut writer = ArrowWriter::try_new(
+            Vec::new(),
             Arc::clone(&self.schema),
             Some(self.properties.clone()),
         )
-        .map_err(write_error)?;
-        writer.write(&batch).await.map_err(write_error)?;
-        writer.close().await.map_err(write_error)?;
-        let bytes = self
-            .location
-            .store()
-            .head(&path)
-            .await
-            .map_err(|e| SinkError::Write {
-                url: url.clone(),
-                message: format!("written but not found: {e}"),
-            })?
-            .size;
-        let part = PartInfo {
-            path: relative,
-            rows: self.buffer.len() as u64,
-            documents: self.buffered_documents as u64,
-            bytes,
-        };
-        self.buffer.clear();
-        self.buffered_documents = 0;
-        self.buffered_bytes = 0;
-        self.oldest = None;
-        self.written.push(part.clone());
-        Ok(Some(part))
+        .map_err(error)?;
+        writer.write(&batch).map_err(error)?;
+        Ok(Bytes::from(writer.into_inner().map_err(error)?))
     }
 
     /// Parts written by this sink so far.
     pub fn parts_written(&self) -> &[PartInfo] {
+        &self.parts
+    }
+
+    /// Documents, rows and tokens written so far.
+    pub fn written(&self) -> &WrittenRows {
         &self.written
+    }
+
+    /// Documents handed over but not written, because another run took them over while this
+    /// one was stalled (claims only).
+    pub fn lost_documents(&self) -> &[LostDocument] {
+        &self.lost
     }
 
     /// Flushes, then writes the run manifest, create-only: if this run (or shard) already has

@@ -83,25 +83,33 @@ pub fn run(args: RunArgs) -> Result<Outcome, CommandError> {
         .block_on(docpipe_pipeline::run(options))
         .classified()?;
     let report = &summary.report;
+    let written = &report.written;
     println!(
         "{} documents processed, {} skipped (already committed), {} rows, {} with errors → {}",
-        report.documents_committed,
+        written.documents_committed,
         report.documents_skipped,
-        report.rows,
-        report.rows_failed,
+        written.rows,
+        written.rows_failed,
         summary.sink_uri
     );
-    if report.rows_failed > 0 {
-        let stages: Vec<String> = report
+    if report.documents_by_other_runs + report.documents_taken_over + report.documents_lost > 0 {
+        println!(
+            "overlapping runs: {} documents committed by other runs, {} taken over from stopped \
+             runs, {} lost to other runs while this one was stalled",
+            report.documents_by_other_runs, report.documents_taken_over, report.documents_lost
+        );
+    }
+    if written.rows_failed > 0 {
+        let stages: Vec<String> = written
             .errors_by_stage
             .iter()
             .map(|(stage, n)| format!("{stage}: {n}"))
             .collect();
         eprintln!(
             "{} rows carry errors ({})",
-            report.rows_failed,
+            written.rows_failed,
             stages.join(", ")
         );
     }
-    Ok(Outcome::from_failures(report.rows_failed))
+    Ok(Outcome::from_failures(written.rows_failed))
 }

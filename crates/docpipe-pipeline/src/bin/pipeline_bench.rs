@@ -126,8 +126,8 @@ fn end_to_end(config: PipelineConfig, worker: WorkerCommand, pages: usize) -> Re
     let report = &summary.report;
     println!(
         "e2e pages={pages} rows={} failed={} wall_s={wall:.2} pages_per_s={:.2} vm_hwm_mib={:.1} stages={:?}",
-        report.rows,
-        report.rows_failed,
+        report.written.rows,
+        report.written.rows_failed,
         pages as f64 / wall,
         vm_hwm_mib(),
         report.seconds_by_stage

@@ -122,7 +122,7 @@ async fn eval(args: DocvqaArgs) -> Result<Outcome, CommandError> {
     let metrics = &evaluation.metrics;
     println!(
         "{} pages answered, {} skipped (already committed)",
-        summary.report.documents_committed, summary.report.documents_skipped
+        summary.report.written.documents_committed, summary.report.documents_skipped
     );
     if metrics.summary.questions > 0 {
         put(
@@ -146,14 +146,14 @@ async fn eval(args: DocvqaArgs) -> Result<Outcome, CommandError> {
     let failed = answered.unanswered.len();
     if failed > 0 {
         eprintln!("{failed} questions have no answer (error rows in parts/)");
-    } else if summary.report.rows_failed > 0 {
+    } else if summary.report.written.rows_failed > 0 {
         eprintln!(
             "{} rows of this run carry errors (see parts/); every selected question has an answer",
-            summary.report.rows_failed
+            summary.report.written.rows_failed
         );
     }
     Ok(Outcome::from_failures(
-        (failed as u64).max(summary.report.rows_failed),
+        (failed as u64).max(summary.report.written.rows_failed),
     ))
 }
 

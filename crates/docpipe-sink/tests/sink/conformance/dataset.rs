@@ -5,7 +5,7 @@
 use docpipe_core::Shard;
 use docpipe_sink::{
     commit_dataset, DatasetCommit, DatasetManifest, RunManifest, RunReport, ShardProblem, Sink,
-    SinkError, SinkOptions,
+    SinkError, SinkOptions, WrittenRows,
 };
 use docpipe_testkit::TestStore;
 
@@ -102,8 +102,11 @@ async fn missing_and_failed_shards_are_named_and_nothing_is_written(store: &Test
     let report = RunReport {
         shard: Some("3/4".into()),
         documents_listed: 5,
-        documents_committed: 2,
         documents_skipped: 1,
+        written: WrittenRows {
+            documents_committed: 2,
+            ..WrittenRows::default()
+        },
         ..RunReport::default()
     };
     store

@@ -25,7 +25,7 @@ async fn manifest_is_written_once_and_lists_the_parts(store: &TestStore) {
             .unwrap();
     }
     let mut report = RunReport::default();
-    report.record(&document_rows("/d/0.pdf", "v", 1)[0]);
+    report.written.record(&document_rows("/d/0.pdf", "v", 1)[0]);
     sink.write_report(&report).await.unwrap();
     let manifest = sink
         .finish(RunManifest {

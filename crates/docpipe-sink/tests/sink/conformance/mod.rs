@@ -2,6 +2,7 @@
 //! [`TestStore`](docpipe_testkit::TestStore) and run against `file://`, `memory://` and moto S3
 //! by [`docpipe_testkit::conformance_tests!`]. The sink writes under [`SINK`] in each store.
 
+mod claims;
 mod dataset;
 mod manifest;
 mod parts;
