@@ -19,7 +19,7 @@ use docpipe_store::{StoreOptions, Stores};
 
 use crate::support::{
     assert_exactly_once, assert_usage_error, command, docpipe, fixture, page_count, refused_s3_env,
-    repo, rows_at, runtime, text, worker, DEMO_QUERIES,
+    repo, rows_at, runtime, text, worker, Key, DEMO_QUERIES,
 };
 
 const TINY_MODEL: &str = "fixtures/idefics2/models/tiny-gqa-split";
@@ -127,31 +127,32 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
     assert_eq!(rows_at(&sink, StoreOptions::default()).len(), rows.len());
 }
 
+/// Runs the demo over the fixture PDFs on `devices` with small batches (so that a run has
+/// several), with `env` set; the output and every row by key, each checked to be there once.
+fn demo_on(devices: &str, env: &[(String, String)]) -> (Output, HashMap<Key, OutputRow>) {
+    let pages = pages_of(&fixture("pdfs"));
+    let out = tempfile::tempdir().unwrap();
+    let sink = out.path().display().to_string();
+    let sets = [
+        format!("sink.uri={sink}"),
+        format!("model.devices={devices}"),
+        "model.batch_tokens=600".to_owned(),
+    ];
+    let output = run_demo(&sets, env);
+    let rows = rows_at(&sink, StoreOptions::default());
+    let rows = assert_exactly_once(&rows, &pages, DEMO_QUERIES);
+    (output, rows)
+}
+
 /// Two CPU replicas, one of which fails mid-run (the pool's fault hook): every row comes out
 /// once, with the answers of a run on one replica.
 #[test]
 fn a_replica_failing_mid_run_changes_no_row() {
-    let pages = pages_of(&fixture("pdfs"));
-    let run = |devices: &str, env: &[(String, String)]| {
-        let out = tempfile::tempdir().unwrap();
-        let sink = out.path().display().to_string();
-        // Small batches, so that the run has several and the failing one is mid-run.
-        let sets = [
-            format!("sink.uri={sink}"),
-            format!("model.devices={devices}"),
-            "model.batch_tokens=600".to_owned(),
-        ];
-        let output = run_demo(&sets, env);
-        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-        let rows = rows_at(&sink, StoreOptions::default());
-        (
-            text(&output),
-            assert_exactly_once(&rows, &pages, DEMO_QUERIES),
-        )
-    };
-    let (_, alone) = run(r#"["cpu"]"#, &[]);
-    let fault = [(FAULT_ENV.to_owned(), "3".to_owned())];
-    let (log, pair) = run(r#"["cpu","cpu"]"#, &fault);
+    let (_, alone) = demo_on(r#"["cpu"]"#, &[]);
+    let fault = [(FAULT_ENV.to_owned(), "batch:3".to_owned())];
+    let (output, pair) = demo_on(r#"["cpu","cpu"]"#, &fault);
+    let log = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{log}");
     assert!(
         log.contains("replica retired") && log.contains("injected device failure"),
         "{log}"
@@ -165,6 +166,40 @@ fn a_replica_failing_mid_run_changes_no_row() {
             (&row.answer, row.answer_tokens, &row.error),
             "{key:?}"
         );
+    }
+}
+
+/// Three CPU replicas and one request that fails the model wherever it runs (the pool's fault
+/// hook): that request's row fails at `infer`, no replica retires, and every other row is as a
+/// clean run has it.
+#[test]
+fn a_request_that_breaks_the_model_fails_its_row_and_no_replica() {
+    let (_, clean) = demo_on(r#"["cpu"]"#, &[]);
+    let fault = [(FAULT_ENV.to_owned(), "request:7".to_owned())];
+    let (output, poisoned) = demo_on(r#"["cpu","cpu","cpu"]"#, &fault);
+    let log = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(!log.contains("replica retired"), "{log}");
+    assert!(log.contains("1 rows carry errors (infer: 1)"), "{log}");
+    let failed: Vec<_> = poisoned
+        .iter()
+        .filter(|(_, row)| row.error_stage.is_some())
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (key, row) = failed[0];
+    assert_eq!(row.error_stage, Some(Stage::Infer));
+    assert!(
+        row.error
+            .as_deref()
+            .is_some_and(|e| e.contains("fails the model on its own")
+                && e.contains("injected request failure")),
+        "{:?}",
+        row.error
+    );
+    for (other_key, other) in &poisoned {
+        if other_key != key {
+            assert_eq!(other.answer, clean[other_key].answer, "{other_key:?}");
+        }
     }
 }
 

@@ -121,7 +121,7 @@ pub fn page_count(path: &Path) -> u32 {
         .page_count()
 }
 
-type Key = (String, Option<u32>, String, Option<String>);
+pub type Key = (String, Option<u32>, String, Option<String>);
 
 fn key(row: &OutputRow) -> Key {
     (

@@ -1,18 +1,26 @@
 //! The inference pool: one model replica per device, each with its own batching loop on its own
 //! thread, all pulling from one bounded [`WorkQueue`].
 //!
-//! A failed batch is never lost. Out of memory: the batch is split in halves and retried. An
-//! invalid request: halves too, until the culprit is alone and becomes an error row. A device
-//! failure: the replica retires and its unfinished work goes back to the front of the queue for
-//! the others; only when no replica is left does the pool fail. The model guarantees batch
-//! invariance, so answers do not depend on which replica or batch served a request.
+//! A failed batch is never lost. Out of memory, an invalid request or a device error: the batch
+//! is split in halves and retried, until the culprit is alone. Alone, out of memory and invalid
+//! requests become that request's error row. A device error alone is judged by a probe (a
+//! one-token text request): when the device still answers it, the request broke the model and
+//! becomes an error row (as it does when it already failed alone on a replica that then
+//! retired: it has now failed on two). When the probe fails too, the device is at fault: the
+//! replica retires and its unfinished work goes back to the front of the queue for the others;
+//! only when no replica is left does the pool fail. So one bad request costs its own rows, never
+//! the replicas. The model guarantees batch invariance, so answers do not depend on which
+//! replica or batch served a request.
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use docpipe_core::{DeviceSpec, Generation, ModelError, RequestCost, VisionLanguageModel};
+use docpipe_core::{
+    ChatMessage, ChatRequest, ContentItem, DeviceSpec, Generation, ModelError, RequestCost,
+    VisionLanguageModel,
+};
 
 use crate::queue::{BatchBudget, Batchable, QueueClosed, WorkQueue};
 
@@ -31,6 +39,11 @@ pub struct Job<P, T> {
     pub cost: RequestCost,
     /// Requests about the same page share this value (see [`Batchable::image_group`]).
     pub image_group: u64,
+    /// It failed alone on a replica whose probe then failed too: if it fails alone again, it
+    /// is the request's failure, whatever the probe says.
+    failed_alone: bool,
+    #[cfg(feature = "fault-injection")]
+    poisoned: bool,
 }
 
 impl<P, T> Job<P, T> {
@@ -45,6 +58,9 @@ impl<P, T> Job<P, T> {
             cost: model.cost(&prepared),
             prepared,
             image_group,
+            failed_alone: false,
+            #[cfg(feature = "fault-injection")]
+            poisoned: fault::poisons_next_request(),
         }
     }
 }
@@ -64,6 +80,10 @@ pub enum InferError {
     /// The model refused the request, or it did not fit even alone.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The request failed the device alone while the device went on answering others (or it
+    /// failed alone on two replicas): the request, not the replica, is at fault.
+    #[error("this request fails the model on its own (the replica answers others): {0}")]
+    FailedAlone(ModelError),
     /// The model broke its contract of one generation per request.
     #[error("the model returned {returned} generations for {requested} requests")]
     AnswerCount {
@@ -261,18 +281,11 @@ fn replica_loop<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     results: &Sender<E>,
 ) -> ReplicaStats {
     let mut stats = ReplicaStats::idle(replica.device);
+    let mut calls = Calls::new(&*replica.model);
     while let Some(batch) = queue.take_batch(budget) {
-        #[cfg(feature = "fault-injection")]
-        let outcome = match fault::trips() {
-            Some(error) => Err(DeviceFailed {
-                error,
-                unfinished: batch,
-            }),
-            None => run_batch(&*replica.model, batch, results, &mut stats),
-        };
-        #[cfg(not(feature = "fault-injection"))]
-        let outcome = run_batch(&*replica.model, batch, results, &mut stats);
-        if let Err(DeviceFailed { error, unfinished }) = outcome {
+        if let Err(DeviceFailed { error, unfinished }) =
+            run_batch(&mut calls, batch, results, &mut stats)
+        {
             tracing::error!(
                 device = %replica.device,
                 requeued = unfinished.len(),
@@ -290,6 +303,73 @@ fn replica_loop<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     stats
 }
 
+/// A replica's model as its batching loop calls it: batches, and the probe that tells a broken
+/// device from a request that breaks the model. With the `fault-injection` feature, also the
+/// faults the end-to-end tests inject.
+struct Calls<'m, M: VisionLanguageModel> {
+    model: &'m M,
+    /// Prepared on first use.
+    probe: Option<M::Prepared>,
+    #[cfg(feature = "fault-injection")]
+    faults: fault::ReplicaFaults,
+}
+
+impl<'m, M: VisionLanguageModel> Calls<'m, M> {
+    fn new(model: &'m M) -> Self {
+        Self {
+            model,
+            probe: None,
+            #[cfg(feature = "fault-injection")]
+            faults: fault::ReplicaFaults::default(),
+        }
+    }
+
+    fn generate<T>(&mut self, jobs: &[Job<M::Prepared, T>]) -> Result<Vec<Generation>, ModelError> {
+        #[cfg(feature = "fault-injection")]
+        self.faults
+            .before_batch(jobs.iter().any(|job| job.poisoned))?;
+        let refs: Vec<&M::Prepared> = jobs.iter().map(|j| &j.prepared).collect();
+        self.model.generate(&refs)
+    }
+
+    /// True when the device answers a one-token text request.
+    fn device_answers(&mut self) -> bool {
+        #[cfg(feature = "fault-injection")]
+        if self.faults.before_probe().is_err() {
+            return false;
+        }
+        let probe = match self.probe.take() {
+            Some(probe) => probe,
+            None => match self.model.prepare(&probe_request()) {
+                Ok(probe) => probe,
+                Err(e) => {
+                    // The device cannot be told apart from the request: blame the request,
+                    // which costs one row rather than a replica.
+                    tracing::warn!("the health probe cannot be prepared: {e}");
+                    return true;
+                }
+            },
+        };
+        let answered = self.model.generate(&[&probe]).is_ok();
+        self.probe = Some(probe);
+        answered
+    }
+}
+
+/// The health probe: text only, one new token.
+fn probe_request() -> ChatRequest {
+    ChatRequest {
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: vec![ContentItem::Text {
+                text: "Hello".into(),
+            }],
+        }],
+        images: Vec::new(),
+        max_new_tokens: 1,
+    }
+}
+
 /// A device failure in the middle of a batch: the replica must retire, and these jobs go back
 /// to the queue for the others.
 struct DeviceFailed<J> {
@@ -297,10 +377,11 @@ struct DeviceFailed<J> {
     unfinished: Vec<J>,
 }
 
-/// Runs one batch to completion, splitting it on out-of-memory and invalid-request errors.
-/// On a device failure, returns the error and every job not yet answered.
+/// Runs one batch to completion, splitting it on errors until the culprit is alone (see the
+/// module documentation). On a device failure, returns the error and every job not yet
+/// answered.
 fn run_batch<M: VisionLanguageModel, T, E: From<Completed<T>>>(
-    model: &M,
+    calls: &mut Calls<'_, M>,
     batch: Vec<Job<M::Prepared, T>>,
     results: &Sender<E>,
     stats: &mut ReplicaStats,
@@ -308,9 +389,8 @@ fn run_batch<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     // Last in, first out: the first half of a split batch is run first, keeping request order.
     let mut pending = vec![batch];
     while let Some(mut jobs) = pending.pop() {
-        let refs: Vec<&M::Prepared> = jobs.iter().map(|j| &j.prepared).collect();
         let started = Instant::now();
-        let outcome = model.generate(&refs);
+        let outcome = calls.generate(&jobs);
         let latency = started.elapsed();
         stats.busy += latency;
         match outcome {
@@ -330,7 +410,7 @@ fn run_batch<M: VisionLanguageModel, T, E: From<Completed<T>>>(
                 };
                 fail_all(results, jobs, &error, latency);
             }
-            Err(ModelError::OutOfMemory(_) | ModelError::InvalidRequest(_)) if jobs.len() > 1 => {
+            Err(_) if jobs.len() > 1 => {
                 let second = jobs.split_off(jobs.len() / 2);
                 pending.push(second);
                 pending.push(jobs);
@@ -339,11 +419,19 @@ fn run_batch<M: VisionLanguageModel, T, E: From<Completed<T>>>(
                 fail_all(results, jobs, &error.into(), latency);
             }
             Err(error @ ModelError::Device(_)) => {
-                let unfinished = pending.into_iter().rev().flatten();
-                return Err(DeviceFailed {
-                    error,
-                    unfinished: jobs.into_iter().chain(unfinished).collect(),
-                });
+                let probed = Instant::now();
+                let request_at_fault = jobs[0].failed_alone || calls.device_answers();
+                stats.busy += probed.elapsed();
+                if request_at_fault {
+                    fail_all(results, jobs, &InferError::FailedAlone(error), latency);
+                } else {
+                    jobs[0].failed_alone = true;
+                    let unfinished = pending.into_iter().rev().flatten();
+                    return Err(DeviceFailed {
+                        error,
+                        unfinished: jobs.into_iter().chain(unfinished).collect(),
+                    });
+                }
             }
         }
     }
@@ -506,6 +594,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_request_that_breaks_the_model_fails_alone_and_every_replica_stays() {
+        let models: Vec<Arc<EchoModel>> = (0..3).map(|_| Arc::new(EchoModel::default())).collect();
+        let mut prompts = prompts(60);
+        prompts[23] = "a poison pill".into();
+        let (answers, stats) = run_pool(models, &prompts, WIDE);
+        let stats = stats.unwrap();
+        assert!(stats.iter().all(|s| s.failure.is_none()), "{stats:?}");
+        assert_eq!(answers.len(), prompts.len());
+        for (tag, result) in answers {
+            match result {
+                Ok(g) => assert_eq!(g.text, echo_answer(&prompts[tag], &[])),
+                Err(error) => {
+                    assert_eq!(tag, 23);
+                    assert!(
+                        matches!(error, InferError::FailedAlone(ModelError::Device(_))),
+                        "{error}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            stats.iter().map(|s| s.requests).sum::<usize>(),
+            prompts.len() - 1
+        );
     }
 
     #[test]

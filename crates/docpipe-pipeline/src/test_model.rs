@@ -1,6 +1,7 @@
 //! A small deterministic model for unit tests: it answers each request with a hash of its
 //! prompt and image sizes, and can be told to run out of memory above a batch size, to reject
-//! prompts containing "invalid", or to fail its device after some batches.
+//! prompts containing "invalid", to fail the device on any batch with a prompt containing
+//! "poison" (a request that breaks the model), or to fail its device after some batches.
 //!
 //! Tests of replica failure pair a failing model with one that holds its first batch until
 //! the other has failed: otherwise a fast healthy replica can take every batch on a loaded
@@ -108,6 +109,11 @@ impl VisionLanguageModel for EchoModel {
         }
         if batch.iter().any(|p| p.prompt.contains("invalid")) {
             return Err(ModelError::InvalidRequest("the prompt says invalid".into()));
+        }
+        if batch.iter().any(|p| p.prompt.contains("poison")) {
+            return Err(ModelError::Device(
+                "a poisoned request broke the kernel".into(),
+            ));
         }
         let done = self.batches.fetch_add(1, Ordering::SeqCst);
         if let Some(other) = self.waits_for_failure_of.as_ref().filter(|_| done == 0) {
