@@ -2,10 +2,8 @@
 //! Idefics2 fixture checkpoint on the CPU, and Parquet output read back with docpipe-sink.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use docpipe_core::{DeviceSpec, DocumentRef, Dtype, Stage, VisionLanguageModel};
 use docpipe_idefics2::{candle_device, candle_dtype, Idefics2Model};
@@ -18,8 +16,8 @@ use docpipe_store::object_store::ObjectStoreExt;
 use docpipe_store::{StoreOptions, Stores};
 
 use crate::support::{
-    assert_exactly_once, assert_usage_error, command, docpipe, fixture, page_count, refused_s3_env,
-    repo, rows_at, runtime, text, worker, Key, DEMO_QUERIES,
+    assert_exactly_once, assert_usage_error, docpipe, fixture, page_count, pages_of,
+    refused_s3_env, repo, rows_at, runtime, source_folder, text, worker, Key, DEMO_QUERIES,
 };
 
 const TINY_MODEL: &str = "fixtures/idefics2/models/tiny-gqa-split";
@@ -35,28 +33,6 @@ fn run_demo(extra: &[String], env: &[(String, String)]) -> Output {
 }
 
 /// A folder holding copies of the given fixture files (paths relative to `fixtures/`).
-fn source_folder(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (from, name) in files {
-        std::fs::copy(fixture(from), dir.path().join(name)).unwrap();
-    }
-    dir
-}
-
-fn pages_of(dir: &Path) -> HashMap<String, u32> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pdf"))
-        .map(|p| {
-            (
-                p.canonicalize().unwrap().display().to_string(),
-                page_count(&p),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn demo_pipeline_answers_every_page_like_the_model_does() {
     let out = tempfile::tempdir().unwrap();
@@ -250,89 +226,6 @@ fn corrupt_documents_become_error_rows_beside_the_good_ones() {
             assert!(row.error.as_deref().is_some_and(|e| !e.is_empty()));
         }
     }
-}
-
-#[test]
-fn sigkill_then_rerun_gives_every_row_exactly_once() {
-    let files: Vec<(String, String)> = (0..8)
-        .map(|i| {
-            let fixture = [
-                "pdfs/form.pdf",
-                "pdfs/scan.pdf",
-                "pdfs/wide.pdf",
-                "pdfs/landscape.pdf",
-            ][i % 4];
-            (fixture.to_owned(), format!("doc-{i}.pdf"))
-        })
-        .collect();
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let source = source_folder(&files);
-    let out = tempfile::tempdir().unwrap();
-    let sets = [
-        format!("source.uri={}", source.path().display()),
-        format!("sink.uri={}", out.path().display()),
-        "sink.documents_per_part=1".to_owned(),
-        // The killed run's claims are taken over 2 s after the rerun first sees them.
-        "sink.hold_s=2".to_owned(),
-        // Two replicas: answers must not depend on which one served a request.
-        "model.devices=[\"cpu\", \"cpu\"]".to_owned(),
-    ];
-    let mut args = vec!["run".to_owned(), "pipelines/demo.toml".to_owned()];
-    for set in &sets {
-        args.extend(["--set".to_owned(), set.clone()]);
-    }
-    let mut child = command(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let parts = out.path().join("parts");
-    let count_parts = || {
-        std::fs::read_dir(&parts)
-            .map(|d| {
-                d.filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .path()
-                        .extension()
-                        .is_some_and(|x| x == "parquet")
-                })
-                .count()
-            })
-            .unwrap_or(0)
-    };
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while count_parts() == 0 && Instant::now() < deadline {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let committed_before = count_parts();
-    assert!(
-        (1..files.len()).contains(&committed_before),
-        "{committed_before} parts before the kill"
-    );
-
-    let output = run_demo(&sets, &[]);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    let summary = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        summary.contains(&format!("{committed_before} skipped")),
-        "{summary}"
-    );
-    assert!(
-        summary.contains("taken over from stopped runs"),
-        "{summary}"
-    );
-    let rows = rows_at(&out.path().display().to_string(), StoreOptions::default());
-    assert_exactly_once(&rows, &pages_of(source.path()), DEMO_QUERIES);
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod eval_anls;
 mod eval_docvqa;
 mod generate;
 mod idefics3;
+mod overlap;
 mod pipeline_run;
 mod render;
 mod shards;

@@ -109,6 +109,30 @@ pub fn rows_at(location: &str, options: StoreOptions) -> Vec<OutputRow> {
         .expect("output rows read back")
 }
 
+/// A temporary folder holding copies of fixture files: `(fixture, name)` pairs.
+pub fn source_folder(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, name) in files {
+        std::fs::copy(fixture(from), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+/// Page counts of the PDFs in `dir`, by canonical path (the `doc_uri` of a local source).
+pub fn pages_of(dir: &Path) -> HashMap<String, u32> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pdf"))
+        .map(|p| {
+            (
+                p.canonicalize().unwrap().display().to_string(),
+                page_count(&p),
+            )
+        })
+        .collect()
+}
+
 pub fn page_count(path: &Path) -> u32 {
     let pool = RenderPool::new(RenderPoolConfig {
         workers: 1,
