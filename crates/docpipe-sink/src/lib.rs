@@ -6,6 +6,7 @@
 //! parts/<shard>-<unix-ms>-<random>.parquet   committed documents, written as they finish
 //! manifest[-shard-I-of-N].json               the run manifest, written last, create-only
 //! report[-shard-I-of-N].json                 the run report (counts, errors, timings)
+//! _claims/                                   claim logs and heartbeats of exclusive runs
 //! ```
 //!
 //! A sharded run's `manifest.json` is the dataset manifest, written by [`commit_dataset`]
@@ -17,10 +18,10 @@
 //!
 //! The unit of commitment is a document. [`Sink::commit_document`] takes all of a finished
 //! document's rows; finished documents are buffered and written together as one part, and a
-//! document's rows never span two parts. Parts are uploaded with object_store's buffered writer
-//! (multipart for large parts), so a part is either complete or absent: a crash loses only the
-//! buffered documents, which a rerun redoes after [`Sink::committed`] has listed what is
-//! already there. (On S3, configure a lifecycle rule to abort incomplete multipart uploads.)
+//! document's rows never span two parts. A part is uploaded in one create-only request, so it is
+//! either complete or absent: a crash loses only the buffered documents, which a rerun redoes
+//! after [`Sink::committed`] has listed what is already there. Runs that overlap on one sink
+//! claim documents first ([`Sink::start_claims`], [`Claims`]) and commit each once.
 
 #![warn(missing_docs)]
 
