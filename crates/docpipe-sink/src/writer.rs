@@ -230,7 +230,11 @@ impl Sink {
         if documents.is_empty() {
             return Ok(None);
         }
-        let rows: Vec<OutputRow> = documents.iter().flatten().cloned().collect();
+        let keys: Vec<DocumentKey> = documents
+            .iter()
+            .map(|rows| rows[0].document_key())
+            .collect();
+        let rows: Vec<OutputRow> = documents.into_iter().flatten().collect();
         let body = self.encode(&rows)?;
         let path = self.location.child(&relative);
         let options = PutOptions {
@@ -247,8 +251,8 @@ impl Sink {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) if self.claims.is_some() => {
                 // A run that took these documents over while this one stalled voided the part.
-                for rows in &documents {
-                    self.lose(&rows[0], "a run that took this run's documents over".into());
+                for doc in keys {
+                    self.lose(doc, "a run that took this run's documents over".into());
                 }
                 return Ok(None);
             }
@@ -262,11 +266,11 @@ impl Sink {
         for row in &rows {
             self.written.record(row);
         }
-        self.written.documents_committed += documents.len() as u64;
+        self.written.documents_committed += keys.len() as u64;
         let part = PartInfo {
             path: relative,
             rows: rows.len() as u64,
-            documents: documents.len() as u64,
+            documents: keys.len() as u64,
             bytes,
         };
         self.parts.push(part.clone());
@@ -292,14 +296,13 @@ impl Sink {
         for (rows, sealed) in documents.into_iter().zip(sealed) {
             match sealed {
                 Sealed::Kept => kept.push(rows),
-                Sealed::Lost { by } => self.lose(&rows[0], by),
+                Sealed::Lost { by } => self.lose(rows[0].document_key(), by),
             }
         }
         Ok(kept)
     }
 
-    fn lose(&mut self, row: &OutputRow, taken_by: String) {
-        let doc = row.document_key();
+    fn lose(&mut self, doc: DocumentKey, taken_by: String) {
         tracing::warn!(
             doc = %doc.uri,
             "not committed: {taken_by} took this document over while this run was stalled; \
