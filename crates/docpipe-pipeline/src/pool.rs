@@ -634,6 +634,12 @@ mod tests {
             Ok(_) => panic!("the pool finished without replicas"),
         }
         assert!(answers.len() < 100);
-        assert!(answers.iter().all(|(_, r)| r.is_ok()));
+        // A request that failed alone on the first replica to die and then alone on the second
+        // is blamed, as a request that kills devices would be: at most that one.
+        let blamed = answers.iter().filter(|(_, r)| r.is_err()).count();
+        assert!(blamed <= 1, "{blamed} requests blamed");
+        assert!(answers
+            .iter()
+            .all(|(_, r)| matches!(r, Ok(_) | Err(InferError::FailedAlone(_)))));
     }
 }

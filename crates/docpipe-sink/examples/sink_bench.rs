@@ -1,13 +1,14 @@
-//! Sink throughput and resume-scan time, run by hand (numbers go in docs/benchmarks.md):
+//! Sink throughput and resume-scan time, without and with claims (what `sink.exclusive` costs
+//! per document), run by hand (numbers go in docs/benchmarks.md):
 //!
 //! ```sh
 //! cargo run -p docpipe-sink --example sink_bench            # local folder and moto S3
 //! ```
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use docpipe_core::{DocumentRef, FinishReason};
-use docpipe_sink::{unix_micros, OutputRow, Sink, SinkOptions};
+use docpipe_sink::{unix_micros, Claim, OutputRow, Sink, SinkOptions};
 use docpipe_store::Stores;
 use docpipe_testkit::MotoServer;
 
@@ -39,11 +40,25 @@ fn document(i: usize) -> Vec<OutputRow> {
     rows
 }
 
-async fn run(label: &str, stores: &Stores, location: &str) {
+/// Writes every document (claiming each first when `exclusive`) and reads the resume scan.
+async fn run(label: &str, stores: &Stores, location: &str, exclusive: bool) {
     let mut sink = Sink::open(stores, SinkOptions::new(location)).expect("open sink");
+    let claims = match exclusive {
+        true => Some(
+            sink.start_claims("bench", Duration::from_secs(60))
+                .await
+                .expect("claims"),
+        ),
+        false => None,
+    };
     let started = Instant::now();
     for i in 0..DOCUMENTS {
-        sink.commit_document(document(i)).await.expect("commit");
+        let rows = document(i);
+        if let Some(claims) = &claims {
+            let claim = claims.claim(&rows[0].document_key()).await.expect("claim");
+            assert!(matches!(claim, Claim::Claimed { .. }), "{claim:?}");
+        }
+        sink.commit_document(rows).await.expect("commit");
     }
     sink.flush().await.expect("flush");
     let write = started.elapsed().as_secs_f64();
@@ -54,28 +69,33 @@ async fn run(label: &str, stores: &Stores, location: &str) {
     let scan = started.elapsed().as_secs_f64();
     assert_eq!(committed.document_count(), DOCUMENTS);
     println!(
-        "{label}: {rows} rows / {DOCUMENTS} documents in {} parts ({:.1} MiB): write {write:.2} s \
-         ({:.0} rows/s); resume scan {scan:.3} s",
+        "{label} (exclusive: {exclusive}): {rows} rows / {DOCUMENTS} documents in {} parts \
+         ({:.1} MiB): write {write:.2} s ({:.0} rows/s, {:.2} ms per document); resume scan \
+         {scan:.3} s",
         sink.parts_written().len(),
         bytes as f64 / (1 << 20) as f64,
         rows as f64 / write,
+        write * 1e3 / DOCUMENTS as f64,
     );
+    if let Some(claims) = claims {
+        claims.end().await;
+    }
 }
 
 #[tokio::main]
 async fn main() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    run(
-        "local",
-        &Stores::default(),
-        dir.path().to_str().expect("utf-8 path"),
-    )
-    .await;
     let moto = MotoServer::start("bench").expect("moto S3 server");
-    run(
-        "moto s3",
-        &Stores::new(moto.store_options()),
-        "s3://bench/out/",
-    )
-    .await;
+    for exclusive in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let local = dir.path().to_str().expect("utf-8 path");
+        run("local", &Stores::default(), local, exclusive).await;
+        let s3 = format!("s3://bench/out-{exclusive}/");
+        run(
+            "moto s3",
+            &Stores::new(moto.store_options()),
+            &s3,
+            exclusive,
+        )
+        .await;
+    }
 }

@@ -61,7 +61,10 @@ fn path_of(sink: &Location, run_id: &str) -> Path {
 /// The last heartbeat seen of one run, and since when it has been the same.
 struct Observation {
     beat: Option<u64>,
+    ended: bool,
+    hold: Duration,
     since: Instant,
+    read_at: Instant,
 }
 
 /// What this run has seen of other runs' heartbeats.
@@ -81,32 +84,46 @@ impl Liveness {
     }
 
     /// True when `run_id` ended, or its heartbeat has not changed for its hold since this run
-    /// first saw that value.
+    /// first saw that value. A heartbeat read less than an eighth of the hold ago is not read
+    /// again: a run waiting on thousands of documents held by one run reads its heartbeat once
+    /// per round, not once per document.
     pub(crate) async fn has_stopped(
         &self,
         sink: &Location,
         run_id: &str,
     ) -> Result<bool, SinkError> {
+        let now = Instant::now();
+        if let Some(seen) = self.lock().get(run_id) {
+            if now.duration_since(seen.read_at) < self.default_hold / 8 {
+                return Ok(seen.ended || now.duration_since(seen.since) >= seen.hold);
+            }
+        }
         let heartbeat = match sink.at(path_of(sink, run_id)).read().await {
             Ok(bytes) => serde_json::from_slice::<Heartbeat>(&bytes).ok(),
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };
-        if heartbeat.as_ref().is_some_and(|h| h.ended) {
-            return Ok(true);
-        }
-        let hold = heartbeat
-            .as_ref()
-            .map_or(self.default_hold, |h| Duration::from_millis(h.hold_ms));
-        let beat = heartbeat.map(|h| h.beat);
-        let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let observation = observed
-            .entry(run_id.to_owned())
-            .or_insert(Observation { beat, since: now });
-        if observation.beat != beat {
-            *observation = Observation { beat, since: now };
+        let beat = heartbeat.as_ref().map(|h| h.beat);
+        let mut observed = self.lock();
+        let seen = observed.entry(run_id.to_owned()).or_insert(Observation {
+            beat,
+            ended: false,
+            hold: self.default_hold,
+            since: now,
+            read_at: now,
+        });
+        if seen.beat != beat {
+            seen.beat = beat;
+            seen.since = now;
         }
-        Ok(now.duration_since(observation.since) >= hold)
+        seen.read_at = now;
+        seen.ended = heartbeat.as_ref().is_some_and(|h| h.ended);
+        seen.hold = heartbeat.map_or(self.default_hold, |h| Duration::from_millis(h.hold_ms));
+        Ok(seen.ended || now.duration_since(seen.since) >= seen.hold)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Observation>> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
