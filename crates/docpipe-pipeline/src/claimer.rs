@@ -7,9 +7,14 @@ use std::sync::Arc;
 
 use docpipe_core::DocumentRef;
 use docpipe_sink::{Claim, Claims, DocumentKey, DocumentState, LostDocument, SinkError};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::progress::Counters;
+
+/// Claims asked at once: claiming costs a round trip or two to the store per document, which
+/// one at a time would cap a run at a few dozen documents per second on a remote bucket.
+const CONCURRENT_CLAIMS: usize = 8;
 
 /// What claiming found, for the run report.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +44,17 @@ pub(crate) async fn claim_documents(
             }
         }
         let mut held = Vec::new();
-        for doc in waiting {
-            match claims.claim(&DocumentKey::of(&doc)).await? {
+        let mut answers = futures::stream::iter(waiting)
+            .map(|doc| {
+                let claims = &claims;
+                async move {
+                    let claim = claims.claim(&DocumentKey::of(&doc)).await;
+                    (doc, claim)
+                }
+            })
+            .buffered(CONCURRENT_CLAIMS);
+        while let Some((doc, claim)) = answers.next().await {
+            match claim? {
                 Claim::Claimed { taken_over_from } => {
                     if let Some(run_id) = taken_over_from {
                         tracing::warn!(doc = %doc.uri, "taken over from run {run_id}, which stopped");

@@ -167,6 +167,18 @@ impl Claims {
     pub async fn claim(&self, doc: &DocumentKey) -> Result<Claim, SinkError> {
         let key = doc.clone();
         let log = ClaimLog::of(&self.sink, &key);
+        let entry = Entry::Claim {
+            run_id: self.run_id.clone(),
+            doc_uri: key.uri.clone(),
+            doc_version: key.version.clone(),
+        };
+        // Most documents were never claimed: try the first entry before reading the log.
+        if let Created::Written = log.append(&self.sink, 1, &entry).await? {
+            self.held_documents().insert(key, 1);
+            return Ok(Claim::Claimed {
+                taken_over_from: None,
+            });
+        }
         loop {
             let (number, previous) = match self.examine(&log).await? {
                 Examined::Held(run_id) => return Ok(Claim::Held { run_id }),
@@ -184,11 +196,6 @@ impl Claims {
                     }
                     (number, previous)
                 }
-            };
-            let entry = Entry::Claim {
-                run_id: self.run_id.clone(),
-                doc_uri: key.uri.clone(),
-                doc_version: key.version.clone(),
             };
             if let Created::Written = log.append(&self.sink, number, &entry).await? {
                 self.held_documents().insert(key, number);
