@@ -136,6 +136,18 @@ fn processed(output: &Output) -> u64 {
     count_before(output, "documents processed")
 }
 
+/// Waits for every run; each must exit 0.
+fn succeed(runs: Vec<Child>) -> Vec<Output> {
+    let outputs: Vec<Output> = runs
+        .into_iter()
+        .map(|run| run.wait_with_output().unwrap())
+        .collect();
+    for output in &outputs {
+        assert_eq!(output.status.code(), Some(0), "{}", text(output));
+    }
+    outputs
+}
+
 fn assert_every_row_once(source: &tempfile::TempDir, target: &Target) {
     let rows = rows_at(&target.uri, target.options.clone());
     assert_exactly_once(&rows, &pages_of(source.path()), DEMO_QUERIES);
@@ -158,26 +170,10 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 fn runs_started_together(target: Target) {
     let source = corpus();
     let runs: Vec<Child> = (0..3).map(|_| start(&source, &target, &[], &[])).collect();
-    let outputs: Vec<Output> = runs
-        .into_iter()
-        .map(|run| run.wait_with_output().unwrap())
-        .collect();
-    for output in &outputs {
-        assert_eq!(output.status.code(), Some(0), "{}", text(output));
-    }
+    let outputs = succeed(runs);
     let processed: u64 = outputs.iter().map(processed).sum();
     assert_eq!(processed, 9, "documents processed over the three runs");
     assert_every_row_once(&source, &target);
-}
-
-#[test]
-fn three_runs_started_together_on_a_local_sink() {
-    runs_started_together(Target::local());
-}
-
-#[test]
-fn three_runs_started_together_on_s3() {
-    runs_started_together(Target::s3());
 }
 
 /// Case 4: a shard started twice (a second apart) while the other shard runs; `docpipe commit`
@@ -190,13 +186,7 @@ fn a_duplicated_shard_on_s3_commits_each_row_once() {
     let other = start(&source, &target, &["--shard", "1/2"], &[]);
     std::thread::sleep(Duration::from_secs(1));
     let again = start(&source, &target, &["--shard", "0/2"], &[]);
-    let outputs: Vec<Output> = [first, other, again]
-        .into_iter()
-        .map(|run| run.wait_with_output().unwrap())
-        .collect();
-    for output in &outputs {
-        assert_eq!(output.status.code(), Some(0), "{}", text(output));
-    }
+    let outputs = succeed(vec![first, other, again]);
     assert_eq!(outputs.iter().map(processed).sum::<u64>(), 9);
     let commit = docpipe(&["commit", &target.uri], &target.env);
     assert_eq!(commit.status.code(), Some(0), "{}", text(&commit));
@@ -238,16 +228,6 @@ fn killed_and_rerun_at_once(target: Target) {
         started.elapsed()
     );
     assert_every_row_once(&source, &target);
-}
-
-#[test]
-fn a_run_killed_and_rerun_at_once_on_a_local_sink() {
-    killed_and_rerun_at_once(Target::local());
-}
-
-#[test]
-fn a_run_killed_and_rerun_at_once_on_s3() {
-    killed_and_rerun_at_once(Target::s3());
 }
 
 /// Case 3: a run that holds a document (its render hangs on doc-0, a test hook) is stopped with
@@ -302,12 +282,27 @@ fn signal(signal: &str, child: &Child) {
     assert!(status.success(), "kill {signal}");
 }
 
-#[test]
-fn a_run_stopped_past_its_hold_on_a_local_sink() {
-    stopped_past_its_hold(Target::local());
+/// Each case as two tests, `CASE::local` and `CASE::s3`.
+macro_rules! on_each_store {
+    ($($case:ident),+ $(,)?) => {
+        $(
+            mod $case {
+                #[test]
+                fn local() {
+                    super::$case(super::Target::local());
+                }
+
+                #[test]
+                fn s3() {
+                    super::$case(super::Target::s3());
+                }
+            }
+        )+
+    };
 }
 
-#[test]
-fn a_run_stopped_past_its_hold_on_s3() {
-    stopped_past_its_hold(Target::s3());
-}
+on_each_store!(
+    runs_started_together,
+    killed_and_rerun_at_once,
+    stopped_past_its_hold
+);

@@ -218,14 +218,7 @@ impl Claims {
 
     /// Stops the heartbeat and marks this run ended, so its remaining claims are free at once.
     pub async fn end(&self) {
-        if let Some(beating) = self
-            .beating
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            beating.abort();
-        }
+        self.stop_beating();
         let heartbeat = Heartbeat {
             run_id: self.run_id.clone(),
             beat: u64::MAX,
@@ -370,6 +363,17 @@ impl Claims {
         }
     }
 
+    fn stop_beating(&self) {
+        let beating = self
+            .beating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(beating) = beating {
+            beating.abort();
+        }
+    }
+
     fn held_documents(&self) -> std::sync::MutexGuard<'_, HashMap<DocumentKey, u64>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -387,14 +391,7 @@ impl std::fmt::Debug for Claims {
 
 impl Drop for Claims {
     fn drop(&mut self) {
-        if let Some(beating) = self
-            .beating
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            beating.abort();
-        }
+        self.stop_beating();
     }
 }
 
