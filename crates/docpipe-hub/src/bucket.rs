@@ -169,7 +169,7 @@ impl Copy<'_> {
             if attempt == ATTEMPTS || error.is_usage() {
                 return Err(error);
             }
-            tracing::warn!(origin = self.origin, file = name, %error, "resuming");
+            tracing::info!(origin = self.origin, file = name, %error, "resuming");
             attempt += 1;
         }
         bar.finish_and_clear();

@@ -325,7 +325,7 @@ impl Hub {
                 Err(Failure::Locked) => {}
                 Err(Failure::Transient(message)) => match pauses.next() {
                     Some(pause) => {
-                        tracing::warn!(origin = %self.origin, file, %message, "retrying");
+                        tracing::info!(origin = %self.origin, file, %message, "retrying");
                         std::thread::sleep(*pause);
                     }
                     None => {
