@@ -269,6 +269,8 @@ impl Hub {
         if pointer.exists() {
             return Ok(());
         }
+        // A link whose blob was deleted (e.g. by `huggingface-cli delete-cache`) is replaced.
+        let _ = std::fs::remove_file(&pointer);
         let repo = self.api.repo(model_repo(&self.repo, commit));
         let url = repo.url(file);
         let metadata = self.retrying(file, || {

@@ -425,3 +425,22 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_link_whose_blob_was_deleted_is_downloaded_again() {
+    let hub = HubServer::start(vec![tiny_repo()], None).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let settings = settings(&hub.endpoint(), cache.path());
+    let checkpoint = resolve(REPO, &settings).unwrap();
+    let shard = checkpoint.dir().join("model-00003-of-00003.safetensors");
+    std::fs::remove_file(shard.canonicalize().unwrap()).unwrap();
+    assert!(!shard.exists());
+    let before = hub.requests().len();
+    assert_eq!(resolve(REPO, &settings).unwrap(), checkpoint);
+    assert_same_checkpoint(checkpoint.dir(), &fixture("idefics3/models/tiny-llama3"));
+    let downloads: Vec<HubRequest> = new_requests(&hub, before)
+        .into_iter()
+        .filter(HubRequest::is_download)
+        .collect();
+    assert_eq!(downloads.len(), 1, "{downloads:?}");
+}
