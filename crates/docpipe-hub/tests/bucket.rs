@@ -200,3 +200,51 @@ fn an_unreachable_store_is_not_a_configuration_error() {
     assert!(!error.is_usage(), "{error}");
     assert!(error.to_string().contains("s3://nowhere/tiny"), "{error}");
 }
+
+/// A copy cut short (a killed process) is completed with a range request from where it stopped:
+/// the partial file is appended to, so a full download would leave a file too long to be kept.
+#[test]
+fn a_partial_copy_is_completed_from_where_it_stopped() {
+    let moto = bucket("hub-resume");
+    let runtime = runtime();
+    let folder = fixture("idefics3/models/tiny-nosplit");
+    upload(
+        &runtime,
+        moto.store_options(),
+        "s3://hub-resume/tiny/",
+        &folder_files(&folder),
+    );
+    let weights = std::fs::read(folder.join("model.safetensors")).unwrap();
+    let stores = Stores::new(moto.store_options());
+    let location = stores
+        .open("s3://hub-resume/tiny/model.safetensors")
+        .unwrap();
+    let meta = runtime
+        .block_on(location.store().head(location.prefix()))
+        .unwrap();
+    let blob: String = {
+        use sha2::Digest;
+        let key = format!("{}\0{}", meta.size, meta.e_tag.unwrap());
+        sha2::Sha256::digest(key)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let blobs = cache.path().join("s3/hub-resume/tiny/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let part = blobs.join(format!("{blob}.part"));
+    std::fs::write(&part, &weights[..weights.len() / 3]).unwrap();
+
+    let checkpoint = resolve(
+        "s3://hub-resume/tiny/",
+        &settings(cache.path(), moto.store_options()),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(checkpoint.dir().join("model.safetensors")).unwrap(),
+        weights
+    );
+    assert!(!part.exists());
+    assert!(blobs.join(&blob).is_file());
+}
