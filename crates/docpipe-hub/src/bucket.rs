@@ -73,8 +73,9 @@ async fn resolve_async(url: &str, settings: &Settings) -> Result<Checkpoint, Hub
     let weight_files = match weights {
         Weights::Single => vec![SINGLE.to_owned()],
         Weights::Sharded => {
-            let index = &blobs[small.iter().position(|f| *f == INDEX).unwrap_or_default()];
-            let bytes = std::fs::read(index).map_err(HubError::io(index))?;
+            // Copied with the small files: this only finds it in the cache.
+            let index = copy.fetch(INDEX, &objects[INDEX]).await?;
+            let bytes = std::fs::read(&index).map_err(HubError::io(&index))?;
             files::shards(&bytes).map_err(|message| HubError::Invalid {
                 origin: origin.clone(),
                 file: INDEX.to_owned(),

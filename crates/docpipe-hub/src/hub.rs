@@ -86,8 +86,9 @@ pub(crate) fn resolve(
     }
     if !is_commit(revision) {
         let refs = hub.cache.repo(model_repo(repo, revision));
+        let repo_dir = dir.ancestors().nth(2).unwrap_or(&settings.hub_cache);
         refs.create_ref(&commit)
-            .map_err(HubError::io(settings.hub_cache.join(repo)))?;
+            .map_err(HubError::io(repo_dir.join("refs").join(revision)))?;
     }
     tracing::debug!(repo, revision, commit, dir = %dir.display(), "checkpoint resolved");
     Ok(checkpoint(dir, &commit))

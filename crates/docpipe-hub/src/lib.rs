@@ -7,7 +7,8 @@
 //! every tool built on it: `HF_HOME`, `HF_HUB_CACHE`, `HF_TOKEN` (and the token file),
 //! `HF_ENDPOINT` and `HF_HUB_OFFLINE` mean what they mean there ([`Settings`]), and the cache has
 //! the `models--org--name/{blobs,refs,snapshots}` layout of the `hf-hub` crate. Only the files a
-//! checkpoint needs are fetched ([`files`]), each verified against the hub's hashes.
+//! checkpoint needs are fetched (configs, tokenizer, chat template, safetensors), each verified
+//! against the hub's hashes.
 //!
 //! Object-store prefixes are listed and copied into a cache of docpipe's own, keyed by the
 //! objects' etags, so a second run or a second process on the machine downloads nothing.
