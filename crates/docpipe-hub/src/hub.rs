@@ -282,7 +282,7 @@ impl Hub {
         let blobs = self.cache.repo(model_repo(&self.repo, commit));
         let blob = blobs.blob_path(metadata.etag());
         let expected = Expected::from_etag(metadata.etag(), metadata.size() as u64);
-        if blob.exists() {
+        if blob.exists() || finish_partial(&blob, metadata.size() as u64, &expected)? {
             return link(&blob, &pointer);
         }
         tracing::info!(repo = %self.repo, commit, file, bytes = metadata.size(), "downloading");
@@ -395,6 +395,35 @@ impl Hub {
             }),
         }
     }
+}
+
+/// Deals with a `.part` file as long as the blob or longer, left by a process stopped between
+/// the last byte and the rename (a range request from its end would be refused): a complete,
+/// verified one becomes the blob (true); any other is deleted, to be downloaded again. Holds
+/// the blob's download lock (the one `hf-hub` takes) meanwhile.
+fn finish_partial(blob: &Path, size: u64, expected: &Expected) -> Result<bool, HubError> {
+    let part = blob.with_extension("part");
+    if std::fs::metadata(&part).map_or(true, |meta| meta.len() < size) {
+        return Ok(false);
+    }
+    let lock_path = blob.with_extension("lock");
+    let lock = std::fs::File::create(&lock_path).map_err(HubError::io(&lock_path))?;
+    lock.lock().map_err(HubError::io(&lock_path))?;
+    if blob.exists() {
+        return Ok(true);
+    }
+    let complete = match std::fs::metadata(&part) {
+        Ok(meta) if meta.len() == size => verify::check(&part, expected)
+            .map_err(HubError::io(&part))?
+            .is_ok(),
+        _ => false,
+    };
+    if complete {
+        std::fs::rename(&part, blob).map_err(HubError::io(blob))?;
+    } else {
+        let _ = std::fs::remove_file(&part);
+    }
+    Ok(complete)
 }
 
 /// Links `pointer` (`snapshots/<commit>/<file>`) to `blob` the way the cache does, with a

@@ -246,6 +246,29 @@ fn a_partial_file_left_by_a_killed_process_is_resumed() {
     assert_eq!(weights[0].bytes, (bytes.len() - kept) as u64);
 }
 
+/// A process killed after the last byte but before the rename left a complete `.part`: it is
+/// checked and kept, not asked for again (the hub refuses a range past the end).
+#[test]
+fn a_complete_partial_file_is_kept_without_a_download() {
+    let folder = fixture("idefics3/models/tiny-nosplit");
+    let bytes = std::fs::read(folder.join("model.safetensors")).unwrap();
+    let sha256 = sha256_hex(&bytes);
+    let cache = tempfile::tempdir().unwrap();
+    let blobs = repo_cache(cache.path()).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(format!("{sha256}.part")), &bytes).unwrap();
+
+    let hub = HubServer::start(vec![tiny_repo()], None).unwrap();
+    let settings = settings(&hub.endpoint(), cache.path());
+    let checkpoint = resolve(&format!("{REPO}@v1"), &settings).unwrap();
+    assert_same_checkpoint(checkpoint.dir(), &folder);
+    assert!(!blobs.join(format!("{sha256}.part")).exists());
+    assert!(!hub
+        .requests()
+        .iter()
+        .any(|r| r.is_download() && r.path == format!("/lfs/{sha256}")));
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)

@@ -366,7 +366,8 @@ impl State {
         }
     }
 
-    /// The response, with the range applied and the planted faults.
+    /// The response, with the range applied (416 for one past the end, as the hub answers) and the
+    /// planted faults.
     fn reply(&self, answer: Answer, range: Option<&str>, head: bool) -> Reply {
         let Answer {
             mut status,
@@ -382,13 +383,21 @@ impl State {
                 bytes[middle] ^= 0xff;
                 body = Bytes::from(bytes);
             }
-            if let Some((start, end)) = range.and_then(|r| parse_range(r, body.len())) {
-                headers.push((
-                    "content-range",
-                    format!("bytes {start}-{}/{}", end - 1, body.len()),
-                ));
-                body = body.slice(start..end);
-                status = 206;
+            match range.map(|r| parse_range(r, body.len())) {
+                Some(Some((start, end))) => {
+                    headers.push((
+                        "content-range",
+                        format!("bytes {start}-{}/{}", end - 1, body.len()),
+                    ));
+                    body = body.slice(start..end);
+                    status = 206;
+                }
+                Some(None) => {
+                    headers.push(("content-range", format!("bytes */{}", body.len())));
+                    body = Bytes::new();
+                    status = 416;
+                }
+                None => {}
             }
         }
         headers.push(("content-length", body.len().to_string()));
@@ -464,10 +473,12 @@ fn reason(status: u16) -> &'static str {
         206 => "Partial Content",
         302 => "Found",
         401 => "Unauthorized",
+        416 => "Range Not Satisfiable",
         _ => "Not Found",
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Route<'a> {
     Info {
         repo: &'a str,
@@ -559,4 +570,47 @@ fn percent_decode(path: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_of_the_hub_api() {
+        assert_eq!(
+            route("/api/models/org/name"),
+            Route::Info {
+                repo: "org/name",
+                revision: "main"
+            }
+        );
+        assert_eq!(
+            route("/api/models/org/name/revision/v1.0"),
+            Route::Info {
+                repo: "org/name",
+                revision: "v1.0"
+            }
+        );
+        assert_eq!(
+            route("/org/name/resolve/main/model.safetensors"),
+            Route::Resolve {
+                repo: "org/name",
+                revision: "main",
+                file: "model.safetensors"
+            }
+        );
+        assert_eq!(route("/lfs/abc"), Route::Lfs { sha256: "abc" });
+        assert_eq!(route("/org/name/blob/main/x"), Route::Other);
+        assert_eq!(percent_decode("/a%2Fb%20c"), "/a/b c");
+    }
+
+    #[test]
+    fn ranges_are_clamped_to_the_body() {
+        assert_eq!(parse_range("bytes=0-0", 10), Some((0, 1)));
+        assert_eq!(parse_range("bytes=4-", 10), Some((4, 10)));
+        assert_eq!(parse_range("bytes=4-99", 10), Some((4, 10)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("items=0-1", 10), None);
+    }
 }
