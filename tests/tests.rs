@@ -6,6 +6,7 @@ mod support;
 mod eval_anls;
 mod eval_docvqa;
 mod generate;
+mod hub;
 mod idefics3;
 mod overlap;
 mod pipeline_run;

@@ -65,6 +65,7 @@ classify_with_is_usage!(
     docpipe_pipeline::RunError,
     docpipe_eval::DatasetError,
     docpipe_eval::PredictionsError,
+    docpipe_hub::HubError,
     docpipe_vlm::DeviceError,
 );
 

@@ -34,7 +34,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Run a pipeline (pipelines/*.toml): source → render → model → Parquet. Without a file,
     /// the embedded demo pipeline (its tiny fixture model has random weights: answers are noise;
-    /// point `--set model.path=DIR` at a real checkpoint).
+    /// point `--set model.path=` at a real checkpoint: a folder, a hub id such as
+    /// `HuggingFaceM4/idefics2-8b`, or a bucket prefix).
     #[command(after_help = exit::HELP)]
     Run(commands::run::RunArgs),
     /// Finish a sharded run: write the dataset manifest once every shard is complete, or list

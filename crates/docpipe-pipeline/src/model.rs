@@ -1,4 +1,7 @@
-//! Loading `[model]`: one replica per device, dispatched on the checkpoint's `model_type`.
+//! Loading `[model]`: the checkpoint is resolved once (a local folder, a hub id or a bucket
+//! prefix, see docpipe-hub: downloads happen here, before any replica loads, so that all
+//! replicas share them), then one replica is loaded per device, dispatched on the checkpoint's
+//! `model_type`.
 //!
 //! This is the only place that names model families; everything downstream is generic over
 //! `VisionLanguageModel`. A new family adds a variant to [`LoadedModel`] and an arm below.
@@ -8,8 +11,12 @@ use std::sync::Arc;
 
 use docpipe_core::DeviceSpec;
 use docpipe_core::VisionLanguageModel;
+use docpipe_hub::{Checkpoint, HubError};
+use docpipe_idefics2::model::Idefics2;
 use docpipe_idefics2::Idefics2Model;
+use docpipe_idefics3::model::Idefics3;
 use docpipe_idefics3::Idefics3Model;
+use docpipe_vlm::model::{Family as ModelFamily, IdeficsModel};
 use docpipe_vlm::{candle_device, candle_dtype, DeviceError, LoadError};
 
 use crate::config::ModelConfig;
@@ -69,6 +76,10 @@ fn supported_model_types() -> String {
 /// [`ModelLoadError::key`] says which key is at fault, for the commands that have one.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelLoadError {
+    /// The checkpoint could not be fetched (unknown hub repository or revision, no token for a
+    /// gated one, offline without a cache, hub or bucket unreachable); the error says which.
+    #[error(transparent)]
+    Source(#[from] HubError),
     /// The checkpoint is missing or unreadable: a configuration problem.
     #[error(transparent)]
     Checkpoint(LoadError),
@@ -99,6 +110,7 @@ impl ModelLoadError {
     /// True when the configuration is at fault (exit 2) rather than the machine (exit 3).
     pub fn is_usage(&self) -> bool {
         match self {
+            ModelLoadError::Source(e) => e.is_usage(),
             ModelLoadError::Checkpoint(_) | ModelLoadError::UnsupportedFamily { .. } => true,
             ModelLoadError::Device(e) => e.is_usage(),
             ModelLoadError::NoCudaDevice | ModelLoadError::Weights(_) => false,
@@ -108,9 +120,9 @@ impl ModelLoadError {
     /// The pipeline key at fault.
     pub fn key(&self) -> &'static str {
         match self {
-            ModelLoadError::Checkpoint(_) | ModelLoadError::UnsupportedFamily { .. } => {
-                "model.path"
-            }
+            ModelLoadError::Source(_)
+            | ModelLoadError::Checkpoint(_)
+            | ModelLoadError::UnsupportedFamily { .. } => "model.path",
             _ => "model.devices",
         }
     }
@@ -138,24 +150,40 @@ fn model_type(dir: &Path) -> Result<String, LoadError> {
         })
 }
 
-/// Loads one replica per device entry (`cuda:all` expands to every visible GPU).
+/// Resolves `model.path` (fetching what is missing), then loads one replica per device entry
+/// (`cuda:all` expands to every visible GPU).
 pub fn load(config: &ModelConfig) -> Result<LoadedModel, ModelLoadError> {
-    let dir = Path::new(&config.path);
-    match Family::of_checkpoint(dir)? {
+    let checkpoint = docpipe_hub::resolve(&config.path)?;
+    match Family::of_checkpoint(checkpoint.dir())? {
         Family::Idefics2 => {
-            load_replicas(dir, config, Idefics2Model::load).map(LoadedModel::Idefics2)
+            load_replicas(&checkpoint, config, load_model::<Idefics2>).map(LoadedModel::Idefics2)
         }
         Family::Idefics3 => {
-            load_replicas(dir, config, Idefics3Model::load).map(LoadedModel::Idefics3)
+            load_replicas(&checkpoint, config, load_model::<Idefics3>).map(LoadedModel::Idefics3)
         }
     }
 }
 
+/// One model of family `F` from a resolved checkpoint, named in the `model` column by its
+/// origin when it has one (`org/name@<commit>`, a bucket URL and a hash of its etags), else by
+/// its folder and a hash of its files. `docpipe generate` loads through this too.
+pub fn load_model<F: ModelFamily>(
+    checkpoint: &Checkpoint,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<IdeficsModel<F>, LoadError> {
+    let model = IdeficsModel::<F>::load(checkpoint.dir(), device, dtype)?;
+    Ok(match checkpoint.model_id() {
+        Some(id) => model.with_model_id(id.to_owned()),
+        None => model,
+    })
+}
+
 /// One replica of a family's model per device.
 fn load_replicas<M: VisionLanguageModel>(
-    dir: &Path,
+    checkpoint: &Checkpoint,
     config: &ModelConfig,
-    load: impl Fn(&Path, &candle_core::Device, candle_core::DType) -> Result<M, LoadError>,
+    load: impl Fn(&Checkpoint, &candle_core::Device, candle_core::DType) -> Result<M, LoadError>,
 ) -> Result<Vec<Replica<M>>, ModelLoadError> {
     let dtype = candle_dtype(config.dtype);
     let mut replicas = Vec::new();
@@ -163,7 +191,7 @@ fn load_replicas<M: VisionLanguageModel>(
         candle_device(DeviceSpec::Cuda(ordinal)).is_ok()
     })? {
         let device = candle_device(spec)?;
-        let model = load(dir, &device, dtype).map_err(|e| match e {
+        let model = load(checkpoint, &device, dtype).map_err(|e| match e {
             LoadError::Device(_) => ModelLoadError::Weights(e),
             other => ModelLoadError::Checkpoint(other),
         })?;

@@ -11,15 +11,20 @@
 //! [`FaultyProxy`] sits between a client and that server and answers chosen requests with
 //! `503 Service Unavailable` or by dropping the connection, to show that transient faults are
 //! retried.
+//!
+//! [`HubServer`] is a Hugging Face hub on a loopback port serving chosen checkpoint folders, with
+//! a request log and planted faults, for the tests of model resolution (`HF_ENDPOINT`).
 
 #![warn(missing_docs)]
 
 mod conformance;
 mod http;
+mod hub;
 mod moto;
 mod proxy;
 mod test_store;
 
+pub use hub::{HubRepo, HubRequest, HubServer};
 pub use moto::{unreachable_s3_options, MotoServer, TestkitError};
 pub use proxy::{Fault, FaultPlan, FaultyProxy};
 pub use test_store::{Backend, TestStore};

@@ -135,6 +135,13 @@ impl<F: Family> IdeficsModel<F> {
         })
     }
 
+    /// The same model under another `model_id`: a checkpoint fetched from the hub or a bucket is
+    /// named by its origin (`org/name@<commit>`), not by the cache folder it was loaded from.
+    pub fn with_model_id(mut self, model_id: String) -> Self {
+        self.model_id = model_id;
+        self
+    }
+
     /// Its `config.json`.
     pub fn config(&self) -> &IdeficsConfig<F::Config> {
         &self.config

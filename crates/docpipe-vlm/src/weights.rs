@@ -211,8 +211,10 @@ impl Weights {
         &self.checkpoint.fingerprint
     }
 
-    /// The `model` column of a checkpoint: its folder's name and a short hash of its
-    /// `config.json` bytes and these weights' fingerprint.
+    /// The `model` column of a checkpoint loaded from a local folder: the folder's name and a
+    /// short hash of its `config.json` bytes and these weights' fingerprint. (A checkpoint
+    /// fetched from the hub or a bucket is named by its origin instead, see
+    /// `IdeficsModel::with_model_id`.)
     pub fn model_id(&self, dir: &Path, config_bytes: &[u8]) -> String {
         let name = dir
             .canonicalize()

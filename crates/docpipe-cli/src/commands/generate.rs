@@ -1,16 +1,16 @@
 //! `docpipe generate`: batched greedy generation with an Idefics2 or Idefics3 checkpoint (by
-//! `config.json`'s `model_type`) over a JSONL file
-//! of HF chat requests. Other tools drive this command, so its flags and output fields are a
-//! fixed contract, documented in docs/generate.md.
+//! `config.json`'s `model_type`; a local folder, a hub id or a bucket prefix, see docpipe-hub)
+//! over a JSONL file of HF chat requests. Other tools drive this command, so its flags and
+//! output fields are a fixed contract, documented in docs/generate.md.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 use docpipe_core::{DeviceSpec, Dtype, VisionLanguageModel};
-use docpipe_idefics2::Idefics2Model;
-use docpipe_idefics3::Idefics3Model;
-use docpipe_pipeline::model::Family;
+use docpipe_idefics2::model::Idefics2;
+use docpipe_idefics3::model::Idefics3;
+use docpipe_pipeline::model::{load_model, Family};
 use docpipe_vlm::model::{Family as ModelFamily, IdeficsModel};
 use docpipe_vlm::request::PreparedRequest;
 use docpipe_vlm::request_file::{read_requests, FileRequest};
@@ -22,9 +22,12 @@ use crate::exit::{CommandError, Outcome, ResultExt};
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// Checkpoint directory in the Hugging Face hub layout.
-    #[arg(long)]
-    model: PathBuf,
+    /// The checkpoint: a folder in the Hugging Face hub layout, a hub id `org/name` or
+    /// `org/name@REVISION` (fetched into the huggingface_hub cache; HF_HOME, HF_HUB_CACHE,
+    /// HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply), or an object-store prefix such as
+    /// `s3://bucket/idefics2-8b/` (docs/models.md).
+    #[arg(long, value_name = "DIR_OR_ID_OR_URL")]
+    model: String,
     /// JSONL requests: {"id", "messages": [HF chat messages], "max_new_tokens"}; image items
     /// are {"type": "image", "path": ...} relative to this file.
     #[arg(long)]
@@ -84,17 +87,17 @@ pub fn run(args: GenerateArgs) -> Result<Outcome, CommandError> {
     let device = candle_device(args.device).classified()?;
     let requests = read_requests(&args.requests).usage()?;
     let dtype = candle_dtype(args.dtype);
-    let (dir, device) = (&args.model, &device);
-    match Family::of_checkpoint(dir).usage()? {
+    let checkpoint = docpipe_hub::resolve(&args.model).classified()?;
+    match Family::of_checkpoint(checkpoint.dir()).usage()? {
         Family::Idefics2 => generate_all(
             &args,
             &requests,
-            &Idefics2Model::load(dir, device, dtype).usage()?,
+            &load_model::<Idefics2>(&checkpoint, &device, dtype).usage()?,
         ),
         Family::Idefics3 => generate_all(
             &args,
             &requests,
-            &Idefics3Model::load(dir, device, dtype).usage()?,
+            &load_model::<Idefics3>(&checkpoint, &device, dtype).usage()?,
         ),
     }
 }
