@@ -126,7 +126,7 @@ impl FamilyConfig for PerceiverConfig {
 
     fn check(&self, _vision: &VisionConfig) -> (bool, &'static str) {
         (
-            self.num_key_value_heads > 0 && self.n_heads % self.num_key_value_heads == 0,
+            self.num_key_value_heads > 0 && self.n_heads.is_multiple_of(self.num_key_value_heads),
             "perceiver_config.resampler_n_heads must be a multiple of num_key_value_heads",
         )
     }

@@ -68,7 +68,10 @@ impl FamilyConfig for PixelShuffleConfig {
 
     fn check(&self, vision: &VisionConfig) -> (bool, &'static str) {
         (
-            self.scale_factor > 0 && vision.num_patches_per_side() % self.scale_factor == 0,
+            self.scale_factor > 0
+                && vision
+                    .num_patches_per_side()
+                    .is_multiple_of(self.scale_factor),
             "vision_config.image_size / patch_size must be a multiple of scale_factor",
         )
     }

@@ -49,9 +49,9 @@ impl Family for Idefics3 {
         let tile = processor.tile();
         let patch = config.vision.patch_size;
         let side = tile / patch;
-        if tile % patch != 0
+        if !tile.is_multiple_of(patch)
             || tile > config.vision.image_size
-            || side % config.family.scale_factor != 0
+            || !side.is_multiple_of(config.family.scale_factor)
         {
             return Err(LoadError::invalid(
                 dir.join("processor_config.json"),

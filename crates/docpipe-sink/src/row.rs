@@ -43,8 +43,8 @@ pub struct OutputRow {
     /// Wall time in milliseconds of the model batch that produced the answer, the same for every
     /// row of that batch (not a per-request time); `None` on failed rows.
     pub latency_ms: Option<f32>,
-    /// The checkpoint: folder name of `model.path`, `@`, 8 hex digits of a hash of its config and
-    /// weights index. Set on failed rows too.
+    /// The checkpoint that produced the row: `<folder>@<hash>` for a local folder,
+    /// `org/name@<commit>` for a hub id, `<url>@<hash of etags>` for a bucket (docs/models.md).
     pub model: String,
     /// Where the row failed; `None` exactly when it has an answer.
     pub error_stage: Option<Stage>,

@@ -200,7 +200,8 @@ impl VisionConfig {
                 "vision_config.num_channels must be 3 (RGB)",
             ),
             (
-                self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
+                self.num_attention_heads > 0
+                    && self.hidden_size.is_multiple_of(self.num_attention_heads),
                 "vision_config.hidden_size must be a multiple of num_attention_heads",
             ),
             (
@@ -427,10 +428,10 @@ impl TryFrom<TextConfigFile> for TextConfig {
             sliding_window: file.sliding_window,
             tie_word_embeddings: file.tie_word_embeddings,
         };
-        if config.num_key_value_heads == 0 || heads % config.num_key_value_heads != 0 {
+        if config.num_key_value_heads == 0 || !heads.is_multiple_of(config.num_key_value_heads) {
             return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
         }
-        if config.head_dim == 0 || config.head_dim % 2 != 0 {
+        if config.head_dim == 0 || !config.head_dim.is_multiple_of(2) {
             return Err("head_dim must be even".into());
         }
         Ok(config)

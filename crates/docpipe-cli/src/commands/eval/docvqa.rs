@@ -8,7 +8,6 @@
 //! The scoring files are then built from the committed rows.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -32,9 +31,10 @@ pub struct DocvqaArgs {
     /// folder/prefix of them (images inlined); a local path or an object-store URL.
     #[arg(long, value_name = "PATH_OR_URL")]
     pub dataset: String,
-    /// The Idefics2 checkpoint directory (hub layout).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    /// The checkpoint: a local folder (hub layout), a hub id `ORG/NAME[@REVISION]`, or an
+    /// object-store prefix (`s3://…/`); see docs/models.md.
+    #[arg(long, value_name = "MODEL")]
+    pub model: String,
     /// Only the first N questions of the dataset.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -73,7 +73,7 @@ async fn eval(args: DocvqaArgs) -> Result<Outcome, CommandError> {
         .usage()?;
     let config = pipeline_config(
         manifest.url().as_ref(),
-        &args.model.display().to_string(),
+        &args.model,
         &settings.prompt,
         &args.out,
         &settings.pipeline,
