@@ -5,6 +5,7 @@ mod support;
 
 mod eval_anls;
 mod eval_docvqa;
+mod florence2;
 mod generate;
 mod idefics3;
 mod overlap;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use docpipe_core::DeviceSpec;
 use docpipe_core::VisionLanguageModel;
+use docpipe_florence2::Florence2Model;
 use docpipe_idefics2::Idefics2Model;
 use docpipe_idefics3::Idefics3Model;
 use docpipe_vlm::{candle_device, candle_dtype, DeviceError, LoadError};
@@ -21,6 +22,9 @@ pub enum LoadedModel {
     Idefics2(Vec<Replica<Idefics2Model>>),
     /// An Idefics3 checkpoint (`model_type` `idefics3`), one replica per device.
     Idefics3(Vec<Replica<Idefics3Model>>),
+    /// A Florence-2 checkpoint (`model_type` `florence2`, either tensor layout), one replica
+    /// per device.
+    Florence2(Vec<Replica<Florence2Model>>),
 }
 
 /// A model family docpipe can run, named by `config.json`'s `model_type`.
@@ -31,17 +35,21 @@ pub enum Family {
     Idefics2,
     /// Idefics3 (`model_type` `idefics3`), in crate docpipe-idefics3.
     Idefics3,
+    /// Florence-2 (`model_type` `florence2`, e.g. `HuggingFaceM4/Florence-2-DocVQA`), in crate
+    /// docpipe-florence2.
+    Florence2,
 }
 
 impl Family {
     /// Every supported family, in the order error messages list them.
-    pub const ALL: &'static [Family] = &[Family::Idefics2, Family::Idefics3];
+    pub const ALL: &'static [Family] = &[Family::Idefics2, Family::Idefics3, Family::Florence2];
 
     /// The `model_type` of its checkpoints.
     pub fn model_type(self) -> &'static str {
         match self {
             Family::Idefics2 => docpipe_idefics2::config::MODEL_TYPE,
             Family::Idefics3 => docpipe_idefics3::config::MODEL_TYPE,
+            Family::Florence2 => docpipe_florence2::config::MODEL_TYPE,
         }
     }
 
@@ -147,6 +155,9 @@ pub fn load(config: &ModelConfig) -> Result<LoadedModel, ModelLoadError> {
         }
         Family::Idefics3 => {
             load_replicas(dir, config, Idefics3Model::load).map(LoadedModel::Idefics3)
+        }
+        Family::Florence2 => {
+            load_replicas(dir, config, Florence2Model::load).map(LoadedModel::Florence2)
         }
     }
 }

@@ -16,6 +16,7 @@ use clap::Args;
 use docpipe_eval::dataset::{DocVqaDataset, ImageSource, PageGroup};
 use docpipe_eval::pipeline::{pipeline_config, predictions_from_rows, EvalSettings};
 use docpipe_eval::{evaluate, predictions, report};
+use docpipe_pipeline::model::Family;
 use docpipe_pipeline::RunOptions;
 use docpipe_render::WorkerCommand;
 use docpipe_store::object_store::{self, ObjectStoreExt};
@@ -32,7 +33,8 @@ pub struct DocvqaArgs {
     /// folder/prefix of them (images inlined); a local path or an object-store URL.
     #[arg(long, value_name = "PATH_OR_URL")]
     pub dataset: String,
-    /// The Idefics2 checkpoint directory (hub layout).
+    /// The checkpoint directory (Idefics2, Idefics3 or Florence-2); Florence-2 is asked
+    /// `<DocVQA>{question}` unless `--set prompt.template=...` says otherwise.
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// Only the first N questions of the dataset.
@@ -58,7 +60,13 @@ pub fn run(args: DocvqaArgs) -> Result<Outcome, CommandError> {
 
 async fn eval(args: DocvqaArgs) -> Result<Outcome, CommandError> {
     let stores = Stores::new(StoreOptions::default());
-    let settings = EvalSettings::from_overrides(&args.set).usage()?;
+    // The prompt's default depends on the family; a checkpoint that cannot be read is reported
+    // when the pipeline loads it.
+    let settings = match Family::of_checkpoint(&args.model) {
+        Ok(family) => EvalSettings::for_family(&args.set, family),
+        Err(_) => EvalSettings::from_overrides(&args.set),
+    }
+    .usage()?;
     let out = stores
         .open(&args.out)
         .with_context(|| format!("--out {}", args.out))
