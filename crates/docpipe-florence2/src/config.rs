@@ -121,9 +121,21 @@ impl VisionConfig {
         self.embed_dim[self.stages() - 1]
     }
 
-    /// The product of the patch strides: how many pixels one last-stage token spans.
-    pub fn total_stride(&self) -> usize {
-        self.patch_stride.iter().product()
+    /// `(rows, columns)` of the last stage's feature map for a `height × width` image: each
+    /// stage's convolution maps a side `n` to `(n + 2·padding - kernel) / stride + 1`. `None`
+    /// when a stage would have nothing left.
+    pub fn feature_size(&self, height: usize, width: usize) -> Option<(usize, usize)> {
+        let mut size = (height, width);
+        for stage in 0..self.stages() {
+            let (k, s, p) = (
+                self.patch_size[stage],
+                self.patch_stride[stage],
+                self.patch_padding[stage],
+            );
+            let side = |n: usize| (n + 2 * p).checked_sub(k).map(|m| m / s + 1);
+            size = (side(size.0)?, side(size.1)?);
+        }
+        Some(size)
     }
 
     fn check(&self, path: &Path) -> Result<(), LoadError> {
@@ -322,10 +334,11 @@ mod tests {
         let a = VisionConfig::from_root(&native, path).unwrap();
         let b = VisionConfig::from_root(&remote, path).unwrap();
         assert_eq!(a, b);
-        assert_eq!(
-            (a.out_dim(), a.total_stride(), a.max_position_embeddings),
-            (16, 8, 20)
-        );
+        assert_eq!((a.out_dim(), a.max_position_embeddings), (16, 20));
+        // 7x7 stride 4 pad 3, then 3x3 stride 2 pad 1: ceil(n / 4), then ceil(n / 8).
+        assert_eq!(a.feature_size(768, 100), Some((96, 13)));
+        assert_eq!(a.feature_size(2, 2), Some((1, 1)));
+        assert_eq!(a.feature_size(0, 5), None);
     }
 
     #[test]

@@ -44,13 +44,14 @@ pub struct Florence2Request {
 pub struct Florence2Model {
     model_id: String,
     layout: Layout,
-    vision_config: VisionConfig,
     text_config: TextConfig,
     generation: GenerationConfig,
     processor: Processor,
     vision: DaVit,
     projector: Projector,
     bart: Bart,
+    /// The last stage's grid plus the mean token.
+    image_tokens: usize,
     device: Device,
     dtype: DType,
 }
@@ -86,29 +87,30 @@ impl Florence2Model {
             &layout.lm_head(&weights),
         )?;
         let size = processor.config.size;
-        let stride = vision_config.total_stride() as u32;
-        let grid = (size.height.div_ceil(stride), size.width.div_ceil(stride));
-        if grid.0 as usize > projector.max_positions()
-            || grid.1 as usize > projector.max_positions()
-        {
-            return Err(LoadError::invalid(
-                &file.path,
-                format!(
-                    "a {}x{} image gives a {}x{} feature map, larger than the {} positions of vision_config",
-                    size.width, size.height, grid.1, grid.0, projector.max_positions()
-                ),
-            ));
-        }
+        let grid = vision_config
+            .feature_size(size.height as usize, size.width as usize)
+            .filter(|&(h, w)| h.max(w) <= projector.max_positions())
+            .ok_or_else(|| {
+                LoadError::invalid(
+                    &file.path,
+                    format!(
+                        "a {}x{} image gives no feature map that the {} positions of vision_config cover",
+                        size.width,
+                        size.height,
+                        projector.max_positions()
+                    ),
+                )
+            })?;
         Ok(Florence2Model {
             model_id: weights.model_id(dir, &file.bytes),
             layout,
-            vision_config,
             text_config,
             generation,
             processor,
             vision,
             projector,
             bart,
+            image_tokens: grid.0 * grid.1 + 1,
             device: device.clone(),
             dtype,
         })
@@ -136,9 +138,7 @@ impl Florence2Model {
 
     /// Image tokens per page: the last stage's grid plus the mean token.
     pub fn image_tokens(&self) -> usize {
-        let size = self.processor.config.size;
-        let stride = self.vision_config.total_stride() as u32;
-        (size.height.div_ceil(stride) * size.width.div_ceil(stride)) as usize + 1
+        self.image_tokens
     }
 
     /// The projected image tokens `(image_tokens, d_model)` of preprocessed pixels.
