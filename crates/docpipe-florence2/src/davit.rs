@@ -6,11 +6,12 @@
 //! Feature maps are `(channels, height, width)` for the convolutions and `(tokens, channels)`
 //! rows for everything else, the form `docpipe_vlm::nn`'s layers take.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use docpipe_vlm::config::Activation;
 use docpipe_vlm::nn::{LayerNorm, Linear};
 use docpipe_vlm::weights::Weights;
 use docpipe_vlm::LoadError;
+use rayon::prelude::*;
 
 use crate::config::VisionConfig;
 use crate::layout::{BlockKind, BlockNames, Layout};
@@ -95,25 +96,77 @@ impl PatchEmbed {
     }
 }
 
-/// A 3 × 3 depthwise convolution with zero padding 1, as nine shifted multiply-adds: one pass
-/// over the map per tap instead of one small convolution per channel.
+/// A 3 × 3 depthwise convolution with zero padding 1.
+///
+/// On the CPU a direct loop over each channel's rows, channels in parallel: candle runs a
+/// grouped convolution as one small convolution per channel, and nine shifted multiply-adds
+/// of strided views go through its slow strided path; the depthwise convolutions were most of
+/// the tower's time either way. Elsewhere, the nine shifted multiply-adds.
 #[derive(Debug, Clone)]
 struct DepthwiseConv {
     /// `(C, 9)`: the taps of each channel, row-major.
     taps: Tensor,
     bias: Tensor,
+    /// The same taps and bias in f32 on the host, for the CPU loop.
+    host_taps: Vec<f32>,
+    host_bias: Vec<f32>,
 }
 
 impl DepthwiseConv {
     fn load(w: &Weights, dim: usize) -> std::result::Result<Self, LoadError> {
         let weight = w.get("weight", (dim, 1, 3, 3))?;
+        let bias = w.get("bias", dim)?;
+        let host = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
         Ok(DepthwiseConv {
+            host_taps: host(&weight).map_err(LoadError::Device)?,
+            host_bias: host(&bias).map_err(LoadError::Device)?,
             taps: weight.reshape((dim, 9)).map_err(LoadError::Device)?,
-            bias: w.get("bias", dim)?,
+            bias,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            self.forward_cpu(x)
+        } else {
+            self.forward_shifted(x)
+        }
+    }
+
+    fn forward_cpu(&self, x: &Tensor) -> Result<Tensor> {
+        let (c, h, w) = x.dims3()?;
+        let input = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; c * h * w];
+        out.par_chunks_mut(h * w)
+            .zip(input.par_chunks(h * w))
+            .enumerate()
+            .for_each(|(ch, (out, input))| {
+                let taps = &self.host_taps[ch * 9..ch * 9 + 9];
+                out.fill(self.host_bias[ch]);
+                for y in 0..h {
+                    let row = &mut out[y * w..(y + 1) * w];
+                    for dy in 0..3 {
+                        let Some(src) = (y + dy).checked_sub(1).filter(|&r| r < h) else {
+                            continue;
+                        };
+                        let src = &input[src * w..(src + 1) * w];
+                        let [left, mid, right] = [taps[dy * 3], taps[dy * 3 + 1], taps[dy * 3 + 2]];
+                        for (o, i) in row[1..].iter_mut().zip(&src[..w - 1]) {
+                            *o += left * i;
+                        }
+                        for (o, i) in row.iter_mut().zip(src) {
+                            *o += mid * i;
+                        }
+                        for (o, i) in row[..w - 1].iter_mut().zip(&src[1..]) {
+                            *o += right * i;
+                        }
+                    }
+                }
+            });
+        Tensor::from_vec(out, (c, h, w), x.device())?.to_dtype(x.dtype())
+    }
+
+    fn forward_shifted(&self, x: &Tensor) -> Result<Tensor> {
         let (c, h, w) = x.dims3()?;
         let padded = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
         let mut out = self
@@ -362,5 +415,53 @@ impl DaVit {
             }
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    #[test]
+    fn the_cpu_loop_and_the_shifted_sums_are_the_same_convolution() {
+        let dev = Device::Cpu;
+        let (c, h, w) = (5, 7, 6);
+        let taps = Tensor::randn(0f32, 1.0, (c, 9), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
+        let conv = DepthwiseConv {
+            host_taps: taps.flatten_all().unwrap().to_vec1().unwrap(),
+            host_bias: bias.to_vec1().unwrap(),
+            taps: taps.clone(),
+            bias,
+        };
+        let x = Tensor::randn(0f32, 1.0, (c, h, w), &dev).unwrap();
+        let a = conv.forward_cpu(&x).unwrap().flatten_all().unwrap();
+        let b = conv.forward_shifted(&x).unwrap().flatten_all().unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max(0).unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        // The definition, for one interior and one corner pixel.
+        let (x, t) = (x.to_vec3::<f32>().unwrap(), taps.to_vec2::<f32>().unwrap());
+        let at = |ch: usize, y: usize, xx: usize| {
+            let mut sum = conv.host_bias[ch];
+            for dy in 0..3 {
+                for dx in 0..3 {
+                    let (yy, xs) = (y as isize + dy as isize - 1, xx as isize + dx as isize - 1);
+                    if (0..h as isize).contains(&yy) && (0..w as isize).contains(&xs) {
+                        sum += t[ch][dy * 3 + dx] * x[ch][yy as usize][xs as usize];
+                    }
+                }
+            }
+            sum
+        };
+        let out = conv
+            .forward_cpu(&Tensor::new(x.clone(), &dev).unwrap())
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        for (ch, y, xx) in [(2, 3, 3), (4, 0, 5)] {
+            assert!((out[ch][y][xx] - at(ch, y, xx)).abs() < 1e-5);
+        }
     }
 }
