@@ -27,7 +27,7 @@ const MAX_NEW_TOKENS: usize = 6;
 const PIPELINE: &str = "pipelines/docvqa-eval.toml";
 
 /// The manifest's documents: the file name of each page and its questions.
-fn manifest_documents() -> Vec<(String, Vec<Question>)> {
+pub(crate) fn manifest_documents() -> Vec<(String, Vec<Question>)> {
     let text = std::fs::read_to_string(fixture("docvqa/json/manifest.jsonl")).unwrap();
     text.lines()
         .map(|line| {
@@ -113,7 +113,7 @@ fn a_shipped_pipeline_runs_an_idefics3_checkpoint_by_model_path_alone() {
     }
 }
 
-fn render_first_page(pool: &RenderPool, path: &Path) -> Arc<image::RgbImage> {
+pub(crate) fn render_first_page(pool: &RenderPool, path: &Path) -> Arc<image::RgbImage> {
     let mut pages = pool.render(path, &DocumentOptions::default()).unwrap();
     Arc::new(pages.next().unwrap().unwrap().image)
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod eval_anls;
 mod eval_docvqa;
+mod florence2;
 mod generate;
 mod hub;
 mod idefics3;

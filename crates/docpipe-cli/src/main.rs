@@ -26,8 +26,8 @@ enum Command {
     /// Internal: a render worker process, driven over stdin/stdout by the render pool.
     #[command(hide = true)]
     RenderWorker(commands::render::WorkerArgs),
-    /// Batched greedy generation with an Idefics2 or Idefics3 checkpoint over a JSONL file of
-    /// chat requests.
+    /// Batched generation with an Idefics2, Idefics3 or Florence-2 checkpoint over a JSONL file
+    /// of chat requests.
     #[command(after_help = exit::HELP)]
     Generate(commands::generate::GenerateArgs),
     /// DocVQA evaluation: `eval docvqa` runs a checkpoint on a dataset, `eval anls` scores predictions.

@@ -4,6 +4,7 @@
 //! character, so the model is asked for a very brief answer and the chat-model debris around it
 //! (end-of-turn token, a closing period, spaces) is removed before scoring.
 
+use docpipe_pipeline::model::Family;
 use serde::{Deserialize, Serialize};
 
 /// The placeholder replaced by the question in [`ShortAnswerPrompt::template`].
@@ -37,7 +38,22 @@ pub struct TemplateError {
     pub template: String,
 }
 
+/// Florence-2-DocVQA's prompt: the fine-tune was trained on `"<DocVQA>" + question`, with no
+/// instruction after it.
+pub const FLORENCE2_DOCVQA_TEMPLATE: &str = "<DocVQA>{question}";
+
 impl ShortAnswerPrompt {
+    /// The default prompt for a model family: the `<DocVQA>` prefix for Florence-2, the
+    /// short-answer instruction ([`ShortAnswerPrompt::default`]) for the chat models.
+    pub fn for_family(family: Family) -> Self {
+        match family {
+            Family::Florence2 => ShortAnswerPrompt {
+                template: FLORENCE2_DOCVQA_TEMPLATE.to_owned(),
+            },
+            Family::Idefics2 | Family::Idefics3 => ShortAnswerPrompt::default(),
+        }
+    }
+
     /// Checks the template once, at configuration time, rather than on every question.
     pub fn validate(&self) -> Result<(), TemplateError> {
         if self.template.matches(QUESTION_PLACEHOLDER).count() == 1 {

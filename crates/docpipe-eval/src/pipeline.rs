@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 
 use docpipe_pipeline::config::apply_override;
+use docpipe_pipeline::model::Family;
 use docpipe_pipeline::{ConfigError, PipelineConfig};
 use docpipe_sink::OutputRow;
 
@@ -55,6 +56,19 @@ impl EvalSettings {
     /// Splits `--set` items by section and builds the evaluation settings from `prompt.*` and
     /// `answer.*`; the pipeline's items are only passed on here.
     pub fn from_overrides(overrides: &[String]) -> Result<Self, SettingsError> {
+        Self::with_default_prompt(overrides, ShortAnswerPrompt::default())
+    }
+
+    /// As [`EvalSettings::from_overrides`], with `prompt.*` over the default prompt of the
+    /// checkpoint's family ([`ShortAnswerPrompt::for_family`]).
+    pub fn for_family(overrides: &[String], family: Family) -> Result<Self, SettingsError> {
+        Self::with_default_prompt(overrides, ShortAnswerPrompt::for_family(family))
+    }
+
+    fn with_default_prompt(
+        overrides: &[String],
+        default_prompt: ShortAnswerPrompt,
+    ) -> Result<Self, SettingsError> {
         let mut evaluation = toml::Table::new();
         let mut pipeline = Vec::new();
         for item in overrides {
@@ -63,7 +77,11 @@ impl EvalSettings {
                 _ => pipeline.push(item.clone()),
             }
         }
-        let prompt: ShortAnswerPrompt = section(&mut evaluation, "prompt")?;
+        let prompt: ShortAnswerPrompt = if evaluation.contains_key("prompt") {
+            section(&mut evaluation, "prompt")?
+        } else {
+            default_prompt
+        };
         prompt.validate()?;
         Ok(EvalSettings {
             prompt,
@@ -187,6 +205,17 @@ mod tests {
     fn settings(items: &[&str]) -> Result<EvalSettings, SettingsError> {
         let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
         EvalSettings::from_overrides(&items)
+    }
+
+    #[test]
+    fn florence2_is_asked_behind_the_docvqa_prefix_unless_told_otherwise() {
+        let florence = EvalSettings::for_family(&[], Family::Florence2).unwrap();
+        assert_eq!(florence.prompt.template, "<DocVQA>{question}");
+        let idefics = EvalSettings::for_family(&[], Family::Idefics3).unwrap();
+        assert_eq!(idefics.prompt, ShortAnswerPrompt::default());
+        let told = ["prompt.template=Q: {question}".to_string()];
+        let florence = EvalSettings::for_family(&told, Family::Florence2).unwrap();
+        assert_eq!(florence.prompt.template, "Q: {question}");
     }
 
     #[test]

@@ -11,10 +11,9 @@ use std::sync::Arc;
 
 use docpipe_core::DeviceSpec;
 use docpipe_core::VisionLanguageModel;
+use docpipe_florence2::Florence2Model;
 use docpipe_hub::{Checkpoint, HubError};
-use docpipe_idefics2::model::Idefics2;
 use docpipe_idefics2::Idefics2Model;
-use docpipe_idefics3::model::Idefics3;
 use docpipe_idefics3::Idefics3Model;
 use docpipe_vlm::model::{Family as ModelFamily, IdeficsModel};
 use docpipe_vlm::{candle_device, candle_dtype, DeviceError, LoadError};
@@ -28,6 +27,9 @@ pub enum LoadedModel {
     Idefics2(Vec<Replica<Idefics2Model>>),
     /// An Idefics3 checkpoint (`model_type` `idefics3`), one replica per device.
     Idefics3(Vec<Replica<Idefics3Model>>),
+    /// A Florence-2 checkpoint (`model_type` `florence2`, either tensor layout), one replica
+    /// per device.
+    Florence2(Vec<Replica<Florence2Model>>),
 }
 
 /// A model family docpipe can run, named by `config.json`'s `model_type`.
@@ -38,17 +40,21 @@ pub enum Family {
     Idefics2,
     /// Idefics3 (`model_type` `idefics3`), in crate docpipe-idefics3.
     Idefics3,
+    /// Florence-2 (`model_type` `florence2`, e.g. `HuggingFaceM4/Florence-2-DocVQA`), in crate
+    /// docpipe-florence2.
+    Florence2,
 }
 
 impl Family {
     /// Every supported family, in the order error messages list them.
-    pub const ALL: &'static [Family] = &[Family::Idefics2, Family::Idefics3];
+    pub const ALL: &'static [Family] = &[Family::Idefics2, Family::Idefics3, Family::Florence2];
 
     /// The `model_type` of its checkpoints.
     pub fn model_type(self) -> &'static str {
         match self {
             Family::Idefics2 => docpipe_idefics2::config::MODEL_TYPE,
             Family::Idefics3 => docpipe_idefics3::config::MODEL_TYPE,
+            Family::Florence2 => docpipe_florence2::config::MODEL_TYPE,
         }
     }
 
@@ -156,34 +162,75 @@ pub fn load(config: &ModelConfig) -> Result<LoadedModel, ModelLoadError> {
     let checkpoint = docpipe_hub::resolve(&config.path)?;
     match Family::of_checkpoint(checkpoint.dir())? {
         Family::Idefics2 => {
-            load_replicas(&checkpoint, config, load_model::<Idefics2>).map(LoadedModel::Idefics2)
+            load_replicas::<Idefics2Model>(&checkpoint, config).map(LoadedModel::Idefics2)
         }
         Family::Idefics3 => {
-            load_replicas(&checkpoint, config, load_model::<Idefics3>).map(LoadedModel::Idefics3)
+            load_replicas::<Idefics3Model>(&checkpoint, config).map(LoadedModel::Idefics3)
+        }
+        Family::Florence2 => {
+            load_replicas::<Florence2Model>(&checkpoint, config).map(LoadedModel::Florence2)
         }
     }
 }
 
-/// One model of family `F` from a resolved checkpoint, named in the `model` column by its
-/// origin when it has one (`org/name@<commit>`, a bucket URL and a hash of its etags), else by
-/// its folder and a hash of its files. `docpipe generate` loads through this too.
-pub fn load_model<F: ModelFamily>(
+/// A family's model as docpipe loads it: from a checkpoint folder, then renamed after the
+/// checkpoint's origin when it has one.
+pub trait Loadable: VisionLanguageModel + Sized {
+    /// Loads the checkpoint in `dir` onto `device`.
+    fn load_dir(
+        dir: &Path,
+        device: &candle_core::Device,
+        dtype: candle_core::DType,
+    ) -> Result<Self, LoadError>;
+    /// The same model under another `model_id`.
+    fn named(self, model_id: String) -> Self;
+}
+
+impl<F: ModelFamily> Loadable for IdeficsModel<F> {
+    fn load_dir(
+        dir: &Path,
+        device: &candle_core::Device,
+        dtype: candle_core::DType,
+    ) -> Result<Self, LoadError> {
+        IdeficsModel::load(dir, device, dtype)
+    }
+    fn named(self, model_id: String) -> Self {
+        self.with_model_id(model_id)
+    }
+}
+
+impl Loadable for Florence2Model {
+    fn load_dir(
+        dir: &Path,
+        device: &candle_core::Device,
+        dtype: candle_core::DType,
+    ) -> Result<Self, LoadError> {
+        Florence2Model::load(dir, device, dtype)
+    }
+    fn named(self, model_id: String) -> Self {
+        self.with_model_id(model_id)
+    }
+}
+
+/// One model from a resolved checkpoint, named in the `model` column by its origin when it has
+/// one (`org/name@<commit>`, a bucket URL and a hash of its etags), else by its folder and a
+/// hash of its files. `docpipe generate` loads through this too.
+pub fn load_model<M: Loadable>(
     checkpoint: &Checkpoint,
     device: &candle_core::Device,
     dtype: candle_core::DType,
-) -> Result<IdeficsModel<F>, LoadError> {
-    let model = IdeficsModel::<F>::load(checkpoint.dir(), device, dtype)?;
+) -> Result<M, LoadError> {
+    let model = M::load_dir(checkpoint.dir(), device, dtype)?;
     Ok(match checkpoint.model_id() {
-        Some(id) => model.with_model_id(id.to_owned()),
+        Some(id) => model.named(id.to_owned()),
         None => model,
     })
 }
 
 /// One replica of a family's model per device.
-fn load_replicas<M: VisionLanguageModel>(
+fn load_replicas<M: Loadable>(
     checkpoint: &Checkpoint,
     config: &ModelConfig,
-    load: impl Fn(&Checkpoint, &candle_core::Device, candle_core::DType) -> Result<M, LoadError>,
 ) -> Result<Vec<Replica<M>>, ModelLoadError> {
     let dtype = candle_dtype(config.dtype);
     let mut replicas = Vec::new();
@@ -191,7 +238,7 @@ fn load_replicas<M: VisionLanguageModel>(
         candle_device(DeviceSpec::Cuda(ordinal)).is_ok()
     })? {
         let device = candle_device(spec)?;
-        let model = load(checkpoint, &device, dtype).map_err(|e| match e {
+        let model = load_model::<M>(checkpoint, &device, dtype).map_err(|e| match e {
             LoadError::Device(_) => ModelLoadError::Weights(e),
             other => ModelLoadError::Checkpoint(other),
         })?;

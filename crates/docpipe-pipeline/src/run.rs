@@ -224,6 +224,7 @@ impl Job {
         let result = match loaded {
             LoadedModel::Idefics2(replicas) => self.run(replicas).await,
             LoadedModel::Idefics3(replicas) => self.run(replicas).await,
+            LoadedModel::Florence2(replicas) => self.run(replicas).await,
         };
         if let Some(claims) = claims {
             claims.end().await;

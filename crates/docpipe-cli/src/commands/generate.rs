@@ -1,18 +1,20 @@
-//! `docpipe generate`: batched greedy generation with an Idefics2 or Idefics3 checkpoint (by
-//! `config.json`'s `model_type`; a local folder, a hub id or a bucket prefix, see docpipe-hub)
-//! over a JSONL file of HF chat requests. Other tools drive this command, so its flags and
-//! output fields are a fixed contract, documented in docs/generate.md.
+//! `docpipe generate`: batched generation with an Idefics2, Idefics3 (greedy) or Florence-2
+//! (the checkpoint's beam search) checkpoint (by `config.json`'s `model_type`; a local folder, a
+//! hub id or a bucket prefix, see docpipe-hub) over a JSONL file of HF chat requests. Other tools
+//! drive this command, so its flags and output fields are a fixed contract, documented in
+//! docs/generate.md.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use docpipe_core::{DeviceSpec, Dtype, VisionLanguageModel};
+use docpipe_core::{DeviceSpec, Dtype, ModelError, VisionLanguageModel};
+use docpipe_florence2::Florence2Model;
 use docpipe_idefics2::model::Idefics2;
 use docpipe_idefics3::model::Idefics3;
 use docpipe_pipeline::model::{load_model, Family};
 use docpipe_vlm::model::{Family as ModelFamily, IdeficsModel};
-use docpipe_vlm::request::PreparedRequest;
+use docpipe_vlm::request::DetailedGeneration;
 use docpipe_vlm::request_file::{read_requests, FileRequest};
 use docpipe_vlm::{candle_device, candle_dtype};
 use rayon::prelude::*;
@@ -92,22 +94,67 @@ pub fn run(args: GenerateArgs) -> Result<Outcome, CommandError> {
         Family::Idefics2 => generate_all(
             &args,
             &requests,
-            &load_model::<Idefics2>(&checkpoint, &device, dtype).usage()?,
+            &load_model::<IdeficsModel<Idefics2>>(&checkpoint, &device, dtype).usage()?,
         ),
         Family::Idefics3 => generate_all(
             &args,
             &requests,
-            &load_model::<Idefics3>(&checkpoint, &device, dtype).usage()?,
+            &load_model::<IdeficsModel<Idefics3>>(&checkpoint, &device, dtype).usage()?,
+        ),
+        Family::Florence2 => generate_all(
+            &args,
+            &requests,
+            &load_model::<Florence2Model>(&checkpoint, &device, dtype).usage()?,
         ),
     }
 }
 
+/// What this command needs of a family's model beyond the pipeline's trait: generation that
+/// can return the first step's raw logits, and their width.
+trait DetailedModel: VisionLanguageModel {
+    fn generate_detailed(
+        &self,
+        batch: &[&Self::Prepared],
+        first_logits: bool,
+    ) -> Result<Vec<DetailedGeneration>, ModelError>;
+
+    fn vocab_size(&self) -> usize;
+}
+
+impl<F: ModelFamily> DetailedModel for IdeficsModel<F> {
+    fn generate_detailed(
+        &self,
+        batch: &[&Self::Prepared],
+        first_logits: bool,
+    ) -> Result<Vec<DetailedGeneration>, ModelError> {
+        IdeficsModel::generate_detailed(self, batch, first_logits)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config().text.vocab_size
+    }
+}
+
+impl DetailedModel for Florence2Model {
+    fn generate_detailed(
+        &self,
+        batch: &[&Self::Prepared],
+        first_logits: bool,
+    ) -> Result<Vec<DetailedGeneration>, ModelError> {
+        Florence2Model::generate_detailed(self, batch, first_logits)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.text_config().vocab_size
+    }
+}
+
 /// Prepares every request, generates in batches of `--batch-size` and writes the answers (and
-/// the first-step logits, vocabulary-wide, when asked) for a model of either family.
-fn generate_all<F: ModelFamily>(
+/// the first-step logits, vocabulary-wide, when asked) for a model of any family.
+fn generate_all<M: DetailedModel>(
     args: &GenerateArgs,
     requests: &[FileRequest],
-    model: &IdeficsModel<F>,
+    model: &M,
 ) -> Result<Outcome, CommandError> {
     tracing::debug!(
         model = model.model_id(),
@@ -115,7 +162,7 @@ fn generate_all<F: ModelFamily>(
         "generating"
     );
     // Image preprocessing is CPU work that would otherwise hold up the device for every page.
-    let prepared: Vec<PreparedRequest> = requests
+    let prepared: Vec<M::Prepared> = requests
         .par_iter()
         .map(|r| {
             model
@@ -133,7 +180,7 @@ fn generate_all<F: ModelFamily>(
     let mut first_logits = Vec::new();
     let mut ids = requests.iter().map(|r| &r.id);
     for batch in prepared.chunks(args.batch_size) {
-        let batch: Vec<&PreparedRequest> = batch.iter().collect();
+        let batch: Vec<&M::Prepared> = batch.iter().collect();
         let results = model
             .generate_detailed(&batch, args.logits_out.is_some())
             .incomplete()?;
@@ -155,7 +202,7 @@ fn generate_all<F: ModelFamily>(
     }
     out.flush().map_err(write_error).incomplete()?;
     if let Some(path) = &args.logits_out {
-        let vocab = model.config().text.vocab_size;
+        let vocab = model.vocab_size();
         for row in &mut first_logits {
             row.resize(vocab, 0.0);
         }

@@ -15,6 +15,7 @@ use clap::Args;
 use docpipe_eval::dataset::{DocVqaDataset, ImageSource, PageGroup};
 use docpipe_eval::pipeline::{pipeline_config, predictions_from_rows, EvalSettings};
 use docpipe_eval::{evaluate, predictions, report};
+use docpipe_pipeline::model::Family;
 use docpipe_pipeline::RunOptions;
 use docpipe_render::WorkerCommand;
 use docpipe_store::object_store::{self, ObjectStoreExt};
@@ -31,8 +32,10 @@ pub struct DocvqaArgs {
     /// folder/prefix of them (images inlined); a local path or an object-store URL.
     #[arg(long, value_name = "PATH_OR_URL")]
     pub dataset: String,
-    /// The checkpoint: a local folder (hub layout), a hub id `ORG/NAME[@REVISION]`, or an
-    /// object-store prefix (`s3://…/`); see docs/models.md.
+    /// The checkpoint (Idefics2, Idefics3 or Florence-2): a local folder (hub layout), a hub id
+    /// `ORG/NAME[@REVISION]`, or an object-store prefix (`s3://…/`); see docs/models.md.
+    /// Florence-2 is asked `<DocVQA>{question}` unless `--set prompt.template=...` says
+    /// otherwise.
     #[arg(long, value_name = "MODEL")]
     pub model: String,
     /// Only the first N questions of the dataset.
@@ -58,7 +61,20 @@ pub fn run(args: DocvqaArgs) -> Result<Outcome, CommandError> {
 
 async fn eval(args: DocvqaArgs) -> Result<Outcome, CommandError> {
     let stores = Stores::new(StoreOptions::default());
-    let settings = EvalSettings::from_overrides(&args.set).usage()?;
+    // The prompt's default depends on the family, so the checkpoint is resolved (fetched if
+    // needed) first; the pipeline then finds it in the cache. A checkpoint that cannot be read
+    // is reported when the pipeline loads it.
+    let model = args.model.clone();
+    let checkpoint = tokio::task::spawn_blocking(move || docpipe_hub::resolve(&model))
+        .await
+        .context("resolving --model")
+        .incomplete()?
+        .classified()?;
+    let settings = match Family::of_checkpoint(checkpoint.dir()) {
+        Ok(family) => EvalSettings::for_family(&args.set, family),
+        Err(_) => EvalSettings::from_overrides(&args.set),
+    }
+    .usage()?;
     let out = stores
         .open(&args.out)
         .with_context(|| format!("--out {}", args.out))
