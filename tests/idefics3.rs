@@ -11,6 +11,7 @@ use docpipe_idefics3::Idefics3Model;
 use docpipe_pipeline::config::PipelineConfig;
 use docpipe_pipeline::tasks::{chat_request, TaskPlan};
 use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig};
+use docpipe_sink::OutputRow;
 use docpipe_store::StoreOptions;
 use docpipe_vlm::{candle_device, candle_dtype};
 use serde_json::Value;
@@ -47,17 +48,16 @@ pub(crate) fn manifest_documents() -> Vec<(String, Vec<Question>)> {
         .collect()
 }
 
-#[test]
-fn a_shipped_pipeline_runs_an_idefics3_checkpoint_by_model_path_alone() {
+/// Runs the shipped DocVQA pipeline with `overrides` (and a temporary sink), checks that every
+/// manifest question got one row, and returns the rows and the manifest's documents.
+pub(crate) fn run_docvqa_pipeline(
+    overrides: &[String],
+) -> (Vec<OutputRow>, Vec<(String, Vec<Question>)>) {
     let out = tempfile::tempdir().unwrap();
     let sink = out.path().to_str().unwrap().to_owned();
-    let overrides = [
-        format!("model.path={}", fixture_arg(HUB_LAYOUT)),
-        format!("model.max_new_tokens={MAX_NEW_TOKENS}"),
-        format!("sink.uri={sink}"),
-    ];
-    let mut args = vec!["run", PIPELINE];
-    for item in &overrides {
+    let sink_set = format!("sink.uri={sink}");
+    let mut args = vec!["run", PIPELINE, "--set", &sink_set];
+    for item in overrides {
         args.extend(["--set", item.as_str()]);
     }
     let output = docpipe(&args, &[]);
@@ -71,6 +71,16 @@ fn a_shipped_pipeline_runs_an_idefics3_checkpoint_by_model_path_alone() {
         .filter_map(|r| r.question_id.as_deref())
         .collect();
     assert_eq!(ids.len(), questions, "each question once");
+    (rows, documents)
+}
+
+#[test]
+fn a_shipped_pipeline_runs_an_idefics3_checkpoint_by_model_path_alone() {
+    let overrides = [
+        format!("model.path={}", fixture_arg(HUB_LAYOUT)),
+        format!("model.max_new_tokens={MAX_NEW_TOKENS}"),
+    ];
+    let (rows, documents) = run_docvqa_pipeline(&overrides);
 
     // The same page, rendered at the size the Idefics3 processor keeps (the pipeline's default),
     // and the same prompt given straight to the model give the same answers.
@@ -80,6 +90,19 @@ fn a_shipped_pipeline_runs_an_idefics3_checkpoint_by_model_path_alone() {
         candle_dtype(Dtype::F32),
     )
     .unwrap();
+    assert_rows_are_the_models_answers(&model, &overrides, &rows, documents, |_| {});
+}
+
+/// Each row's answer and prompt length are what `model` gives for the same page (rendered at the
+/// size its processor keeps, as the pipeline does) and prompt (from the pipeline with
+/// `overrides`); `check` looks at each prepared request too.
+pub(crate) fn assert_rows_are_the_models_answers<M: VisionLanguageModel>(
+    model: &M,
+    overrides: &[String],
+    rows: &[OutputRow],
+    documents: Vec<(String, Vec<Question>)>,
+    check: impl Fn(&M::Prepared),
+) {
     assert!(rows.iter().all(|r| r.model == model.model_id()));
     let pool = RenderPool::new(RenderPoolConfig {
         workers: 1,
@@ -89,7 +112,7 @@ fn a_shipped_pipeline_runs_an_idefics3_checkpoint_by_model_path_alone() {
     })
     .unwrap();
     let text = std::fs::read_to_string(crate::support::repo().join(PIPELINE)).unwrap();
-    let config = PipelineConfig::load(PIPELINE, &text, &overrides).unwrap();
+    let config = PipelineConfig::load(PIPELINE, &text, overrides).unwrap();
     let plan = TaskPlan::new(config.tasks, config.model.max_new_tokens);
     for (file, questions) in documents {
         let image = render_first_page(&pool, &fixture("docvqa/json/documents").join(&file));
@@ -97,6 +120,7 @@ fn a_shipped_pipeline_runs_an_idefics3_checkpoint_by_model_path_alone() {
         doc.questions = questions;
         for query in plan.queries(&doc) {
             let prepared = model.prepare(&chat_request(&query, &image)).unwrap();
+            check(&prepared);
             let expected = model.generate(&[&prepared]).unwrap().remove(0);
             let row = rows
                 .iter()
