@@ -338,10 +338,10 @@ impl<'m, M: VisionLanguageModel> Calls<'m, M> {
         if self.faults.before_probe().is_err() {
             return false;
         }
-        let probe = match self.probe.take() {
+        let probe = match &self.probe {
             Some(probe) => probe,
             None => match self.model.prepare(&probe_request()) {
-                Ok(probe) => probe,
+                Ok(probe) => self.probe.insert(probe),
                 Err(e) => {
                     // The device cannot be told apart from the request: blame the request,
                     // which costs one row rather than a replica.
@@ -350,9 +350,7 @@ impl<'m, M: VisionLanguageModel> Calls<'m, M> {
                 }
             },
         };
-        let answered = self.model.generate(&[&probe]).is_ok();
-        self.probe = Some(probe);
-        answered
+        self.model.generate(&[probe]).is_ok()
     }
 }
 

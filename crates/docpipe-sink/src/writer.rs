@@ -11,13 +11,13 @@ use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use docpipe_core::Shard;
 use docpipe_store::{Location, Stores};
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::claims::{Claims, Sealed};
-use crate::create_only::{put_json_create_only, Created};
+use crate::create_only::{put_create_only, put_json_create_only, Created};
 use crate::report::{RunManifest, RunReport, WrittenRows};
 use crate::resume::{self, Committed, DocumentKey, PartInfo};
 use crate::schema::{output_schema, rows_to_batch};
@@ -79,7 +79,7 @@ pub struct Sink {
     schema: SchemaRef,
     properties: WriterProperties,
     /// Finished documents not written yet, each with all of its rows.
-    buffer: Vec<Vec<OutputRow>>,
+    buffer: Vec<(DocumentKey, Vec<OutputRow>)>,
     buffered_rows: usize,
     buffered_bytes: usize,
     oldest: Option<Instant>,
@@ -177,7 +177,7 @@ impl Sink {
         self.buffered_bytes += rows.iter().map(OutputRow::approximate_bytes).sum::<usize>();
         self.buffered_rows += rows.len();
         self.oldest.get_or_insert_with(Instant::now);
-        self.buffer.push(rows);
+        self.buffer.push((first.document_key(), rows));
         let options = &self.options;
         if self.buffer.len() >= options.documents_per_part
             || self.buffered_rows >= options.rows_per_part
@@ -230,31 +230,26 @@ impl Sink {
         if documents.is_empty() {
             return Ok(None);
         }
-        let keys: Vec<DocumentKey> = documents
-            .iter()
-            .map(|rows| rows[0].document_key())
-            .collect();
-        let rows: Vec<OutputRow> = documents.into_iter().flatten().collect();
+        let (keys, rows): (Vec<DocumentKey>, Vec<Vec<OutputRow>>) = documents.into_iter().unzip();
+        let rows: Vec<OutputRow> = rows.into_iter().flatten().collect();
         let body = self.encode(&rows)?;
         let path = self.location.child(&relative);
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
         let bytes = body.len() as u64;
-        match self
-            .location
-            .store()
-            .put_opts(&path, body.into(), options)
-            .await
-        {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) if self.claims.is_some() => {
-                // A run that took these documents over while this one stalled voided the part.
+        match put_create_only(&self.location, &path, body).await {
+            Ok(Created::Written) => {}
+            Ok(Created::AlreadyExists) if self.claims.is_some() => {
+                // Part names are random, so only a run that took these documents over while
+                // this one stalled writes this name first (an empty part voiding it).
                 for doc in keys {
                     self.lose(doc, "a run that took this run's documents over".into());
                 }
                 return Ok(None);
+            }
+            Ok(Created::AlreadyExists) => {
+                return Err(SinkError::Write {
+                    url: self.location.url_of(&path).to_string(),
+                    message: "a part of this name is already there".into(),
+                })
             }
             Err(e) => {
                 return Err(SinkError::Write {
@@ -281,22 +276,19 @@ impl Sink {
     /// entries naming `part`; all of them when the sink has no claims.
     async fn seal(
         &mut self,
-        documents: Vec<Vec<OutputRow>>,
+        documents: Vec<(DocumentKey, Vec<OutputRow>)>,
         part: &str,
-    ) -> Result<Vec<Vec<OutputRow>>, SinkError> {
+    ) -> Result<Vec<(DocumentKey, Vec<OutputRow>)>, SinkError> {
         let Some(claims) = self.claims.clone() else {
             return Ok(documents);
         };
-        let keys: Vec<DocumentKey> = documents
-            .iter()
-            .map(|rows| rows[0].document_key())
-            .collect();
+        let keys: Vec<&DocumentKey> = documents.iter().map(|(key, _)| key).collect();
         let sealed = claims.seal(&keys, part).await?;
         let mut kept = Vec::with_capacity(documents.len());
-        for (rows, sealed) in documents.into_iter().zip(sealed) {
+        for (document, sealed) in documents.into_iter().zip(sealed) {
             match sealed {
-                Sealed::Kept => kept.push(rows),
-                Sealed::Lost { by } => self.lose(rows[0].document_key(), by),
+                Sealed::Kept => kept.push(document),
+                Sealed::Lost { by } => self.lose(document.0, by),
             }
         }
         Ok(kept)

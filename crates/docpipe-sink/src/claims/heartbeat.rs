@@ -39,17 +39,15 @@ impl Heartbeat {
 
     pub(crate) async fn write(&self, sink: &Location) -> Result<(), SinkError> {
         let path = path_of(sink, &self.run_id);
-        let body = serde_json::to_vec_pretty(self).map_err(|e| SinkError::Write {
+        let error = |message: String| SinkError::Write {
             url: sink.url_of(&path).to_string(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let body = serde_json::to_vec_pretty(self).map_err(|e| error(e.to_string()))?;
         sink.store()
             .put(&path, body.into())
             .await
-            .map_err(|e| SinkError::Write {
-                url: sink.url_of(&path).to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| error(e.to_string()))?;
         Ok(())
     }
 }

@@ -25,11 +25,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use docpipe_store::Location;
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use object_store::ObjectStoreExt;
 
 use self::heartbeat::{Heartbeat, Liveness};
 use self::log::{ClaimLog, Entry, CLAIMS_DIR};
-use crate::create_only::Created;
+use crate::create_only::{put_create_only, Created};
 use crate::resume::{open_part, DocumentKey};
 use crate::SinkError;
 
@@ -239,14 +239,14 @@ impl Claims {
     /// run took over are [`Sealed::Lost`].
     pub(crate) async fn seal(
         &self,
-        docs: &[DocumentKey],
+        docs: &[&DocumentKey],
         part: &str,
     ) -> Result<Vec<Sealed>, SinkError> {
         let numbers = {
             let held = self.held_documents();
             docs.iter()
                 .map(|key| {
-                    held.get(key).copied().ok_or_else(|| {
+                    held.get(*key).copied().ok_or_else(|| {
                         SinkError::InvalidRows(format!(
                             "{} was committed without being claimed by this run",
                             key.uri
@@ -344,23 +344,12 @@ impl Claims {
 
     async fn write_empty_part(&self, part: &str) -> Result<Created, SinkError> {
         let path = self.sink.child(part);
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .sink
-            .store()
-            .put_opts(&path, self.empty_part.clone().into(), options)
+        put_create_only(&self.sink, &path, self.empty_part.clone())
             .await
-        {
-            Ok(_) => Ok(Created::Written),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(Created::AlreadyExists),
-            Err(e) => Err(SinkError::Write {
+            .map_err(|e| SinkError::Write {
                 url: self.sink.url_of(&path).to_string(),
                 message: e.to_string(),
-            }),
-        }
+            })
     }
 
     fn stop_beating(&self) {
@@ -400,32 +389,28 @@ impl Drop for Claims {
 async fn probe_create_only(sink: &Location, run_id: &str) -> Result<(), SinkError> {
     let path = sink.child(&format!("{CLAIMS_DIR}/runs/{run_id}.probe"));
     let url = sink.url_of(&path).to_string();
-    let options = || PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
     let unsupported = |detail: String| SinkError::NoCreateOnly {
         url: url.clone(),
         detail,
     };
-    let store = sink.store();
-    for attempt in 0..2 {
-        match store.put_opts(&path, Bytes::new().into(), options()).await {
-            Ok(_) if attempt == 0 => {}
-            Ok(_) => return Err(unsupported("a second create-only write succeeded".into())),
-            Err(object_store::Error::AlreadyExists { .. }) if attempt == 1 => {}
-            Err(e @ object_store::Error::NotImplemented { .. }) => {
-                return Err(unsupported(e.to_string()))
-            }
-            Err(e) => {
-                return Err(SinkError::Write {
-                    url: url.clone(),
-                    message: e.to_string(),
-                })
-            }
-        }
+    let failed = |e: object_store::Error| match e {
+        object_store::Error::NotImplemented { .. } => unsupported(e.to_string()),
+        e => SinkError::Write {
+            url: url.clone(),
+            message: e.to_string(),
+        },
+    };
+    let write = || put_create_only(sink, &path, Bytes::new());
+    if let Created::AlreadyExists = write().await.map_err(failed)? {
+        return Err(SinkError::Write {
+            url: url.clone(),
+            message: "a scratch object of this run is already there".into(),
+        });
     }
-    if let Err(e) = store.delete(&path).await {
+    if let Created::Written = write().await.map_err(failed)? {
+        return Err(unsupported("a second create-only write succeeded".into()));
+    }
+    if let Err(e) = sink.store().delete(&path).await {
         tracing::debug!("{url}: scratch object not deleted: {e}");
     }
     Ok(())
@@ -458,10 +443,7 @@ mod tests {
         let part = "parts/all-0000000000001-0000000000000001.parquet";
         let (_a, claims_a) = claims(&stores, "run-a").await;
         claims_a.claim(&doc).await.unwrap();
-        let sealed = claims_a
-            .seal(std::slice::from_ref(&doc), part)
-            .await
-            .unwrap();
+        let sealed = claims_a.seal(&[&doc], part).await.unwrap();
         assert_eq!(sealed, vec![Sealed::Kept]);
         // Run a stops between its commit entry and its part.
         claims_a.end().await;
@@ -494,7 +476,7 @@ mod tests {
         let stores = Stores::new(StoreOptions::quick());
         let (_a, claims_a) = claims(&stores, "run-a").await;
         let key = DocumentKey::of(&DocumentRef::new("/in/a.pdf"));
-        let err = claims_a.seal(&[key], "parts/x.parquet").await.unwrap_err();
+        let err = claims_a.seal(&[&key], "parts/x.parquet").await.unwrap_err();
         assert!(matches!(err, SinkError::InvalidRows(_)), "{err}");
     }
 }
