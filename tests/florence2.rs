@@ -5,6 +5,7 @@
 
 use docpipe_core::{DeviceSpec, Dtype};
 use docpipe_florence2::Florence2Model;
+use docpipe_pipeline::model::Family;
 use docpipe_store::StoreOptions;
 use docpipe_vlm::fixture_check::{read_jsonl, read_npy};
 use docpipe_vlm::{candle_device, candle_dtype};
@@ -101,13 +102,14 @@ fn a_shipped_pipeline_runs_a_florence2_checkpoint() {
     let overrides = [
         format!("model.path={}", fixture_arg(REMOTE)),
         format!("model.max_new_tokens={MAX_NEW_TOKENS}"),
-        "task.0.prompt=<DocVQA>{question}".to_owned(),
     ];
     let (rows, documents) = run_docvqa_pipeline(&overrides);
 
-    // The same page and prompt given straight to the model give the same answers.
+    // The same page and prompt given straight to the model give the same answers; the
+    // pipeline's qa task sets no prompt, so the family's `<DocVQA>` template applies.
     let model = load(REMOTE);
-    assert_rows_are_the_models_answers(&model, &overrides, &rows, documents, |prepared| {
+    let family = Family::Florence2;
+    assert_rows_are_the_models_answers(&model, family, &overrides, &rows, documents, |prepared| {
         assert!(
             prepared.prompt.starts_with("<DocVQA>"),
             "{}",

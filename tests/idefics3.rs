@@ -9,6 +9,7 @@ use std::sync::Arc;
 use docpipe_core::{DeviceSpec, DocumentRef, Dtype, Question, VisionLanguageModel};
 use docpipe_idefics3::Idefics3Model;
 use docpipe_pipeline::config::PipelineConfig;
+use docpipe_pipeline::model::Family;
 use docpipe_pipeline::tasks::{chat_request, TaskPlan};
 use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig};
 use docpipe_sink::OutputRow;
@@ -91,14 +92,23 @@ fn a_shipped_pipeline_runs_an_idefics3_checkpoint_by_model_path_alone() {
         candle_dtype(Dtype::F32),
     )
     .unwrap();
-    assert_rows_are_the_models_answers(&model, &overrides, &rows, documents, |_| {});
+    assert_rows_are_the_models_answers(
+        &model,
+        Family::Idefics3,
+        &overrides,
+        &rows,
+        documents,
+        |_| {},
+    );
 }
 
-/// Each row's answer and prompt length are what `model` gives for the same page (rendered at the
-/// size its processor keeps, as the pipeline does) and prompt (from the pipeline with
-/// `overrides`); `check` looks at each prepared request too.
+/// Each row's answer and prompt length are what `model` (of `family`) gives for the same page
+/// (rendered at the size its processor keeps, as the pipeline does) and prompt (from the
+/// pipeline with `overrides`, the family's default prompts where it sets none); `check` looks
+/// at each prepared request too.
 pub(crate) fn assert_rows_are_the_models_answers<M: VisionLanguageModel>(
     model: &M,
+    family: Family,
     overrides: &[String],
     rows: &[OutputRow],
     documents: Vec<(String, Vec<Question>)>,
@@ -114,7 +124,11 @@ pub(crate) fn assert_rows_are_the_models_answers<M: VisionLanguageModel>(
     .unwrap();
     let text = std::fs::read_to_string(crate::support::repo().join(PIPELINE)).unwrap();
     let config = PipelineConfig::load(PIPELINE, &text, overrides).unwrap();
-    let plan = TaskPlan::new(config.tasks, config.model.max_new_tokens);
+    let plan = TaskPlan::new(
+        config.tasks,
+        config.model.max_new_tokens,
+        family.default_prompts(),
+    );
     for (file, questions) in documents {
         let image = render_first_page(&pool, &fixture("docvqa/json/documents").join(&file));
         let mut doc = DocumentRef::new(file.as_str());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use docpipe_core::{DeviceSpec, DocumentRef, Dtype, Stage, VisionLanguageModel};
 use docpipe_idefics2::{candle_device, candle_dtype, Idefics2Model};
 use docpipe_pipeline::config::{PipelineConfig, DEMO_PIPELINE};
+use docpipe_pipeline::model::Family;
 use docpipe_pipeline::pool::FAULT_ENV;
 use docpipe_pipeline::tasks::{chat_request, TaskPlan};
 use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig};
@@ -52,8 +53,12 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
 
     // The same page and prompt given straight to the model give the same answers.
     let config = PipelineConfig::load("demo", DEMO_PIPELINE, &[]).unwrap();
-    let queries =
-        TaskPlan::new(config.tasks, config.model.max_new_tokens).queries(&DocumentRef::new("x"));
+    let queries = TaskPlan::new(
+        config.tasks,
+        config.model.max_new_tokens,
+        Family::Idefics2.default_prompts(),
+    )
+    .queries(&DocumentRef::new("x"));
     let model = Idefics2Model::load(
         &repo().join(TINY_MODEL),
         &Placement::single(&candle_device(DeviceSpec::Cpu).unwrap()),

@@ -12,9 +12,11 @@ pub const QUESTION_PLACEHOLDER: &str = "{question}";
 
 /// The user-turn text sent with the page image.
 ///
-/// The default, `"{question}\nGive a very brief answer."`, follows the short-answer instruction
-/// of the Idefics2 evaluation prompts for DocVQA (the question, then an instruction asking for a
-/// very brief answer); the chat template adds the image and the `Assistant:` turn.
+/// The default is the checkpoint family's question prompt, the one pipelines use too
+/// (`Family::default_prompts`): for the chat models `"{question}\nGive a very brief answer."`,
+/// the short-answer instruction of the Idefics2 evaluation prompts for DocVQA (the chat
+/// template adds the image and the `Assistant:` turn); for Florence-2 `"<DocVQA>{question}"`,
+/// what the DocVQA fine-tune was trained on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShortAnswerPrompt {
@@ -22,11 +24,10 @@ pub struct ShortAnswerPrompt {
     pub template: String,
 }
 
+/// The chat models' prompt: a checkpoint not yet looked at is taken for one.
 impl Default for ShortAnswerPrompt {
     fn default() -> Self {
-        ShortAnswerPrompt {
-            template: "{question}\nGive a very brief answer.".to_owned(),
-        }
+        ShortAnswerPrompt::for_family(Family::Idefics2)
     }
 }
 
@@ -38,19 +39,11 @@ pub struct TemplateError {
     pub template: String,
 }
 
-/// Florence-2-DocVQA's prompt: the fine-tune was trained on `"<DocVQA>" + question`, with no
-/// instruction after it.
-pub const FLORENCE2_DOCVQA_TEMPLATE: &str = "<DocVQA>{question}";
-
 impl ShortAnswerPrompt {
-    /// The default prompt for a model family: the `<DocVQA>` prefix for Florence-2, the
-    /// short-answer instruction ([`ShortAnswerPrompt::default`]) for the chat models.
+    /// The default prompt for a model family: its pipelines' question prompt.
     pub fn for_family(family: Family) -> Self {
-        match family {
-            Family::Florence2 => ShortAnswerPrompt {
-                template: FLORENCE2_DOCVQA_TEMPLATE.to_owned(),
-            },
-            Family::Idefics2 | Family::Idefics3 => ShortAnswerPrompt::default(),
+        ShortAnswerPrompt {
+            template: family.default_prompts().question.to_owned(),
         }
     }
 

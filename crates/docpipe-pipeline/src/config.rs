@@ -166,9 +166,9 @@ pub enum TaskConfig {
     Ocr {
         /// The `task` column; defaults to the kind.
         name: Option<String>,
-        /// The instruction sent with the page image; also the `question` column.
-        #[serde(default = "default_ocr_prompt")]
-        prompt: String,
+        /// The instruction sent with the page image; also the `question` column. Unset: the
+        /// model family's own ([`crate::tasks::DefaultPrompts`]).
+        prompt: Option<String>,
         /// Overrides `model.max_new_tokens` for this task.
         max_new_tokens: Option<usize>,
     },
@@ -176,9 +176,9 @@ pub enum TaskConfig {
     Qa {
         /// The `task` column; defaults to the kind.
         name: Option<String>,
-        /// `{question}` is replaced by the question text.
-        #[serde(default = "default_question_prompt")]
-        prompt: String,
+        /// `{question}` is replaced by the question text. Unset: the model family's own
+        /// ([`crate::tasks::DefaultPrompts`]).
+        prompt: Option<String>,
         /// Asked of every page, before the document's own; ids must be unique.
         #[serde(default)]
         questions: Vec<Question>,
@@ -193,9 +193,9 @@ pub enum TaskConfig {
     Fields {
         /// The `task` column; defaults to the kind.
         name: Option<String>,
-        /// `{question}` is replaced by the field's question, `{field}` by its name.
-        #[serde(default = "default_question_prompt")]
-        prompt: String,
+        /// `{question}` is replaced by the field's question, `{field}` by its name. Unset: the
+        /// model family's question template ([`crate::tasks::DefaultPrompts`]).
+        prompt: Option<String>,
         /// The fields, at least one; names must be unique.
         fields: Vec<FieldConfig>,
         /// Overrides `model.max_new_tokens` for this task.
@@ -266,12 +266,6 @@ fn default_batch_patches() -> usize {
 }
 fn default_queue() -> usize {
     64
-}
-fn default_ocr_prompt() -> String {
-    "Transcribe all the text on this page.".to_owned()
-}
-fn default_question_prompt() -> String {
-    "{question}".to_owned()
 }
 fn default_true() -> bool {
     true
@@ -390,7 +384,7 @@ impl PipelineConfig {
                             "no questions and document_questions = false".into(),
                         );
                     }
-                    if !prompt.contains("{question}") {
+                    if prompt.as_ref().is_some_and(|p| !p.contains("{question}")) {
                         return bad(&key("prompt"), "must contain {question}".into());
                     }
                     let mut ids = std::collections::HashSet::new();
@@ -586,7 +580,7 @@ mod tests {
         assert_eq!(config.sink.uri, "out/elsewhere");
         assert_eq!(config.render.longest_edge, Some(1960));
         match &config.tasks[0] {
-            TaskConfig::Ocr { prompt, .. } => assert_eq!(prompt, "Read it."),
+            TaskConfig::Ocr { prompt, .. } => assert_eq!(prompt.as_deref(), Some("Read it.")),
             other => panic!("task 0 is {other:?}"),
         }
     }

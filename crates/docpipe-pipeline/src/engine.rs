@@ -505,6 +505,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::model::Family;
     use crate::test_model::{echo_answer, EchoModel};
     use crate::test_pipeline::{test_config, QUERIES_PER_PAGE};
 
@@ -549,7 +550,11 @@ mod tests {
         models: Vec<Arc<EchoModel>>,
     ) -> (Result<EngineStats, EngineError>, Vec<FinishedDocument>) {
         let config = test_config(&[]);
-        let plan = Arc::new(TaskPlan::new(config.tasks, config.model.max_new_tokens));
+        let plan = Arc::new(TaskPlan::new(
+            config.tasks,
+            config.model.max_new_tokens,
+            Family::Idefics2.default_prompts(),
+        ));
         let replicas = models
             .into_iter()
             .map(|model| Replica {

@@ -21,6 +21,7 @@ use docpipe_vlm::{candle_device, candle_dtype, candle_placement, DeviceError, Lo
 
 use crate::config::ModelConfig;
 use crate::pool::Replica;
+use crate::tasks::DefaultPrompts;
 
 /// The replicas of a loaded model, by family.
 pub enum LoadedModel {
@@ -56,6 +57,25 @@ impl Family {
             Family::Idefics2 => docpipe_idefics2::config::MODEL_TYPE,
             Family::Idefics3 => docpipe_idefics3::config::MODEL_TYPE,
             Family::Florence2 => docpipe_florence2::config::MODEL_TYPE,
+        }
+    }
+
+    /// What a pipeline task (and `docpipe eval docvqa`) asks when it sets no prompt. The chat
+    /// models get an instruction, and a question followed by the short-answer instruction of
+    /// the Idefics2 DocVQA evaluation prompts: answers become column values and are scored
+    /// against short spans, and without it the chat models answer in sentences. Florence-2
+    /// gets its task tokens: `<OCR>`, and the DocVQA fine-tune's `<DocVQA>` prefix (trained on
+    /// `"<DocVQA>" + question`, no space, no instruction).
+    pub fn default_prompts(self) -> DefaultPrompts {
+        match self {
+            Family::Idefics2 | Family::Idefics3 => DefaultPrompts {
+                ocr: "Transcribe all the text on this page.",
+                question: "{question}\nGive a very brief answer.",
+            },
+            Family::Florence2 => DefaultPrompts {
+                ocr: "<OCR>",
+                question: "<DocVQA>{question}",
+            },
         }
     }
 
@@ -166,6 +186,17 @@ fn model_type(dir: &Path) -> Result<String, LoadError> {
             path,
             message: "no \"model_type\"".into(),
         })
+}
+
+impl LoadedModel {
+    /// The family of its replicas.
+    pub fn family(&self) -> Family {
+        match self {
+            LoadedModel::Idefics2(_) => Family::Idefics2,
+            LoadedModel::Idefics3(_) => Family::Idefics3,
+            LoadedModel::Florence2(_) => Family::Florence2,
+        }
+    }
 }
 
 /// Resolves `model.path` (fetching what is missing), then loads one replica per device entry

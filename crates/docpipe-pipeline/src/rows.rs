@@ -100,6 +100,7 @@ mod tests {
 
     use super::*;
     use crate::engine::{Answer, RowOutcome};
+    use crate::model::Family;
     use crate::tasks::TaskPlan;
     use crate::test_pipeline::{test_config, QUERIES_PER_PAGE};
 
@@ -118,7 +119,7 @@ mod tests {
     #[test]
     fn rows_carry_answers_failures_and_the_fields_object() {
         let config = test_config(&[]);
-        let plan = TaskPlan::new(config.tasks, 16);
+        let plan = TaskPlan::new(config.tasks, 16, Family::Idefics2.default_prompts());
         let mut doc_ref = DocumentRef::new("s3://b/a.pdf");
         doc_ref.version = Some("\"etag\"".into());
         doc_ref.keys.insert("id".into(), "42".into());

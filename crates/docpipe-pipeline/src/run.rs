@@ -24,7 +24,7 @@ use crate::progress::{Counters, ProgressDisplay};
 use crate::queue::BatchBudget;
 use crate::renderer::PoolRenderer;
 use crate::rows::{output_rows, unasked_rows};
-use crate::tasks::TaskPlan;
+use crate::tasks::{DefaultPrompts, TaskPlan};
 
 /// What a run needs besides its pipeline file.
 pub struct RunOptions {
@@ -221,10 +221,11 @@ impl Job {
             self.claims = Some(claims.map_err(RunError::Sink)?);
         }
         let claims = self.claims.clone();
+        let prompts = loaded.family().default_prompts();
         let result = match loaded {
-            LoadedModel::Idefics2(replicas) => self.run(replicas).await,
-            LoadedModel::Idefics3(replicas) => self.run(replicas).await,
-            LoadedModel::Florence2(replicas) => self.run(replicas).await,
+            LoadedModel::Idefics2(replicas) => self.run(replicas, prompts).await,
+            LoadedModel::Idefics3(replicas) => self.run(replicas, prompts).await,
+            LoadedModel::Florence2(replicas) => self.run(replicas, prompts).await,
         };
         if let Some(claims) = claims {
             claims.end().await;
@@ -235,6 +236,7 @@ impl Job {
     async fn run<M: VisionLanguageModel + 'static>(
         self,
         replicas: Vec<Replica<M>>,
+        prompts: DefaultPrompts,
     ) -> Result<RunSummary, RunError> {
         let Job {
             config,
@@ -315,6 +317,7 @@ impl Job {
             let plan = Arc::new(TaskPlan::new(
                 config.tasks.clone(),
                 config.model.max_new_tokens,
+                prompts,
             ));
             let engine_config = EngineConfig {
                 render_threads: render.workers,

@@ -27,20 +27,38 @@ pub struct Query {
     pub field: Option<String>,
 }
 
+/// What a task asks when its `prompt` is not set. Each family is asked the way it was trained:
+/// the chat models (Idefics) take an instruction and the question as written, Florence-2 takes
+/// its task tokens (`<OCR>`, the DocVQA fine-tune's `<DocVQA>` prefix), without which it
+/// answers something else. See `Family::default_prompts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultPrompts {
+    /// An `ocr` task's instruction.
+    pub ocr: &'static str,
+    /// A `qa` or `fields` task's template; `{question}` is the question.
+    pub question: &'static str,
+}
+
 /// The tasks of a pipeline, ready to be expanded per document.
 #[derive(Debug, Clone)]
 pub struct TaskPlan {
     tasks: Vec<TaskConfig>,
     default_max_new_tokens: usize,
+    prompts: DefaultPrompts,
 }
 
 impl TaskPlan {
     /// The plan for `tasks`, in order; `default_max_new_tokens` (`model.max_new_tokens`) serves
-    /// tasks that set none.
-    pub fn new(tasks: Vec<TaskConfig>, default_max_new_tokens: usize) -> Self {
+    /// tasks that set none, `prompts` (the model family's) tasks without a `prompt`.
+    pub fn new(
+        tasks: Vec<TaskConfig>,
+        default_max_new_tokens: usize,
+        prompts: DefaultPrompts,
+    ) -> Self {
         Self {
             tasks,
             default_max_new_tokens,
+            prompts,
         }
     }
 
@@ -52,14 +70,17 @@ impl TaskPlan {
             let max_new_tokens = task.max_new_tokens().unwrap_or(self.default_max_new_tokens);
             let name = task.name().to_owned();
             match task {
-                TaskConfig::Ocr { prompt, .. } => queries.push(Query {
-                    task: name,
-                    question_id: None,
-                    question: prompt.clone(),
-                    prompt: prompt.clone(),
-                    max_new_tokens,
-                    field: None,
-                }),
+                TaskConfig::Ocr { prompt, .. } => {
+                    let prompt = prompt.as_deref().unwrap_or(self.prompts.ocr);
+                    queries.push(Query {
+                        task: name,
+                        question_id: None,
+                        question: prompt.to_owned(),
+                        prompt: prompt.to_owned(),
+                        max_new_tokens,
+                        field: None,
+                    })
+                }
                 TaskConfig::Qa {
                     prompt,
                     questions,
@@ -70,6 +91,7 @@ impl TaskPlan {
                         .then_some(&doc.questions)
                         .into_iter()
                         .flatten();
+                    let prompt = prompt.as_deref().unwrap_or(self.prompts.question);
                     for question in questions.iter().chain(from_doc) {
                         queries.push(Query {
                             task: name.clone(),
@@ -82,6 +104,7 @@ impl TaskPlan {
                     }
                 }
                 TaskConfig::Fields { prompt, fields, .. } => {
+                    let prompt = prompt.as_deref().unwrap_or(self.prompts.question);
                     for field in fields {
                         let question = field.question.clone().unwrap_or_else(|| {
                             format!("What is the {}?", field.name.replace('_', " "))
@@ -128,12 +151,17 @@ mod tests {
     use docpipe_core::Question;
 
     use super::*;
+    use crate::model::Family;
     use crate::test_pipeline::{test_config, QUERIES_PER_PAGE};
 
     #[test]
     fn tasks_expand_to_one_query_per_question() {
         let config = test_config(&[]);
-        let plan = TaskPlan::new(config.tasks, config.model.max_new_tokens);
+        let plan = TaskPlan::new(
+            config.tasks,
+            config.model.max_new_tokens,
+            Family::Idefics2.default_prompts(),
+        );
         let mut doc = DocumentRef::new("a.pdf");
         doc.questions.push(Question {
             id: "m1".into(),
@@ -155,10 +183,32 @@ mod tests {
                 ("fields", Some("total_amount")),
             ]
         );
-        assert_eq!(queries[3].prompt, "Who signed it?");
+        assert_eq!(
+            queries[3].prompt,
+            "Who signed it?\nGive a very brief answer."
+        );
         assert_eq!(queries[4].question, "What is the sender?");
         assert_eq!(queries[5].field.as_deref(), Some("total_amount"));
         assert!(queries.iter().all(|q| q.max_new_tokens == 16));
+    }
+
+    /// Tasks without a prompt take the family's: Florence-2 is asked with its task tokens.
+    #[test]
+    fn unset_prompts_are_the_familys() {
+        let config = test_config(&[]);
+        let florence = Family::Florence2.default_prompts();
+        let plan = TaskPlan::new(config.tasks, 16, florence);
+        let mut doc = DocumentRef::new("a.pdf");
+        doc.questions.push(Question {
+            id: "m1".into(),
+            text: "Who signed it?".into(),
+        });
+        let queries = plan.queries(&doc);
+        assert_eq!(queries[0].prompt, "<OCR>");
+        assert_eq!(queries[0].question, "<OCR>");
+        assert_eq!(queries[3].prompt, "<DocVQA>Who signed it?");
+        assert_eq!(queries[3].question, "Who signed it?");
+        assert_eq!(queries[4].prompt, "<DocVQA>What is the sender?");
     }
 
     #[test]
@@ -169,7 +219,7 @@ mod tests {
             "task.2.prompt={field}? {question}".into(),
             "task.2.max_new_tokens=5".into(),
         ]);
-        let plan = TaskPlan::new(config.tasks, 7);
+        let plan = TaskPlan::new(config.tasks, 7, Family::Idefics2.default_prompts());
         let mut doc = DocumentRef::new("a.pdf");
         doc.questions.push(Question {
             id: "ignored".into(),

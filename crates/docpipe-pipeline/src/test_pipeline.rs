@@ -14,7 +14,6 @@ max_new_tokens = 16
 
 [[task]]
 kind = "ocr"
-prompt = "Transcribe all the text on this page."
 
 [[task]]
 kind = "qa"

@@ -170,7 +170,11 @@ fn model_alone(
             Ok(Arc::new(page.image))
         })
         .collect::<Result<_, String>>()?;
-    let plan = TaskPlan::new(config.tasks.clone(), config.model.max_new_tokens);
+    let plan = TaskPlan::new(
+        config.tasks.clone(),
+        config.model.max_new_tokens,
+        model::Family::Idefics2.default_prompts(),
+    );
     let queries = plan.queries(&DocumentRef::new("bench"));
     let preparer = replicas[0].model.clone();
     let (tx, rx) = std::sync::mpsc::channel::<Completed<usize>>();
