@@ -69,6 +69,33 @@ fn generate_matches_transformers_beam_search_in_both_layouts() {
     }
 }
 
+/// Florence-2 fits any device: a device group is a configuration error naming the group.
+#[test]
+fn a_device_group_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = fixture("florence2/reference/tiny");
+    let output = docpipe(
+        &[
+            "generate",
+            "--model",
+            &fixture_arg(NATIVE),
+            "--requests",
+            reference.join("requests.jsonl").to_str().unwrap(),
+            "--out",
+            dir.path().join("out.jsonl").to_str().unwrap(),
+            "--device",
+            "cpu+cpu",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let message = text(&output);
+    assert!(
+        message.contains("cpu+cpu") && message.contains("florence2"),
+        "{message}"
+    );
+}
+
 #[test]
 fn a_shipped_pipeline_runs_a_florence2_checkpoint() {
     let overrides = [

@@ -13,6 +13,7 @@ use docpipe_pipeline::tasks::{chat_request, TaskPlan};
 use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig};
 use docpipe_sink::OutputRow;
 use docpipe_store::StoreOptions;
+use docpipe_vlm::placement::Placement;
 use docpipe_vlm::{candle_device, candle_dtype};
 use serde_json::Value;
 
@@ -86,7 +87,7 @@ fn a_shipped_pipeline_runs_an_idefics3_checkpoint_by_model_path_alone() {
     // and the same prompt given straight to the model give the same answers.
     let model = Idefics3Model::load(
         &fixture(HUB_LAYOUT),
-        &candle_device(DeviceSpec::Cpu).unwrap(),
+        &Placement::single(&candle_device(DeviceSpec::Cpu).unwrap()),
         candle_dtype(Dtype::F32),
     )
     .unwrap();

@@ -14,6 +14,7 @@ use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig};
 use docpipe_sink::OutputRow;
 use docpipe_store::object_store::ObjectStoreExt;
 use docpipe_store::{StoreOptions, Stores};
+use docpipe_vlm::placement::Placement;
 
 use crate::support::{
     assert_exactly_once, assert_usage_error, docpipe, fixture, page_count, pages_of,
@@ -37,7 +38,10 @@ fn run_demo(extra: &[String], env: &[(String, String)]) -> Output {
 fn demo_pipeline_answers_every_page_like_the_model_does() {
     let out = tempfile::tempdir().unwrap();
     let sink = out.path().display().to_string();
-    let output = run_demo(&[format!("sink.uri={sink}")], &[]);
+    // One replica split over two devices (CPUs: the same stage boundaries as GPUs) and one
+    // whole: every row must still be what the model on one device answers.
+    let devices = r#"model.devices=["cpu+cpu", "cpu"]"#.to_owned();
+    let output = run_demo(&[format!("sink.uri={sink}"), devices], &[]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let rows = rows_at(&sink, StoreOptions::default());
     let pages = pages_of(&fixture("pdfs"));
@@ -52,7 +56,7 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
         TaskPlan::new(config.tasks, config.model.max_new_tokens).queries(&DocumentRef::new("x"));
     let model = Idefics2Model::load(
         &repo().join(TINY_MODEL),
-        &candle_device(DeviceSpec::Cpu).unwrap(),
+        &Placement::single(&candle_device(DeviceSpec::Cpu).unwrap()),
         candle_dtype(Dtype::F32),
     )
     .unwrap();

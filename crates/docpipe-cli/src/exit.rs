@@ -67,6 +67,7 @@ classify_with_is_usage!(
     docpipe_eval::PredictionsError,
     docpipe_hub::HubError,
     docpipe_vlm::DeviceError,
+    docpipe_pipeline::model::ModelLoadError,
 );
 
 /// Turns a `Result`'s error into a [`CommandError`] of the right kind.

@@ -61,6 +61,92 @@ impl<'de> Deserialize<'de> for DeviceSpec {
     }
 }
 
+/// The devices of one replica, as one entry of `model.devices` (or `--device`) names them: one
+/// device (`cuda:0`), or a group joined by `+` (`cuda:0+cuda:1+cuda:2+cuda:3`) over which the
+/// replica's layers are split in order, for a model that does not fit one GPU (docs/pipeline.md,
+/// "A replica across several GPUs"). `cuda:all` stands alone: it is one replica per GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceGroup(Vec<DeviceSpec>);
+
+/// A `model.devices` entry that is not a device or a valid group.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceGroupError {
+    /// One of its devices is unknown.
+    #[error(transparent)]
+    Unknown(#[from] UnknownDevice),
+    /// `cuda:all` inside a group.
+    #[error("{0:?}: cuda:all cannot be part of a group; name the GPUs (cuda:0+cuda:1)")]
+    AllInGroup(String),
+    /// A GPU named twice in one group.
+    #[error("{0:?}: a group names each GPU once")]
+    Repeated(String),
+}
+
+impl DeviceGroup {
+    /// A replica on one device.
+    pub fn single(device: DeviceSpec) -> Self {
+        DeviceGroup(vec![device])
+    }
+
+    /// Its devices, in layer order (never empty).
+    pub fn devices(&self) -> &[DeviceSpec] {
+        &self.0
+    }
+
+    /// Whether it spans more than one device.
+    pub fn is_split(&self) -> bool {
+        self.0.len() > 1
+    }
+}
+
+impl From<DeviceSpec> for DeviceGroup {
+    fn from(device: DeviceSpec) -> Self {
+        DeviceGroup::single(device)
+    }
+}
+
+impl fmt::Display for DeviceGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, device) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            write!(f, "{device}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for DeviceGroup {
+    type Err = DeviceGroupError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let devices = s
+            .split('+')
+            .map(|d| d.trim().parse())
+            .collect::<Result<Vec<DeviceSpec>, _>>()?;
+        if devices.len() > 1 {
+            if devices.contains(&DeviceSpec::CudaAll) {
+                return Err(DeviceGroupError::AllInGroup(s.to_owned()));
+            }
+            // The CPU may repeat: a group of `cpu` devices runs the split code path in tests.
+            let gpus: Vec<_> = devices.iter().filter(|d| **d != DeviceSpec::Cpu).collect();
+            if (1..gpus.len()).any(|i| gpus[..i].contains(&gpus[i])) {
+                return Err(DeviceGroupError::Repeated(s.to_owned()));
+            }
+        }
+        Ok(DeviceGroup(devices))
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceGroup {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The precision of weights and activations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -119,6 +205,28 @@ mod tests {
         assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::CudaAll));
         let error = "gpu0".parse::<DeviceSpec>().unwrap_err().to_string();
         assert!(error.contains("\"gpu0\""), "{error}");
+    }
+
+    #[test]
+    fn groups_round_trip_and_bad_ones_say_why() {
+        for text in ["cpu", "cuda:all", "cuda:0+cuda:1+cuda:2", "cpu+cpu"] {
+            assert_eq!(text.parse::<DeviceGroup>().unwrap().to_string(), text);
+        }
+        let group: DeviceGroup = "cuda:2+cuda:3".parse().unwrap();
+        assert_eq!(group.devices(), [DeviceSpec::Cuda(2), DeviceSpec::Cuda(3)]);
+        assert!(group.is_split() && !DeviceGroup::single(DeviceSpec::Cpu).is_split());
+        assert!(matches!(
+            "cuda:0+cuda:all".parse::<DeviceGroup>(),
+            Err(DeviceGroupError::AllInGroup(_))
+        ));
+        assert!(matches!(
+            "cuda:1+cuda:0+cuda:1".parse::<DeviceGroup>(),
+            Err(DeviceGroupError::Repeated(_))
+        ));
+        assert!(matches!(
+            "cuda:0+tpu".parse::<DeviceGroup>(),
+            Err(DeviceGroupError::Unknown(_))
+        ));
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod shard;
 mod stable_hash;
 
 pub use chat::{ChatMessage, ChatRequest, ContentItem, FinishReason, Generation};
-pub use device::{DeviceSpec, Dtype, UnknownDevice, UnknownDtype};
+pub use device::{DeviceGroup, DeviceGroupError, DeviceSpec, Dtype, UnknownDevice, UnknownDtype};
 pub use document::{DocumentRef, PageImage, Question};
 pub use failure::{Failure, Stage};
 pub use model::{ModelError, RequestCost, VisionLanguageModel};

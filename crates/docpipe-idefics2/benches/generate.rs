@@ -61,8 +61,12 @@ fn main() {
     let dtype = candle_dtype(dtype);
     let repeats: usize = rest.get(2).map_or(3, |r| r.parse().expect("repeats"));
     let start = Instant::now();
-    let model =
-        Idefics2Model::load(model_dir.as_ref(), &candle_core::Device::Cpu, dtype).expect("model");
+    let model = Idefics2Model::load(
+        model_dir.as_ref(),
+        &docpipe_vlm::placement::Placement::single(&candle_core::Device::Cpu),
+        dtype,
+    )
+    .expect("model");
     println!(
         "load: {:.2} s ({})",
         start.elapsed().as_secs_f64(),

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::{DType, Device};
 use docpipe_core::{ChatMessage, ChatRequest, ContentItem, VisionLanguageModel};
 use docpipe_idefics2::Idefics2Model;
 use docpipe_vlm::config::Resample;
@@ -11,6 +12,7 @@ use docpipe_vlm::fixture_check::{
     read_npy, Case, Fixtures,
 };
 use docpipe_vlm::image::load_image;
+use docpipe_vlm::placement::Placement;
 use docpipe_vlm::resample::resize;
 use docpipe_vlm::vision::bucket_ids;
 use image::RgbImage;
@@ -294,6 +296,32 @@ fn results_do_not_depend_on_the_batch() {
     for name in MODELS {
         let model = load(name);
         check_batch_independence(&model, name, &cases(&model, name));
+    }
+}
+
+/// A replica split over three devices (CPUs here: the same stage boundaries and moves as GPUs)
+/// matches transformers and gives the bits of the replica on one device.
+#[test]
+fn a_replica_split_over_devices_gives_the_same_results() {
+    for name in MODELS {
+        let whole = load(name);
+        let split = Idefics2Model::load(
+            &fixtures().model_dir(name),
+            &Placement::new(vec![Device::Cpu; 3]),
+            DType::F32,
+        )
+        .unwrap();
+        let cases = cases(&split, name);
+        check_logits_and_tokens(&split, name, &reference_dir(name), &cases);
+        let batch: Vec<_> = cases.iter().map(|c| &c.prepared).collect();
+        let (a, b) = (
+            whole.generate_detailed(&batch, true).unwrap(),
+            split.generate_detailed(&batch, true).unwrap(),
+        );
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.generation.token_ids, b.generation.token_ids, "{name}");
+            assert_eq!(a.first_logits, b.first_logits, "{name}");
+        }
     }
 }
 

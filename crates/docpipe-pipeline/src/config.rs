@@ -4,7 +4,7 @@
 //! through exactly the same checks as a key written in the file: an unknown key or a bad value
 //! fails before any work starts, with the key named.
 
-use docpipe_core::{DeviceSpec, Dtype, Question};
+use docpipe_core::{DeviceGroup, DeviceSpec, Dtype, Question};
 use serde::Deserialize;
 
 /// The pipeline used by `docpipe run` without a file: the demo on the repository's fixtures.
@@ -137,9 +137,10 @@ impl Default for RenderConfig {
 pub struct ModelConfig {
     /// A checkpoint directory in the hub layout (`config.json`, tokenizer, safetensors).
     pub path: String,
-    /// One replica per entry: `"cpu"`, `"cuda:N"` or `"cuda:all"` (one per visible GPU).
+    /// One replica per entry: `"cpu"`, `"cuda:N"`, `"cuda:all"` (one per visible GPU) or a
+    /// group such as `"cuda:0+cuda:1"`, one replica whose layers are split over those GPUs.
     #[serde(default = "default_devices")]
-    pub devices: Vec<DeviceSpec>,
+    pub devices: Vec<DeviceGroup>,
     /// Precision of weights and activations; `f32` by default (use `bf16` on GPUs).
     #[serde(default)]
     pub dtype: Dtype,
@@ -250,8 +251,8 @@ fn default_render_workers() -> usize {
 fn default_render_timeout() -> u64 {
     60
 }
-fn default_devices() -> Vec<DeviceSpec> {
-    vec![DeviceSpec::Cpu]
+fn default_devices() -> Vec<DeviceGroup> {
+    vec![DeviceSpec::Cpu.into()]
 }
 fn default_max_new_tokens() -> usize {
     64
@@ -570,7 +571,7 @@ mod tests {
         let config = load(&[
             "source.uri=s3://bucket/in/",
             "model.path=/models/x",
-            "model.devices=[\"cpu\", \"cuda:1\", \"cuda:all\"]",
+            "model.devices=[\"cpu\", \"cuda:1\", \"cuda:all\", \"cuda:2+cuda:3\"]",
             "model.dtype=bf16",
             "sink.uri=out/elsewhere",
             "render.longest_edge=1960",
@@ -579,10 +580,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.source.uri, "s3://bucket/in/");
         assert_eq!(config.model.path, "/models/x");
-        assert_eq!(
-            config.model.devices,
-            vec![DeviceSpec::Cpu, DeviceSpec::Cuda(1), DeviceSpec::CudaAll]
-        );
+        let devices: Vec<String> = config.model.devices.iter().map(|d| d.to_string()).collect();
+        assert_eq!(devices, ["cpu", "cuda:1", "cuda:all", "cuda:2+cuda:3"]);
         assert_eq!(config.model.dtype, Dtype::Bf16);
         assert_eq!(config.sink.uri, "out/elsewhere");
         assert_eq!(config.render.longest_edge, Some(1960));

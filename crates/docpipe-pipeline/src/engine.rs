@@ -553,7 +553,7 @@ mod tests {
         let replicas = models
             .into_iter()
             .map(|model| Replica {
-                device: docpipe_core::DeviceSpec::Cpu,
+                device: docpipe_core::DeviceSpec::Cpu.into(),
                 model,
             })
             .collect();

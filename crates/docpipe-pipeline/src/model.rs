@@ -9,14 +9,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use docpipe_core::DeviceSpec;
 use docpipe_core::VisionLanguageModel;
+use docpipe_core::{DeviceGroup, DeviceSpec};
 use docpipe_florence2::Florence2Model;
 use docpipe_hub::{Checkpoint, HubError};
 use docpipe_idefics2::Idefics2Model;
 use docpipe_idefics3::Idefics3Model;
 use docpipe_vlm::model::{Family as ModelFamily, IdeficsModel};
-use docpipe_vlm::{candle_device, candle_dtype, DeviceError, LoadError};
+use docpipe_vlm::placement::Placement;
+use docpipe_vlm::{candle_device, candle_dtype, candle_placement, DeviceError, LoadError};
 
 use crate::config::ModelConfig;
 use crate::pool::Replica;
@@ -107,6 +108,16 @@ pub enum ModelLoadError {
     /// `cuda:all` found no GPU.
     #[error("cuda:all: no usable CUDA device")]
     NoCudaDevice,
+    /// A device group was given for a family whose replicas run on one device.
+    #[error(
+        "{group}: a {family} replica runs on one device; list the devices as separate replicas"
+    )]
+    Unsplittable {
+        /// The group.
+        group: DeviceGroup,
+        /// The family's `model_type`.
+        family: &'static str,
+    },
     /// The weights did not fit on, or could not be moved to, the device.
     #[error(transparent)]
     Weights(LoadError),
@@ -119,6 +130,7 @@ impl ModelLoadError {
             ModelLoadError::Source(e) => e.is_usage(),
             ModelLoadError::Checkpoint(_) | ModelLoadError::UnsupportedFamily { .. } => true,
             ModelLoadError::Device(e) => e.is_usage(),
+            ModelLoadError::Unsplittable { .. } => true,
             ModelLoadError::NoCudaDevice | ModelLoadError::Weights(_) => false,
         }
     }
@@ -176,10 +188,14 @@ pub fn load(config: &ModelConfig) -> Result<LoadedModel, ModelLoadError> {
 /// A family's model as docpipe loads it: from a checkpoint folder, then renamed after the
 /// checkpoint's origin when it has one.
 pub trait Loadable: VisionLanguageModel + Sized {
-    /// Loads the checkpoint in `dir` onto `device`.
+    /// The family's `model_type`, for messages.
+    const MODEL_TYPE: &'static str;
+    /// Whether one replica can span several devices (a [`Placement`] of more than one).
+    const SPLITS: bool;
+    /// Loads the checkpoint in `dir` onto the devices of `placement`.
     fn load_dir(
         dir: &Path,
-        device: &candle_core::Device,
+        placement: &Placement,
         dtype: candle_core::DType,
     ) -> Result<Self, LoadError>;
     /// The same model under another `model_id`.
@@ -187,90 +203,100 @@ pub trait Loadable: VisionLanguageModel + Sized {
 }
 
 impl<F: ModelFamily> Loadable for IdeficsModel<F> {
+    const MODEL_TYPE: &'static str = <F::Config as docpipe_vlm::config::FamilyConfig>::MODEL_TYPE;
+    const SPLITS: bool = true;
     fn load_dir(
         dir: &Path,
-        device: &candle_core::Device,
+        placement: &Placement,
         dtype: candle_core::DType,
     ) -> Result<Self, LoadError> {
-        IdeficsModel::load(dir, device, dtype)
+        IdeficsModel::load(dir, placement, dtype)
     }
     fn named(self, model_id: String) -> Self {
         self.with_model_id(model_id)
     }
 }
 
+/// Florence-2 (0.23 B parameters) fits any device whole.
 impl Loadable for Florence2Model {
+    const MODEL_TYPE: &'static str = docpipe_florence2::config::MODEL_TYPE;
+    const SPLITS: bool = false;
     fn load_dir(
         dir: &Path,
-        device: &candle_core::Device,
+        placement: &Placement,
         dtype: candle_core::DType,
     ) -> Result<Self, LoadError> {
-        Florence2Model::load(dir, device, dtype)
+        Florence2Model::load(dir, placement.first(), dtype)
     }
     fn named(self, model_id: String) -> Self {
         self.with_model_id(model_id)
     }
 }
 
-/// One model from a resolved checkpoint, named in the `model` column by its origin when it has
-/// one (`org/name@<commit>`, a bucket URL and a hash of its etags), else by its folder and a
-/// hash of its files. `docpipe generate` loads through this too.
+/// One model from a resolved checkpoint on the devices of `group`, named in the `model` column
+/// by its origin when it has one (`org/name@<commit>`, a bucket URL and a hash of its etags),
+/// else by its folder and a hash of its files. `docpipe generate` loads through this too.
 pub fn load_model<M: Loadable>(
     checkpoint: &Checkpoint,
-    device: &candle_core::Device,
+    group: &DeviceGroup,
     dtype: candle_core::DType,
-) -> Result<M, LoadError> {
-    let model = M::load_dir(checkpoint.dir(), device, dtype)?;
+) -> Result<M, ModelLoadError> {
+    if group.is_split() && !M::SPLITS {
+        return Err(ModelLoadError::Unsplittable {
+            group: group.clone(),
+            family: M::MODEL_TYPE,
+        });
+    }
+    let placement = candle_placement(group)?;
+    let model = M::load_dir(checkpoint.dir(), &placement, dtype).map_err(|e| match e {
+        LoadError::Device(_) => ModelLoadError::Weights(e),
+        other => ModelLoadError::Checkpoint(other),
+    })?;
     Ok(match checkpoint.model_id() {
         Some(id) => model.named(id.to_owned()),
         None => model,
     })
 }
 
-/// One replica of a family's model per device.
+/// One replica of a family's model per `model.devices` entry (`cuda:all` expanded).
 fn load_replicas<M: Loadable>(
     checkpoint: &Checkpoint,
     config: &ModelConfig,
 ) -> Result<Vec<Replica<M>>, ModelLoadError> {
     let dtype = candle_dtype(config.dtype);
     let mut replicas = Vec::new();
-    for spec in expand_devices(&config.devices, |ordinal| {
+    for group in expand_devices(&config.devices, |ordinal| {
         candle_device(DeviceSpec::Cuda(ordinal)).is_ok()
     })? {
-        let device = candle_device(spec)?;
-        let model = load_model::<M>(checkpoint, &device, dtype).map_err(|e| match e {
-            LoadError::Device(_) => ModelLoadError::Weights(e),
-            other => ModelLoadError::Checkpoint(other),
-        })?;
-        tracing::info!(device = %spec, model = %model.model_id(), "model replica loaded");
+        let model = load_model::<M>(checkpoint, &group, dtype)?;
+        tracing::info!(device = %group, model = %model.model_id(), "model replica loaded");
         replicas.push(Replica {
-            device: spec,
+            device: group,
             model: Arc::new(model),
         });
     }
     Ok(replicas)
 }
 
-/// The device of each replica; `cuda:all` becomes `cuda:0..n` for the ordinals `available`
-/// accepts (probed in order until the first that is not).
+/// The devices of each replica; `cuda:all` becomes one replica on each of `cuda:0..n` for the
+/// ordinals `available` accepts (probed in order until the first that is not).
 fn expand_devices(
-    specs: &[DeviceSpec],
+    groups: &[DeviceGroup],
     available: impl Fn(usize) -> bool,
-) -> Result<Vec<DeviceSpec>, ModelLoadError> {
-    let mut devices = Vec::new();
-    for spec in specs {
-        match spec {
-            DeviceSpec::CudaAll => {
-                let count = (0..).take_while(|&i| available(i)).count();
-                if count == 0 {
-                    return Err(ModelLoadError::NoCudaDevice);
-                }
-                devices.extend((0..count).map(DeviceSpec::Cuda));
+) -> Result<Vec<DeviceGroup>, ModelLoadError> {
+    let mut replicas = Vec::new();
+    for group in groups {
+        if group.devices() == [DeviceSpec::CudaAll] {
+            let count = (0..).take_while(|&i| available(i)).count();
+            if count == 0 {
+                return Err(ModelLoadError::NoCudaDevice);
             }
-            other => devices.push(*other),
+            replicas.extend((0..count).map(|i| DeviceSpec::Cuda(i).into()));
+        } else {
+            replicas.push(group.clone());
         }
     }
-    Ok(devices)
+    Ok(replicas)
 }
 
 #[cfg(test)]
@@ -279,18 +305,21 @@ mod tests {
 
     #[test]
     fn cuda_all_expands_to_the_visible_devices() {
-        let specs = [DeviceSpec::Cpu, DeviceSpec::CudaAll, DeviceSpec::Cuda(7)];
+        let groups: Vec<DeviceGroup> = ["cpu", "cuda:all", "cuda:7", "cuda:2+cuda:3"]
+            .iter()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        let expanded: Vec<String> = expand_devices(&groups, |i| i < 2)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
-            expand_devices(&specs, |i| i < 2).unwrap(),
-            [
-                DeviceSpec::Cpu,
-                DeviceSpec::Cuda(0),
-                DeviceSpec::Cuda(1),
-                DeviceSpec::Cuda(7)
-            ]
+            expanded,
+            ["cpu", "cuda:0", "cuda:1", "cuda:7", "cuda:2+cuda:3"]
         );
         assert!(matches!(
-            expand_devices(&[DeviceSpec::CudaAll], |_| false),
+            expand_devices(&[DeviceSpec::CudaAll.into()], |_| false),
             Err(ModelLoadError::NoCudaDevice)
         ));
     }

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use docpipe_core::{
-    ChatMessage, ChatRequest, ContentItem, DeviceSpec, Generation, ModelError, RequestCost,
+    ChatMessage, ChatRequest, ContentItem, DeviceGroup, Generation, ModelError, RequestCost,
     VisionLanguageModel,
 };
 
@@ -107,10 +107,11 @@ pub struct Completed<T> {
     pub batch_size: usize,
 }
 
-/// A replica and the device it runs on (for messages).
+/// A replica and the devices it runs on (for messages). A replica spanning several devices is
+/// one replica here: batched, budgeted, split on OOM and retired as a whole.
 pub struct Replica<M> {
     /// Where the replica runs.
-    pub device: DeviceSpec,
+    pub device: DeviceGroup,
     /// The loaded model, shared with the render threads that prepare requests.
     pub model: Arc<M>,
 }
@@ -119,8 +120,8 @@ pub struct Replica<M> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{device}: {error}")]
 pub struct ReplicaFailure {
-    /// The replica's device.
-    pub device: DeviceSpec,
+    /// The replica's devices.
+    pub device: DeviceGroup,
     /// The [`ModelError::Device`] that retired it.
     pub error: ModelError,
 }
@@ -149,8 +150,8 @@ fn list(failures: &[ReplicaFailure]) -> String {
 /// What each replica did, for the run report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaStats {
-    /// The replica's device.
-    pub device: DeviceSpec,
+    /// The replica's devices.
+    pub device: DeviceGroup,
     /// Batches that returned one generation per request.
     pub batches: usize,
     /// Requests answered by those batches.
@@ -165,7 +166,7 @@ pub struct ReplicaStats {
 
 impl ReplicaStats {
     /// A replica that has done nothing yet.
-    fn idle(device: DeviceSpec) -> Self {
+    fn idle(device: DeviceGroup) -> Self {
         ReplicaStats {
             device,
             batches: 0,
@@ -181,7 +182,7 @@ impl ReplicaStats {
 /// fed through [`Submitter`]s, stopped with [`InferencePool::finish`].
 pub struct InferencePool<M: VisionLanguageModel, T> {
     queue: Arc<WorkQueue<Job<M::Prepared, T>>>,
-    threads: Vec<(DeviceSpec, JoinHandle<ReplicaStats>)>,
+    threads: Vec<(DeviceGroup, JoinHandle<ReplicaStats>)>,
 }
 
 impl<M, T> InferencePool<M, T>
@@ -204,7 +205,7 @@ where
             .map(|(i, replica)| {
                 let queue = queue.clone();
                 let results = results.clone();
-                let device = replica.device;
+                let device = replica.device.clone();
                 let thread = std::thread::Builder::new()
                     .name(format!("infer-{i}-{device}"))
                     .spawn(move || replica_loop(replica, &queue, budget, &results))
@@ -241,7 +242,7 @@ where
                     .iter()
                     .filter_map(|s| {
                         Some(ReplicaFailure {
-                            device: s.device,
+                            device: s.device.clone(),
                             error: s.failure.clone()?,
                         })
                     })
@@ -280,7 +281,7 @@ fn replica_loop<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     budget: BatchBudget,
     results: &Sender<E>,
 ) -> ReplicaStats {
-    let mut stats = ReplicaStats::idle(replica.device);
+    let mut stats = ReplicaStats::idle(replica.device.clone());
     let mut calls = Calls::new(&*replica.model);
     while let Some(batch) = queue.take_batch(budget) {
         if let Err(DeviceFailed { error, unfinished }) =
@@ -496,7 +497,7 @@ mod tests {
         let replicas = models
             .iter()
             .map(|m| Replica {
-                device: DeviceSpec::Cpu,
+                device: DeviceGroup::single(docpipe_core::DeviceSpec::Cpu),
                 model: m.clone(),
             })
             .collect();

@@ -388,7 +388,7 @@ impl Job {
             for (device, failure) in stats
                 .replicas
                 .iter()
-                .filter_map(|r| Some((r.device, r.failure.as_ref()?)))
+                .filter_map(|r| Some((&r.device, r.failure.as_ref()?)))
             {
                 tracing::warn!(device = %device, "replica retired during the run: {failure}");
             }

@@ -1,9 +1,10 @@
 //! Devices and dtypes from docpipe's specs, and device failures as the pool's `ModelError`s.
 
 use candle_core::{DType, Device};
-use docpipe_core::{DeviceSpec, Dtype, ModelError};
+use docpipe_core::{DeviceGroup, DeviceSpec, Dtype, ModelError};
 
 use crate::error::DeviceError;
+use crate::placement::Placement;
 
 /// The candle device of one replica. `cuda:all` is a pipeline-level spec, expanded into
 /// `cuda:N` devices before any model is loaded.
@@ -19,6 +20,16 @@ pub fn candle_device(spec: DeviceSpec) -> Result<Device, DeviceError> {
             })
         }
     }
+}
+
+/// The devices of one replica, opened in layer order.
+pub fn candle_placement(group: &DeviceGroup) -> Result<Placement, DeviceError> {
+    let devices = group
+        .devices()
+        .iter()
+        .map(|&spec| candle_device(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Placement::new(devices))
 }
 
 /// The candle dtype of weights and activations.

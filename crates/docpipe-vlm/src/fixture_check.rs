@@ -17,6 +17,7 @@ use image::RgbImage;
 use serde_json::Value;
 
 use crate::model::{Family, IdeficsModel};
+use crate::placement::Placement;
 use crate::request::PreparedRequest;
 
 /// A little-endian, C-order `.npy` array of f32 (`<f4`) or u8/bool (`|u1`, `|b1`) values,
@@ -113,7 +114,12 @@ impl Fixtures {
 
     /// Fixture model `name` on the CPU in f32, as the references ran.
     pub fn load<F: Family>(&self, name: &str) -> IdeficsModel<F> {
-        IdeficsModel::load(&self.model_dir(name), &Device::Cpu, DType::F32).unwrap()
+        IdeficsModel::load(
+            &self.model_dir(name),
+            &Placement::single(&Device::Cpu),
+            DType::F32,
+        )
+        .unwrap()
     }
 
     /// The checkpoint directory of fixture model `name`.

@@ -253,7 +253,7 @@ pub fn generate(
                     mask[row * vocab + id as usize] = f32::NEG_INFINITY;
                 }
             }
-            (logits + Tensor::from_vec(mask, (active.len(), vocab), model.device())?)?
+            (&logits + Tensor::from_vec(mask, (active.len(), vocab), logits.device())?)?
         };
         let next = masked.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
         for (&i, &token) in active.iter().zip(&next) {

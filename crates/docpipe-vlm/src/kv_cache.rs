@@ -107,6 +107,8 @@ impl BatchCache {
             first.device(),
         )?;
         for (k, v) in &mut self.layers {
+            // Layers of a replica that spans devices keep their rows on their own device.
+            let index = index.to_device(k.device())?;
             *k = k.index_select(&index, 0)?;
             *v = v.index_select(&index, 0)?;
         }

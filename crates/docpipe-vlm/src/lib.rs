@@ -17,6 +17,7 @@
 //! | [`model`] | the assembled model of either family ([`model::IdeficsModel`]) over what a family supplies ([`model::Family`]) |
 //! | [`request_file`] | the JSONL request format of `docpipe generate` |
 //! | [`device`], [`error`] | devices, dtypes, the typed errors |
+//! | [`placement`] | the devices of a replica that spans several, layer by layer |
 //! | `fixture_check` | the families' fixture-test comparisons (feature `fixture-testing`, dev-dependencies only) |
 //!
 //! A family crate (`docpipe-idefics2`, `docpipe-idefics3`) adds its config, image processor,
@@ -46,6 +47,7 @@ pub mod image;
 pub mod kv_cache;
 pub mod model;
 pub mod nn;
+pub mod placement;
 pub mod request;
 pub mod request_file;
 pub mod resample;
@@ -54,5 +56,5 @@ pub mod text;
 pub mod vision;
 pub mod weights;
 
-pub use device::{candle_device, candle_dtype};
+pub use device::{candle_device, candle_dtype, candle_placement};
 pub use error::{DeviceError, ImageError, ImageLoadError, LoadError, PromptError};

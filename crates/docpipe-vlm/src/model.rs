@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use docpipe_core::{ChatRequest, Generation, ModelError, RequestCost, VisionLanguageModel};
 use image::RgbImage;
 
@@ -16,6 +16,7 @@ use crate::chat::Prompt;
 use crate::config::{ConfigFile, FamilyConfig, GenerationConfig, IdeficsConfig};
 use crate::error::{ImageError, LoadError, PromptError};
 use crate::image::ProcessedImage;
+use crate::placement::Placement;
 use crate::request::{
     check_image_tokens, check_patches, request_cost, DetailedGeneration, Generator, PreparedImage,
     PreparedRequest, RecentImages,
@@ -106,14 +107,15 @@ impl<F: Family> std::fmt::Debug for IdeficsModel<F> {
 }
 
 impl<F: Family> IdeficsModel<F> {
-    /// Loads a checkpoint directory (the layouts the family's config reads).
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, LoadError> {
+    /// Loads a checkpoint directory (the layouts the family's config reads) onto the devices of
+    /// `placement`: towers and connector on the first, the decoder split over all of them.
+    pub fn load(dir: &Path, placement: &Placement, dtype: DType) -> Result<Self, LoadError> {
         let file = ConfigFile::read(dir)?;
         let config = IdeficsConfig::<F::Config>::from_value(&file.json, &file.path)?;
         let generation = GenerationConfig::load(&dir.join("generation_config.json"), &file.json)?;
         let processor = F::load_processor(dir)?;
         let prompt = F::load_prompt(dir, &config, &processor)?;
-        let weights = Weights::load(dir, dtype, device)?;
+        let weights = Weights::load(dir, dtype, placement.first())?;
         let model = weights.pp("model");
         let vision = VisionTower::new(&config.vision, &model.pp("vision_model"))?;
         let connector = F::load_connector(dir, &config, &processor, &model.pp("connector"))?;
@@ -121,6 +123,7 @@ impl<F: Family> IdeficsModel<F> {
             &config.text,
             &model.pp("text_model"),
             &weights.pp("lm_head"),
+            placement,
         )?;
         Ok(IdeficsModel {
             model_id: weights.model_id(dir, &file.bytes),

@@ -37,6 +37,11 @@ impl Linear {
         })
     }
 
+    /// The device its weights are on.
+    pub fn device(&self) -> &candle_core::Device {
+        self.weight.device()
+    }
+
     /// A layer from tensors already loaded (a reshaped conv, a tied embedding table).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Linear { weight, bias }

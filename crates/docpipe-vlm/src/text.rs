@@ -9,6 +9,11 @@
 //! then adds one token per sequence with a batched [`BatchCache`]. A sequence's positions
 //! continue from its length, which equals transformers' `cumsum(attention_mask) - 1` under
 //! left padding.
+//!
+//! A replica that spans several devices ([`Placement`]) keeps the embeddings on the first, each
+//! layer on its stage's device and the head on the last; the hidden states and what every
+//! layer reads (rotary tables, masks, cache slots) move once at each stage boundary, and each
+//! layer's keys and values stay on its own device.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 
@@ -19,11 +24,16 @@ use crate::nn::{
     attention, batched_attention, per_segment, split_heads, token_range, AttentionProjections,
     GatedMlp, Linear, RmsNorm,
 };
+use crate::placement::Placement;
 use crate::rope::inv_freq;
 use crate::weights::Weights;
 
 /// One decoder layer (`layers.N`).
 struct DecoderLayer {
+    /// Which device of the placement it runs on: its weights, inputs, keys and values live
+    /// there.
+    stage: usize,
+    device: Device,
     input_norm: RmsNorm,
     attn: AttentionProjections,
     post_norm: RmsNorm,
@@ -31,11 +41,13 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(config: &TextConfig, w: &Weights) -> std::result::Result<Self, LoadError> {
+    fn new(config: &TextConfig, w: &Weights, stage: usize) -> std::result::Result<Self, LoadError> {
         let h = config.hidden_size;
         let eps = config.rms_norm_eps;
         let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
         Ok(DecoderLayer {
+            stage,
+            device: w.device().clone(),
             input_norm: RmsNorm::load(&w.pp("input_layernorm"), h, eps)?,
             attn: AttentionProjections::grouped(w, h, heads, kv_heads, config.head_dim)?,
             post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), h, eps)?,
@@ -98,28 +110,41 @@ pub struct TextModel {
 
 impl TextModel {
     /// The decoder of `config` from the view of `model.text_model` and the view of the head
-    /// (`lm_head`; with tied embeddings and no such tensor, the embedding table is the head).
+    /// (`lm_head`; with tied embeddings and no such tensor, the embedding table is the head),
+    /// its parts on the devices of `placement`.
     pub fn new(
         config: &TextConfig,
         w: &Weights,
         lm_head: &Weights,
+        placement: &Placement,
     ) -> std::result::Result<Self, LoadError> {
         let h = config.hidden_size;
-        let embed_tokens = w.pp("embed_tokens").get("weight", (config.vocab_size, h))?;
+        let n = config.num_hidden_layers;
+        let embed_tokens = w
+            .pp("embed_tokens")
+            .on(placement.first())
+            .get("weight", (config.vocab_size, h))?;
         let layers = w.pp("layers");
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::new(config, &layers.pp(i)))
+        let layers = (0..n)
+            .map(|i| {
+                let w = layers.pp(i).on(placement.layer(i, n));
+                DecoderLayer::new(config, &w, placement.stage_of(i, n))
+            })
             .collect::<std::result::Result<Vec<_>, LoadError>>()?;
+        let (lm_head, out) = (lm_head.on(placement.last()), w.on(placement.last()));
         let lm_head = if config.tie_word_embeddings && !lm_head.contains("weight") {
-            Linear::new(embed_tokens.clone(), None)
+            let on_last = embed_tokens
+                .to_device(placement.last())
+                .map_err(LoadError::Device)?;
+            Linear::new(on_last, None)
         } else {
-            Linear::load(lm_head, h, config.vocab_size, false)?
+            Linear::load(&lm_head, h, config.vocab_size, false)?
         };
         Ok(TextModel {
             config: config.clone(),
             embed_tokens,
             layers,
-            norm: RmsNorm::load(&w.pp("norm"), h, config.rms_norm_eps)?,
+            norm: RmsNorm::load(&out.pp("norm"), h, config.rms_norm_eps)?,
             lm_head,
             inv_freq: inv_freq(&config.rope, config.head_dim),
         })
@@ -205,7 +230,7 @@ impl TextModel {
             .flat_map(|s| s.past_len()..s.past_len() + s.tokens)
             .collect();
         let (cos, sin) = self.rotary(&positions)?;
-        let masks = segments
+        let mut masks = segments
             .iter()
             .map(|s| self.causal_mask(s.tokens, s.past_len()))
             .collect::<Result<Vec<_>>>()?;
@@ -213,8 +238,12 @@ impl TextModel {
             .iter()
             .map(|_| SequenceKv { layers: Vec::new() })
             .collect();
-        let mut hidden = embeds.clone();
+        let (mut cos, mut sin, mut hidden) = (cos, sin, embeds.clone());
         for (li, layer) in self.layers.iter().enumerate() {
+            if li > 0 && layer.stage != self.layers[li - 1].stage {
+                let moved = follow(&layer.device, [&mut hidden, &mut cos, &mut sin]);
+                moved.and_then(|()| follow(&layer.device, masks.iter_mut().flatten()))?;
+            }
             hidden = layer.forward(&hidden, cfg, (&cos, &sin), |q, k, v| {
                 per_segment(&tokens, |i, offset, t| {
                     let qs = token_range(&q, offset, t)?;
@@ -238,7 +267,7 @@ impl TextModel {
                 Some((*end - 1) as u32)
             })
             .collect();
-        let last = Tensor::from_vec(last, segments.len(), self.device())?;
+        let last = Tensor::from_vec(last, segments.len(), hidden.device())?;
         Ok((self.logits(&hidden.index_select(&last, 0)?)?, kvs))
     }
 
@@ -248,10 +277,14 @@ impl TextModel {
         let cfg = &self.config;
         cache.reserve_step()?;
         let (cos, sin) = self.rotary(cache.lens())?;
-        let slots = cache.step_slots(cfg.num_key_value_heads, cfg.head_dim, self.device())?;
-        let mask = cache.step_mask(cfg.sliding_window, self.device())?;
-        let mut hidden = embeds.clone();
+        let mut slots = cache.step_slots(cfg.num_key_value_heads, cfg.head_dim, self.device())?;
+        let mut mask = cache.step_mask(cfg.sliding_window, self.device())?;
+        let (mut cos, mut sin, mut hidden) = (cos, sin, embeds.clone());
         for (li, layer) in self.layers.iter().enumerate() {
+            if li > 0 && layer.stage != self.layers[li - 1].stage {
+                let inputs = [&mut hidden, &mut cos, &mut sin, &mut slots, &mut mask];
+                follow(&layer.device, inputs)?;
+            }
             hidden = layer.forward(&hidden, cfg, (&cos, &sin), |q, k, v| {
                 let (keys, values) = cache.append(li, &k, &v, &slots)?;
                 batched_attention(&q, &keys, &values, self.scale(), &mask)
@@ -267,8 +300,17 @@ impl TextModel {
 
     /// Final norm and `lm_head` in f32.
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let hidden = hidden.to_device(self.lm_head.device())?;
         self.lm_head
-            .forward(&self.norm.forward(hidden)?)?
+            .forward(&self.norm.forward(&hidden)?)?
             .to_dtype(DType::F32)
     }
+}
+
+/// Moves the tensors a run of layers reads onto its device, at a stage boundary.
+fn follow<'a>(device: &Device, tensors: impl IntoIterator<Item = &'a mut Tensor>) -> Result<()> {
+    for t in tensors {
+        *t = t.to_device(device)?;
+    }
+    Ok(())
 }

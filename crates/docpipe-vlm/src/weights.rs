@@ -16,7 +16,6 @@ use crate::error::LoadError;
 /// The tensors of a checkpoint, memory-mapped: loading converts to the requested dtype one
 /// tensor at a time, never holding a second copy of a whole file.
 struct Checkpoint {
-    vb: VarBuilder<'static>,
     /// Which file each tensor lives in, for error messages.
     file_of: HashMap<String, PathBuf>,
     /// The file named when a tensor is missing altogether.
@@ -30,6 +29,8 @@ struct Checkpoint {
 #[derive(Clone)]
 pub struct Weights {
     checkpoint: Arc<Checkpoint>,
+    /// The mapped files, loading onto this view's device (see [`Weights::on`]).
+    vb: VarBuilder<'static>,
     prefix: String,
 }
 
@@ -136,11 +137,11 @@ impl Weights {
             .map_err(|e| weights_error(&listing, e.to_string()))?;
         Ok(Weights {
             checkpoint: Arc::new(Checkpoint {
-                vb,
                 file_of,
                 listing,
                 fingerprint,
             }),
+            vb,
             prefix: String::new(),
         })
     }
@@ -149,7 +150,18 @@ impl Weights {
     pub fn pp(&self, name: impl std::fmt::Display) -> Weights {
         Weights {
             checkpoint: self.checkpoint.clone(),
+            vb: self.vb.clone(),
             prefix: self.path(&name.to_string()),
+        }
+    }
+
+    /// The same view, its tensors loading onto `device`: the parts of a replica that spans
+    /// several devices load from one mapping (see [`crate::placement`]).
+    pub fn on(&self, device: &Device) -> Weights {
+        Weights {
+            checkpoint: self.checkpoint.clone(),
+            vb: self.vb.clone().set_device(device.clone()),
+            prefix: self.prefix.clone(),
         }
     }
 
@@ -164,12 +176,12 @@ impl Weights {
 
     /// The dtype tensors load as.
     pub fn dtype(&self) -> DType {
-        self.checkpoint.vb.dtype()
+        self.vb.dtype()
     }
 
     /// The device tensors load onto.
     pub fn device(&self) -> &Device {
-        self.checkpoint.vb.device()
+        self.vb.device()
     }
 
     /// Whether the checkpoint has the tensor `name` of this view.
@@ -190,7 +202,7 @@ impl Weights {
                 format!("missing tensor {name} (expected shape {shape:?})"),
             ));
         };
-        let tensor = checkpoint
+        let tensor = self
             .vb
             .get_unchecked(&name)
             .map_err(|e| weights_error(file, format!("tensor {name}: {e}")))?;
@@ -261,6 +273,9 @@ mod tests {
             &[2, 3]
         );
         assert!(w.pp("model").get("norm.weight", 4).is_ok());
+        let moved = w.pp("model").on(&Device::Cpu);
+        assert!(moved.device().same_device(&Device::Cpu));
+        assert!(moved.pp("layers.0").contains("proj.weight"));
     }
 
     #[test]

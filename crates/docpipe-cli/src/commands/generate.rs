@@ -8,15 +8,15 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use docpipe_core::{DeviceSpec, Dtype, ModelError, VisionLanguageModel};
+use docpipe_core::{DeviceGroup, Dtype, ModelError, VisionLanguageModel};
 use docpipe_florence2::Florence2Model;
 use docpipe_idefics2::model::Idefics2;
 use docpipe_idefics3::model::Idefics3;
 use docpipe_pipeline::model::{load_model, Family};
+use docpipe_vlm::candle_dtype;
 use docpipe_vlm::model::{Family as ModelFamily, IdeficsModel};
 use docpipe_vlm::request::DetailedGeneration;
 use docpipe_vlm::request_file::{read_requests, FileRequest};
-use docpipe_vlm::{candle_device, candle_dtype};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -40,9 +40,10 @@ pub struct GenerateArgs {
     /// Requests generated together; results do not depend on it.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    /// `cpu` or `cuda:N` (the latter in a `cuda` feature build).
+    /// `cpu` or `cuda:N` (the latter in a `cuda` feature build), or a group such as
+    /// `cuda:0+cuda:1` over which the model's layers are split (Idefics families).
     #[arg(long, default_value = "cpu")]
-    device: DeviceSpec,
+    device: DeviceGroup,
     /// Weight and activation dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
@@ -86,7 +87,6 @@ pub fn run(args: GenerateArgs) -> Result<Outcome, CommandError> {
     if args.batch_size == 0 {
         return Err(anyhow!("--batch-size must be at least 1")).usage();
     }
-    let device = candle_device(args.device).classified()?;
     let requests = read_requests(&args.requests).usage()?;
     let dtype = candle_dtype(args.dtype);
     let checkpoint = docpipe_hub::resolve(&args.model).classified()?;
@@ -94,17 +94,17 @@ pub fn run(args: GenerateArgs) -> Result<Outcome, CommandError> {
         Family::Idefics2 => generate_all(
             &args,
             &requests,
-            &load_model::<IdeficsModel<Idefics2>>(&checkpoint, &device, dtype).usage()?,
+            &load_model::<IdeficsModel<Idefics2>>(&checkpoint, &args.device, dtype).classified()?,
         ),
         Family::Idefics3 => generate_all(
             &args,
             &requests,
-            &load_model::<IdeficsModel<Idefics3>>(&checkpoint, &device, dtype).usage()?,
+            &load_model::<IdeficsModel<Idefics3>>(&checkpoint, &args.device, dtype).classified()?,
         ),
         Family::Florence2 => generate_all(
             &args,
             &requests,
-            &load_model::<Florence2Model>(&checkpoint, &device, dtype).usage()?,
+            &load_model::<Florence2Model>(&checkpoint, &args.device, dtype).classified()?,
         ),
     }
 }
