@@ -278,3 +278,37 @@ fn requests_the_prompt_cannot_hold_are_invalid() {
     let out = model.generate_detailed(&[&prepared], false).unwrap();
     assert!(out[0].generation.token_ids.is_empty());
 }
+
+#[test]
+fn the_two_image_request_reads_the_most_recent_image() {
+    let model = load("tiny-instruct");
+    let cases = cases(&model, "tiny-instruct");
+    let (_, two) = cases.iter().find(|(e, _)| e["id"] == "two_images").unwrap();
+    // Text before the first image sees none; the second <image> hands over to image 1.
+    let first = two.image_index.iter().position(Option::is_some).unwrap();
+    assert!(first > 1 && two.image_index[..first].iter().all(Option::is_none));
+    assert_eq!(two.image_index.last(), Some(&Some(1)));
+    let logits = |request: &Idefics1Request| {
+        generate(&model, &[request])[0]
+            .first_logits
+            .clone()
+            .unwrap()
+    };
+    let base = logits(two);
+    // Another page as the second image moves the last token's logits; the same pixels under
+    // another Arc (encoded separately) do not.
+    let (_, other) = cases.iter().find(|(e, _)| e["id"] == "separated").unwrap();
+    let mut swapped = two.clone();
+    swapped.images[1] = other.images[1].clone();
+    let moved = logits(&swapped)
+        .iter()
+        .zip(&base)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        moved > 0.1,
+        "the second image moves the logits by only {moved}"
+    );
+    let mut copied = two.clone();
+    copied.images[1].source = Arc::new((*two.images[1].source).clone());
+    assert_eq!(logits(&copied), base);
+}
