@@ -44,13 +44,14 @@ pub struct SequenceOutput {
 
 /// Bans from `bad_words_ids`: single ids always, the last id of a longer sequence only when
 /// the tokens so far end with the rest of it (`NoBadWordsLogitsProcessor`).
-struct BadWords {
+pub struct BadWords {
     always: Vec<u32>,
     sequences: Vec<Vec<u32>>,
 }
 
 impl BadWords {
-    fn new(config: &GenerationConfig) -> Self {
+    /// The bans of a generation config.
+    pub fn new(config: &GenerationConfig) -> Self {
         let (single, multi): (Vec<_>, Vec<_>) =
             config.bad_words_ids.iter().partition(|s| s.len() == 1);
         BadWords {
@@ -59,7 +60,8 @@ impl BadWords {
         }
     }
 
-    fn banned(&self, tokens: &[u32]) -> Vec<u32> {
+    /// The ids banned after `tokens` (prompt and generated so far).
+    pub fn banned(&self, tokens: &[u32]) -> Vec<u32> {
         let mut banned = self.always.clone();
         for seq in &self.sequences {
             if let Some((last, prefix)) = seq.split_last() {

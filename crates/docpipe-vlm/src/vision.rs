@@ -52,7 +52,7 @@ pub fn patch_grid(image: &ProcessedImage, patch: usize) -> (usize, usize) {
 
 /// Flattens the valid patches of a channel-first image into `(P, C·p·p)` rows in the
 /// `(channel, y, x)` order of the conv weight, so the conv is one matmul.
-fn patchify(image: &ProcessedImage, patch: usize, device: &Device) -> Result<Tensor> {
+pub fn patchify(image: &ProcessedImage, patch: usize, device: &Device) -> Result<Tensor> {
     let (nb_h, nb_w) = patch_grid(image, patch);
     let width = patch * patch * 3;
     let plane = image.height * image.width;
@@ -72,8 +72,8 @@ fn patchify(image: &ProcessedImage, patch: usize, device: &Device) -> Result<Ten
     Tensor::from_vec(out, (nb_h * nb_w, width), device)
 }
 
-/// One pre-norm encoder layer (`encoder.layers.N`).
-struct EncoderLayer {
+/// One pre-norm encoder layer (`encoder.layers.N`), the same in SigLIP and CLIP towers.
+pub struct EncoderLayer {
     norm1: LayerNorm,
     attn: AttentionProjections,
     norm2: LayerNorm,
@@ -82,7 +82,8 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(config: &VisionConfig, w: &Weights) -> std::result::Result<Self, LoadError> {
+    /// The layer of `config` from the view of `encoder.layers.N`.
+    pub fn new(config: &VisionConfig, w: &Weights) -> std::result::Result<Self, LoadError> {
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         let mlp = w.pp("mlp");
         Ok(EncoderLayer {
@@ -92,6 +93,31 @@ impl EncoderLayer {
             fc1: Linear::load(&mlp.pp("fc1"), h, config.intermediate_size, true)?,
             fc2: Linear::load(&mlp.pp("fc2"), config.intermediate_size, h, true)?,
         })
+    }
+
+    /// The layer over the packed tokens `(Σ lens, hidden)` of several images, attention per image.
+    pub fn forward(
+        &self,
+        hidden: &Tensor,
+        lens: &[usize],
+        config: &VisionConfig,
+    ) -> Result<Tensor> {
+        let (heads, head_dim) = (config.num_attention_heads, config.head_dim());
+        let scale = (head_dim as f64).powf(-0.5);
+        let x = self.norm1.forward(hidden)?;
+        let q = split_heads(&self.attn.q.forward(&x)?, heads, head_dim)?;
+        let k = split_heads(&self.attn.k.forward(&x)?, heads, head_dim)?;
+        let v = split_heads(&self.attn.v.forward(&x)?, heads, head_dim)?;
+        let a = per_segment(lens, |_, offset, len| {
+            let part = |t: &Tensor| token_range(t, offset, len);
+            attention(&part(&q)?, &part(&k)?, &part(&v)?, scale, None)
+        })?;
+        let hidden = (hidden + self.attn.o.forward(&a)?)?;
+        let x = self.norm2.forward(&hidden)?;
+        let x = self
+            .fc2
+            .forward(&config.hidden_act.apply(&self.fc1.forward(&x)?)?)?;
+        hidden + x
     }
 }
 
@@ -166,24 +192,8 @@ impl VisionTower {
             .patch_embedding
             .forward(&patches)?
             .add(&self.position_embedding.index_select(&ids, 0)?)?;
-        let heads = self.config.num_attention_heads;
-        let head_dim = self.config.head_dim();
-        let scale = (head_dim as f64).powf(-0.5);
         for layer in &self.layers {
-            let x = layer.norm1.forward(&hidden)?;
-            let q = split_heads(&layer.attn.q.forward(&x)?, heads, head_dim)?;
-            let k = split_heads(&layer.attn.k.forward(&x)?, heads, head_dim)?;
-            let v = split_heads(&layer.attn.v.forward(&x)?, heads, head_dim)?;
-            let a = per_segment(&lens, |_, offset, len| {
-                let part = |t: &Tensor| token_range(t, offset, len);
-                attention(&part(&q)?, &part(&k)?, &part(&v)?, scale, None)
-            })?;
-            hidden = (hidden + layer.attn.o.forward(&a)?)?;
-            let x = layer.norm2.forward(&hidden)?;
-            let x = layer
-                .fc2
-                .forward(&self.config.hidden_act.apply(&layer.fc1.forward(&x)?)?)?;
-            hidden = (hidden + x)?;
+            hidden = layer.forward(&hidden, &lens, &self.config)?;
         }
         Ok((self.post_layernorm.forward(&hidden)?, lens))
     }
