@@ -8,6 +8,7 @@ mod eval_docvqa;
 mod florence2;
 mod generate;
 mod hub;
+mod idefics1;
 mod idefics3;
 mod overlap;
 mod pipeline_run;

@@ -30,12 +30,3 @@ pub mod vision;
 pub use config::MODEL_TYPE;
 pub use docpipe_vlm::request::DetailedGeneration;
 pub use model::{Idefics1Model, Idefics1Request};
-
-/// The user text docpipe suggests for DocVQA questions to the instruct checkpoints: the
-/// question, then a request for a short answer (the models otherwise answer in sentences).
-pub fn docvqa_prompt(question: &str) -> String {
-    format!("{question} Answer briefly, with words from the page.")
-}
-
-/// The user text docpipe suggests for transcribing a page.
-pub const OCR_PROMPT: &str = "Transcribe the text of this page.";

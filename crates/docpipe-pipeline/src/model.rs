@@ -13,6 +13,7 @@ use docpipe_core::VisionLanguageModel;
 use docpipe_core::{DeviceGroup, DeviceSpec};
 use docpipe_florence2::Florence2Model;
 use docpipe_hub::{Checkpoint, HubError};
+use docpipe_idefics1::Idefics1Model;
 use docpipe_idefics2::Idefics2Model;
 use docpipe_idefics3::Idefics3Model;
 use docpipe_vlm::model::{Family as ModelFamily, IdeficsModel};
@@ -32,6 +33,8 @@ pub enum LoadedModel {
     /// A Florence-2 checkpoint (`model_type` `florence2`, either tensor layout), one replica
     /// per device.
     Florence2(Vec<Replica<Florence2Model>>),
+    /// An Idefics1 checkpoint (`model_type` `idefics`), one replica per device or group.
+    Idefics1(Vec<Replica<Idefics1Model>>),
 }
 
 /// A model family docpipe can run, named by `config.json`'s `model_type`.
@@ -45,11 +48,19 @@ pub enum Family {
     /// Florence-2 (`model_type` `florence2`, e.g. `HuggingFaceM4/Florence-2-DocVQA`), in crate
     /// docpipe-florence2.
     Florence2,
+    /// Idefics1 (`model_type` `idefics`, e.g. `HuggingFaceM4/idefics-9b-instruct`), in crate
+    /// docpipe-idefics1.
+    Idefics1,
 }
 
 impl Family {
     /// Every supported family, in the order error messages list them.
-    pub const ALL: &'static [Family] = &[Family::Idefics2, Family::Idefics3, Family::Florence2];
+    pub const ALL: &'static [Family] = &[
+        Family::Idefics2,
+        Family::Idefics3,
+        Family::Florence2,
+        Family::Idefics1,
+    ];
 
     /// The `model_type` of its checkpoints.
     pub fn model_type(self) -> &'static str {
@@ -57,6 +68,7 @@ impl Family {
             Family::Idefics2 => docpipe_idefics2::config::MODEL_TYPE,
             Family::Idefics3 => docpipe_idefics3::config::MODEL_TYPE,
             Family::Florence2 => docpipe_florence2::config::MODEL_TYPE,
+            Family::Idefics1 => docpipe_idefics1::MODEL_TYPE,
         }
     }
 
@@ -68,7 +80,7 @@ impl Family {
     /// `"<DocVQA>" + question`, no space, no instruction).
     pub fn default_prompts(self) -> DefaultPrompts {
         match self {
-            Family::Idefics2 | Family::Idefics3 => DefaultPrompts {
+            Family::Idefics2 | Family::Idefics3 | Family::Idefics1 => DefaultPrompts {
                 ocr: "Transcribe all the text on this page.",
                 question: "{question}\nGive a very brief answer.",
             },
@@ -195,6 +207,7 @@ impl LoadedModel {
             LoadedModel::Idefics2(_) => Family::Idefics2,
             LoadedModel::Idefics3(_) => Family::Idefics3,
             LoadedModel::Florence2(_) => Family::Florence2,
+            LoadedModel::Idefics1(_) => Family::Idefics1,
         }
     }
 }
@@ -212,6 +225,9 @@ pub fn load(config: &ModelConfig) -> Result<LoadedModel, ModelLoadError> {
         }
         Family::Florence2 => {
             load_replicas::<Florence2Model>(&checkpoint, config).map(LoadedModel::Florence2)
+        }
+        Family::Idefics1 => {
+            load_replicas::<Idefics1Model>(&checkpoint, config).map(LoadedModel::Idefics1)
         }
     }
 }
@@ -258,6 +274,22 @@ impl Loadable for Florence2Model {
         dtype: candle_core::DType,
     ) -> Result<Self, LoadError> {
         Florence2Model::load(dir, placement.first(), dtype)
+    }
+    fn named(self, model_id: String) -> Self {
+        self.with_model_id(model_id)
+    }
+}
+
+/// idefics-80b needs several GPUs: its decoder layers split over a group.
+impl Loadable for Idefics1Model {
+    const MODEL_TYPE: &'static str = docpipe_idefics1::MODEL_TYPE;
+    const SPLITS: bool = true;
+    fn load_dir(
+        dir: &Path,
+        placement: &Placement,
+        dtype: candle_core::DType,
+    ) -> Result<Self, LoadError> {
+        Idefics1Model::load(dir, placement, dtype)
     }
     fn named(self, model_id: String) -> Self {
         self.with_model_id(model_id)

@@ -226,6 +226,7 @@ impl Job {
             LoadedModel::Idefics2(replicas) => self.run(replicas, prompts).await,
             LoadedModel::Idefics3(replicas) => self.run(replicas, prompts).await,
             LoadedModel::Florence2(replicas) => self.run(replicas, prompts).await,
+            LoadedModel::Idefics1(replicas) => self.run(replicas, prompts).await,
         };
         if let Some(claims) = claims {
             claims.end().await;

@@ -1,4 +1,4 @@
-//! `docpipe generate`: batched generation with an Idefics2, Idefics3 (greedy) or Florence-2
+//! `docpipe generate`: batched generation with an Idefics1, Idefics2, Idefics3 (greedy) or Florence-2
 //! (the checkpoint's beam search) checkpoint (by `config.json`'s `model_type`; a local folder, a
 //! hub id or a bucket prefix, see docpipe-hub) over a JSONL file of HF chat requests. Other tools
 //! drive this command, so its flags and output fields are a fixed contract, documented in
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context};
 use docpipe_core::{DeviceGroup, Dtype, ModelError, VisionLanguageModel};
 use docpipe_florence2::Florence2Model;
+use docpipe_idefics1::Idefics1Model;
 use docpipe_idefics2::model::Idefics2;
 use docpipe_idefics3::model::Idefics3;
 use docpipe_pipeline::model::{load_model, Family};
@@ -106,6 +107,11 @@ pub fn run(args: GenerateArgs) -> Result<Outcome, CommandError> {
             &requests,
             &load_model::<Florence2Model>(&checkpoint, &args.device, dtype).classified()?,
         ),
+        Family::Idefics1 => generate_all(
+            &args,
+            &requests,
+            &load_model::<Idefics1Model>(&checkpoint, &args.device, dtype).classified()?,
+        ),
     }
 }
 
@@ -146,6 +152,21 @@ impl DetailedModel for Florence2Model {
 
     fn vocab_size(&self) -> usize {
         self.text_config().vocab_size
+    }
+}
+
+impl DetailedModel for Idefics1Model {
+    fn generate_detailed(
+        &self,
+        batch: &[&Self::Prepared],
+        first_logits: bool,
+    ) -> Result<Vec<DetailedGeneration>, ModelError> {
+        Idefics1Model::generate_detailed(self, batch, first_logits)
+    }
+
+    /// The base vocabulary and the added tokens' decoupled rows.
+    fn vocab_size(&self) -> usize {
+        Idefics1Model::vocab_size(self)
     }
 }
 
