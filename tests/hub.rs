@@ -107,6 +107,40 @@ fn generate_by_hub_id_answers_like_the_folder_and_a_second_run_downloads_nothing
 }
 
 /// The `model` column of the rows and report.json of a run.
+/// `eval docvqa` resolves `--model` to learn the family's prompt and hands the checkpoint to
+/// the pipeline: one model-info request for a hub id at a branch, not one per resolution.
+#[test]
+fn eval_docvqa_by_hub_id_asks_the_hub_once() {
+    let hub = HubServer::start(vec![idefics2_repo()], None).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dataset = fixture("docvqa/json/val_v1.0.json").display().to_string();
+    let args = [
+        "eval",
+        "docvqa",
+        "--dataset",
+        &dataset,
+        "--model",
+        "docpipe/tiny-gqa-split",
+        "--set",
+        "model.max_new_tokens=2",
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
+    let output = docpipe(&args, &hub.env(home.path()));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let info: Vec<_> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/api/models/"))
+        .collect();
+    assert_eq!(info.len(), 1, "one model-info request: {info:?}");
+    let rows = rows_at(out.path().to_str().unwrap(), StoreOptions::default());
+    assert!(rows
+        .iter()
+        .all(|r| r.model == format!("docpipe/tiny-gqa-split@{MAIN}")));
+}
+
 fn models_of_run(sink: &Path) -> (Vec<String>, String) {
     let rows = rows_at(&sink.display().to_string(), StoreOptions::default());
     assert!(!rows.is_empty());

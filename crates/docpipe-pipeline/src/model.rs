@@ -215,19 +215,26 @@ impl LoadedModel {
 /// Resolves `model.path` (fetching what is missing), then loads one replica per device entry
 /// (`cuda:all` expands to every visible GPU).
 pub fn load(config: &ModelConfig) -> Result<LoadedModel, ModelLoadError> {
-    let checkpoint = docpipe_hub::resolve(&config.path)?;
+    load_resolved(&docpipe_hub::resolve(&config.path)?, config)
+}
+
+/// [`load`] of a checkpoint `config.path` was already resolved to.
+pub fn load_resolved(
+    checkpoint: &Checkpoint,
+    config: &ModelConfig,
+) -> Result<LoadedModel, ModelLoadError> {
     match Family::of_checkpoint(checkpoint.dir())? {
         Family::Idefics2 => {
-            load_replicas::<Idefics2Model>(&checkpoint, config).map(LoadedModel::Idefics2)
+            load_replicas::<Idefics2Model>(checkpoint, config).map(LoadedModel::Idefics2)
         }
         Family::Idefics3 => {
-            load_replicas::<Idefics3Model>(&checkpoint, config).map(LoadedModel::Idefics3)
+            load_replicas::<Idefics3Model>(checkpoint, config).map(LoadedModel::Idefics3)
         }
         Family::Florence2 => {
-            load_replicas::<Florence2Model>(&checkpoint, config).map(LoadedModel::Florence2)
+            load_replicas::<Florence2Model>(checkpoint, config).map(LoadedModel::Florence2)
         }
         Family::Idefics1 => {
-            load_replicas::<Idefics1Model>(&checkpoint, config).map(LoadedModel::Idefics1)
+            load_replicas::<Idefics1Model>(checkpoint, config).map(LoadedModel::Idefics1)
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use docpipe_core::DocumentRef;
 use docpipe_core::{Shard, VisionLanguageModel};
+use docpipe_hub::Checkpoint;
 use docpipe_render::{
     DocumentOptions, PageSelection, RenderError, RenderPool, RenderPoolConfig, WorkerCommand,
 };
@@ -38,6 +39,10 @@ pub struct RunOptions {
     pub log_every: Duration,
     /// The slice of the source this process owns (`--shard I/N`); `None` for all of it.
     pub shard: Option<Shard>,
+    /// `model.path` already resolved by the caller (`eval docvqa` resolves it to learn the
+    /// family's prompt); `None` resolves it when the model loads. Saves a hub id at a branch
+    /// its second metadata request.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// A run that finished: every listed document is committed.
@@ -167,6 +172,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
         documents_listed,
         documents_skipped,
         shard: options.shard,
+        checkpoint: options.checkpoint,
         worker_command: options.worker_command,
         log_every: options.log_every,
         started,
@@ -202,6 +208,7 @@ struct Job {
     documents_listed: usize,
     documents_skipped: usize,
     shard: Option<Shard>,
+    checkpoint: Option<Checkpoint>,
     worker_command: WorkerCommand,
     log_every: Duration,
     started: Instant,
@@ -212,9 +219,13 @@ impl Job {
     /// model is loaded, so a configuration error leaves nothing on the sink.
     async fn load_and_run(mut self) -> Result<RunSummary, RunError> {
         let model_config = self.config.model.clone();
-        let loaded = tokio::task::spawn_blocking(move || model::load(&model_config))
-            .await
-            .map_err(|e| RunError::Join(e.to_string()))??;
+        let checkpoint = self.checkpoint.take();
+        let loaded = tokio::task::spawn_blocking(move || match checkpoint {
+            Some(checkpoint) => model::load_resolved(&checkpoint, &model_config),
+            None => model::load(&model_config),
+        })
+        .await
+        .map_err(|e| RunError::Join(e.to_string()))??;
         if self.config.sink.exclusive && !self.todo.is_empty() {
             let hold = Duration::from_secs(self.config.sink.hold_s);
             let claims = self.sink.start_claims(&self.run_id, hold).await;
@@ -250,6 +261,7 @@ impl Job {
             documents_listed,
             documents_skipped,
             shard,
+            checkpoint: _,
             worker_command,
             log_every,
             started,

@@ -78,6 +78,7 @@ pub fn run(args: RunArgs) -> Result<Outcome, CommandError> {
         store_options: StoreOptions::default(),
         log_every: LOG_EVERY,
         shard,
+        checkpoint: None,
     };
     let summary = runtime
         .block_on(docpipe_pipeline::run(options))

@@ -120,6 +120,7 @@ fn end_to_end(config: PipelineConfig, worker: WorkerCommand, pages: usize) -> Re
             store_options: StoreOptions::default(),
             log_every: Duration::from_secs(3600),
             shard: None,
+            checkpoint: None,
         }))
         .map_err(|e| e.to_string())?;
     let wall = started.elapsed().as_secs_f64();

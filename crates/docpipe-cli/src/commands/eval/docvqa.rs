@@ -62,8 +62,8 @@ pub fn run(args: DocvqaArgs) -> Result<Outcome, CommandError> {
 async fn eval(args: DocvqaArgs) -> Result<Outcome, CommandError> {
     let stores = Stores::new(StoreOptions::default());
     // The prompt's default depends on the family, so the checkpoint is resolved (fetched if
-    // needed) first; the pipeline then finds it in the cache. A checkpoint that cannot be read
-    // is reported when the pipeline loads it.
+    // needed) first and handed to the pipeline, which loads it without resolving it again. A
+    // checkpoint that cannot be read is reported when the pipeline loads it.
     let model = args.model.clone();
     let checkpoint = tokio::task::spawn_blocking(move || docpipe_hub::resolve(&model))
         .await
@@ -104,6 +104,7 @@ async fn eval(args: DocvqaArgs) -> Result<Outcome, CommandError> {
         store_options: StoreOptions::default(),
         log_every: LOG_EVERY,
         shard: None,
+        checkpoint: Some(checkpoint),
     })
     .await
     .classified()?;
