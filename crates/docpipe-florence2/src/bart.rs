@@ -50,16 +50,14 @@ impl Attention {
 
     /// Keys and values of `xs` as `(heads, tokens, head_dim)`.
     fn keys_values(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((
-            self.split(&self.proj.k.forward(xs)?)?,
-            self.split(&self.proj.v.forward(xs)?)?,
-        ))
+        let (k, v) = self.proj.kv(xs)?;
+        Ok((self.split(&k)?, self.split(&v)?))
     }
 
     /// Bidirectional self-attention over one sequence.
     fn self_attention(&self, xs: &Tensor) -> Result<Tensor> {
-        let q = self.split(&self.proj.q.forward(xs)?)?;
-        let (k, v) = self.keys_values(xs)?;
+        let (q, k, v) = self.proj.qkv(xs)?;
+        let (q, k, v) = (self.split(&q)?, self.split(&k)?, self.split(&v)?);
         self.proj
             .o
             .forward(&attention(&q, &k, &v, self.scale(), None)?)
@@ -298,10 +296,11 @@ impl Bart {
         let first = cache.layers.is_empty();
         for (i, layer) in self.decoder_layers.iter().enumerate() {
             let attn = &layer.self_attn;
-            let q = attn.split(&attn.proj.q.forward(&xs)?)?;
+            let (q, k, v) = attn.proj.qkv(&xs)?;
+            let q = attn.split(&q)?;
             let (hd, heads) = (attn.head_dim, attn.heads);
-            let k = attn.proj.k.forward(&xs)?.reshape((rows, heads, 1, hd))?;
-            let v = attn.proj.v.forward(&xs)?.reshape((rows, heads, 1, hd))?;
+            let k = k.reshape((rows, heads, 1, hd))?;
+            let v = v.reshape((rows, heads, 1, hd))?;
             let (k, v) = if first {
                 (k, v)
             } else {
@@ -319,7 +318,7 @@ impl Bart {
                 .forward(&(&xs + attn.proj.o.forward(&a)?)?)?;
 
             let cross = &layer.encoder_attn;
-            let q = cross.split(&cross.proj.q.forward(&xs)?)?;
+            let q = cross.split(&cross.proj.q(&xs)?)?;
             let mut start = 0;
             let mut parts = Vec::with_capacity(groups.len());
             for group in groups {

@@ -80,12 +80,13 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         let (heads, head_dim) = (config.num_attention_heads, config.head_dim());
         let x = self.input_norm.forward(hidden)?;
-        let split = |proj: &Linear| split_heads(&proj.forward(&x)?, heads, head_dim);
+        let (q, k, v) = self.attn.qkv(&x)?;
+        let split = |t: &Tensor| split_heads(t, heads, head_dim);
         // rope works on (batch, heads, tokens, dim) with one position per token.
         let rope = |t: Tensor| candle_nn::rotary_emb::rope(&t.unsqueeze(0)?, cos, sin)?.squeeze(0);
-        let q = rope(split(&self.attn.q)?)?;
-        let k = rope(split(&self.attn.k)?)?;
-        let v = split(&self.attn.v)?;
+        let q = rope(split(&q)?)?;
+        let k = rope(split(&k)?)?;
+        let v = split(&v)?;
         let hidden = (hidden + self.attn.o.forward(&attend(q, k, v)?)?)?;
         let x = self.post_norm.forward(&hidden)?;
         &hidden + self.mlp.forward(&x)?

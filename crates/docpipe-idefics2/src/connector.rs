@@ -88,17 +88,10 @@ impl Connector {
             let kv_in = per_segment(lens, |i, offset, len| {
                 Tensor::cat(&[cn.narrow(0, offset, len)?, ln.narrow(0, i * n, n)?], 0)
             })?;
-            let q = split_heads(&layer.attn.q.forward(&ln)?, pc.n_heads, pc.head_dim)?;
-            let k = split_heads(
-                &layer.attn.k.forward(&kv_in)?,
-                pc.num_key_value_heads,
-                pc.head_dim,
-            )?;
-            let v = split_heads(
-                &layer.attn.v.forward(&kv_in)?,
-                pc.num_key_value_heads,
-                pc.head_dim,
-            )?;
+            let q = split_heads(&layer.attn.q(&ln)?, pc.n_heads, pc.head_dim)?;
+            let (k, v) = layer.attn.kv(&kv_in)?;
+            let k = split_heads(&k, pc.num_key_value_heads, pc.head_dim)?;
+            let v = split_heads(&v, pc.num_key_value_heads, pc.head_dim)?;
             let a = per_segment(&kv_lens, |i, offset, len| {
                 attention(
                     &token_range(&q, i * n, n)?,

@@ -37,6 +37,43 @@ impl Linear {
         })
     }
 
+    /// The layers `names` of the view `w`, all reading `in_dim` features, as one layer whose
+    /// outputs are theirs side by side (`out_dims` each, in order).
+    pub fn stacked(
+        w: &Weights,
+        names: &[&str],
+        in_dim: usize,
+        out_dims: &[usize],
+        bias: bool,
+    ) -> std::result::Result<Self, LoadError> {
+        let parts = names
+            .iter()
+            .zip(out_dims)
+            .map(|(name, &out)| Linear::load(&w.pp(name), in_dim, out, bias))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let stack = |ts: Vec<&Tensor>| Tensor::cat(&ts, 0).map_err(LoadError::Device);
+        let weight = stack(parts.iter().map(|p| &p.weight).collect())?;
+        let bias = match bias {
+            true => Some(stack(
+                parts.iter().filter_map(|p| p.bias.as_ref()).collect(),
+            )?),
+            false => None,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// The layer of output features `start..start + len` alone, sharing these weights.
+    pub fn rows(&self, start: usize, len: usize) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.weight.narrow(0, start, len)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.narrow(0, start, len))
+                .transpose()?,
+        })
+    }
+
     /// The device its weights are on.
     pub fn device(&self) -> &candle_core::Device {
         self.weight.device()
@@ -129,11 +166,13 @@ impl Module for LayerNorm {
     }
 }
 
-/// `down(act(gate(x)) · up(x))`, without biases (Mistral MLP, Idefics2 connector MLPs).
+/// `down(act(gate(x)) · up(x))`, without biases (Mistral MLP, Idefics2 connector MLPs). The
+/// gate and up projections are one matrix (their weights stacked at load), so the input goes
+/// through one matmul instead of two.
 #[derive(Debug, Clone)]
 pub struct GatedMlp {
-    gate: Linear,
-    up: Linear,
+    gate_up: Linear,
+    hidden: usize,
     down: Linear,
     act: Activation,
 }
@@ -148,8 +187,14 @@ impl GatedMlp {
         act: Activation,
     ) -> std::result::Result<Self, LoadError> {
         Ok(GatedMlp {
-            gate: Linear::load(&w.pp("gate_proj"), in_dim, hidden, false)?,
-            up: Linear::load(&w.pp("up_proj"), in_dim, hidden, false)?,
+            gate_up: Linear::stacked(
+                w,
+                &["gate_proj", "up_proj"],
+                in_dim,
+                &[hidden, hidden],
+                false,
+            )?,
+            hidden,
             down: Linear::load(&w.pp("down_proj"), hidden, out_dim, false)?,
             act,
         })
@@ -158,21 +203,24 @@ impl GatedMlp {
 
 impl Module for GatedMlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gated = (self.act.apply(&self.gate.forward(xs)?)? * self.up.forward(xs)?)?;
-        self.down.forward(&gated)
+        let gate_up = self.gate_up.forward(xs)?;
+        let gate = gate_up.narrow(D::Minus1, 0, self.hidden)?;
+        let up = gate_up.narrow(D::Minus1, self.hidden, self.hidden)?;
+        self.down.forward(&(self.act.apply(&gate)? * up)?)
     }
 }
 
 /// The four projections of a self-attention block. The output one is `o_proj` in the Mistral
-/// and perceiver checkpoints and `out_proj` in SigLIP's, hence `out_name`.
+/// and perceiver checkpoints and `out_proj` in SigLIP's, hence `out_name`. Queries, keys and
+/// values are one matrix (stacked at load): one matmul over the input instead of three.
 #[derive(Debug, Clone)]
 pub struct AttentionProjections {
-    /// Queries.
-    pub q: Linear,
-    /// Keys.
-    pub k: Linear,
-    /// Values.
-    pub v: Linear,
+    qkv: Linear,
+    /// The query rows of `qkv`, and its key and value rows: views of the same weights, for
+    /// blocks whose queries and keys read different inputs.
+    q: Linear,
+    kv: Linear,
+    kv_dim: usize,
     /// Output.
     pub o: Linear,
 }
@@ -187,10 +235,13 @@ impl AttentionProjections {
         kv_dim: usize,
         bias: bool,
     ) -> std::result::Result<Self, LoadError> {
+        let names = ["q_proj", "k_proj", "v_proj"];
+        let qkv = Linear::stacked(w, &names, hidden, &[q_dim, kv_dim, kv_dim], bias)?;
         Ok(AttentionProjections {
-            q: Linear::load(&w.pp("q_proj"), hidden, q_dim, bias)?,
-            k: Linear::load(&w.pp("k_proj"), hidden, kv_dim, bias)?,
-            v: Linear::load(&w.pp("v_proj"), hidden, kv_dim, bias)?,
+            q: qkv.rows(0, q_dim).map_err(LoadError::Device)?,
+            kv: qkv.rows(q_dim, 2 * kv_dim).map_err(LoadError::Device)?,
+            qkv,
+            kv_dim,
             o: Linear::load(&w.pp(out_name), q_dim, hidden, bias)?,
         })
     }
@@ -214,6 +265,31 @@ impl AttentionProjections {
             kv_dim,
             false,
         )
+    }
+
+    /// Queries, keys and values `(tokens, dim)` of `x` `(tokens, hidden)`, in one matmul.
+    pub fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let qkv = self.qkv.forward(x)?;
+        let (q, kv) = (qkv.dim(D::Minus1)? - 2 * self.kv_dim, self.kv_dim);
+        Ok((
+            qkv.narrow(D::Minus1, 0, q)?,
+            qkv.narrow(D::Minus1, q, kv)?,
+            qkv.narrow(D::Minus1, q + kv, kv)?,
+        ))
+    }
+
+    /// Queries of `x` alone.
+    pub fn q(&self, x: &Tensor) -> Result<Tensor> {
+        self.q.forward(x)
+    }
+
+    /// Keys and values of `x` alone, in one matmul.
+    pub fn kv(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = self.kv.forward(x)?;
+        Ok((
+            kv.narrow(D::Minus1, 0, self.kv_dim)?,
+            kv.narrow(D::Minus1, self.kv_dim, self.kv_dim)?,
+        ))
     }
 }
 

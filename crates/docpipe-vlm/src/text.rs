@@ -71,12 +71,13 @@ impl DecoderLayer {
         attend: impl FnOnce(Tensor, Tensor, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let x = self.input_norm.forward(hidden)?;
-        let heads = |proj: &Linear, n| split_heads(&proj.forward(&x)?, n, cfg.head_dim);
+        let (q, k, v) = self.attn.qkv(&x)?;
+        let heads = |t: &Tensor, n| split_heads(t, n, cfg.head_dim);
         // rope works on (batch, heads, tokens, dim) with one position per token.
         let rope = |t: Tensor| candle_nn::rotary_emb::rope(&t.unsqueeze(0)?, cos, sin)?.squeeze(0);
-        let q = rope(heads(&self.attn.q, cfg.num_attention_heads)?)?;
-        let k = rope(heads(&self.attn.k, cfg.num_key_value_heads)?)?;
-        let v = heads(&self.attn.v, cfg.num_key_value_heads)?;
+        let q = rope(heads(&q, cfg.num_attention_heads)?)?;
+        let k = rope(heads(&k, cfg.num_key_value_heads)?)?;
+        let v = heads(&v, cfg.num_key_value_heads)?;
         let hidden = (hidden + self.attn.o.forward(&attend(q, k, v)?)?)?;
         let x = self.post_norm.forward(&hidden)?;
         &hidden + self.mlp.forward(&x)?

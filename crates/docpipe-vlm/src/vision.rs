@@ -105,9 +105,10 @@ impl EncoderLayer {
         let (heads, head_dim) = (config.num_attention_heads, config.head_dim());
         let scale = (head_dim as f64).powf(-0.5);
         let x = self.norm1.forward(hidden)?;
-        let q = split_heads(&self.attn.q.forward(&x)?, heads, head_dim)?;
-        let k = split_heads(&self.attn.k.forward(&x)?, heads, head_dim)?;
-        let v = split_heads(&self.attn.v.forward(&x)?, heads, head_dim)?;
+        let (q, k, v) = self.attn.qkv(&x)?;
+        let q = split_heads(&q, heads, head_dim)?;
+        let k = split_heads(&k, heads, head_dim)?;
+        let v = split_heads(&v, heads, head_dim)?;
         let a = per_segment(lens, |_, offset, len| {
             let part = |t: &Tensor| token_range(t, offset, len);
             attention(&part(&q)?, &part(&k)?, &part(&v)?, scale, None)
