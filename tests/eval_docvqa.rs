@@ -11,7 +11,10 @@ use arrow::array::{Array, Int64Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
-use crate::support::{command, docpipe, fixture, fixture_arg, text};
+use docpipe_sink::OutputRow;
+use docpipe_store::StoreOptions;
+
+use crate::support::{command, docpipe, fixture, fixture_arg, rows_at, text};
 
 /// The tiny Idefics2 fixture checkpoint every test here evaluates.
 const MODEL: &str = "idefics2/models/tiny-gqa-split";
@@ -29,6 +32,33 @@ pub fn eval_docvqa_with(dataset: &str, model: &str, sets: &[&str], out: &Path) -
     }
     args.extend(["--out", out.to_str().unwrap()]);
     docpipe(&args, &[])
+}
+
+/// `docpipe eval docvqa` on the fixture dataset with the fixture checkpoint `model`, answers
+/// cut at `max_new_tokens`: asserts that it succeeds and scores all 10 questions, and returns
+/// its output rows.
+pub fn eval_docvqa_scores_every_question(model: &str, max_new_tokens: usize) -> Vec<OutputRow> {
+    let out = tempfile::tempdir().unwrap();
+    let output = eval_docvqa_with(
+        &fixture_arg("docvqa/json/val_v1.0.json"),
+        model,
+        &[&format!("model.max_new_tokens={max_new_tokens}")],
+        out.path(),
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(
+        json(&out.path().join("predictions.json"))
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+    let metrics = json(&out.path().join("metrics.json"));
+    assert_eq!(metrics["questions"].as_u64(), Some(10));
+    assert_eq!(metrics["missing_predictions"].as_u64(), Some(0));
+    let rows = rows_at(out.path().to_str().unwrap(), StoreOptions::default());
+    assert_eq!(rows.len(), 10);
+    rows
 }
 
 fn json(path: &Path) -> Value {

@@ -7,15 +7,14 @@
 use docpipe_core::{DeviceSpec, Dtype};
 use docpipe_idefics1::Idefics1Model;
 use docpipe_pipeline::model::Family;
-use docpipe_store::StoreOptions;
 use docpipe_vlm::fixture_check::{read_jsonl, read_npy};
 use docpipe_vlm::placement::Placement;
 use docpipe_vlm::{candle_device, candle_dtype};
 use serde_json::Value;
 
-use crate::eval_docvqa::eval_docvqa_with;
+use crate::eval_docvqa::eval_docvqa_scores_every_question;
 use crate::idefics3::{assert_rows_are_the_models_answers, run_docvqa_pipeline};
-use crate::support::{docpipe, fixture, fixture_arg, rows_at, text};
+use crate::support::{docpipe, fixture, fixture_arg, text};
 
 const BASE: &str = "idefics1/models/tiny-base";
 const INSTRUCT: &str = "idefics1/models/tiny-instruct";
@@ -120,19 +119,6 @@ fn a_shipped_pipeline_runs_idefics1_on_a_replica_split_over_two_devices() {
 
 #[test]
 fn eval_docvqa_scores_an_idefics1_base_checkpoint() {
-    let out = tempfile::tempdir().unwrap();
-    let output = eval_docvqa_with(
-        &fixture_arg("docvqa/json/val_v1.0.json"),
-        BASE,
-        &[&format!("model.max_new_tokens={MAX_NEW_TOKENS}")],
-        out.path(),
-    );
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    let metrics: Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(metrics["questions"].as_u64(), Some(10));
-    assert_eq!(metrics["missing_predictions"].as_u64(), Some(0));
-    let rows = rows_at(out.path().to_str().unwrap(), StoreOptions::default());
-    assert_eq!(rows.len(), 10);
+    let rows = eval_docvqa_scores_every_question(BASE, MAX_NEW_TOKENS);
     assert!(rows.iter().all(|r| r.error.is_none()), "{rows:?}");
 }

@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use docpipe_vlm::config::{first_failure, layered, Activation, VisionConfig};
+use docpipe_vlm::text::BlockDims;
 use docpipe_vlm::LoadError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -259,6 +260,19 @@ impl Idefics1Config {
     /// Width of one attention head of the decoder.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// The sizes of its decoder blocks (LLaMA: as many key/value heads as query heads).
+    pub fn block_dims(&self) -> BlockDims {
+        BlockDims {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_attention_heads,
+            head_dim: self.head_dim(),
+            intermediate: self.intermediate_size,
+            rms_norm_eps: self.rms_norm_eps,
+            act: self.hidden_act,
+        }
     }
 
     /// Width of the logits and of the embedding table: `vocab_size + additional_vocab_size`.

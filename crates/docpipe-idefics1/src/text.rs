@@ -20,77 +20,22 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use docpipe_vlm::config::{Rope, RopeScaling};
 use docpipe_vlm::kv_cache::{BatchCache, SequenceKv};
-use docpipe_vlm::nn::{
-    attention, batched_attention, per_segment, split_heads, token_range, AttentionProjections,
-    GatedMlp, Linear, RmsNorm,
-};
+use docpipe_vlm::nn::{attention, batched_attention, per_segment, token_range, Linear, RmsNorm};
 use docpipe_vlm::placement::Placement;
 use docpipe_vlm::rope::inv_freq;
+use docpipe_vlm::text::{follow, DecoderBlock};
 use docpipe_vlm::weights::Weights;
 use docpipe_vlm::LoadError;
 
 use crate::config::Idefics1Config;
 use crate::cross_attention::{GatedCrossAttention, ImageKv, Run, StackedKv};
 
-/// One decoder layer (`layers.N`) and the cross-attention block before it, if any.
+/// One decoder layer (`layers.N`, docpipe-vlm's block) and the cross-attention block before
+/// it, if any.
 struct DecoderLayer {
     device: Device,
     cross: Option<usize>,
-    input_norm: RmsNorm,
-    attn: AttentionProjections,
-    post_norm: RmsNorm,
-    mlp: GatedMlp,
-}
-
-impl DecoderLayer {
-    fn new(
-        config: &Idefics1Config,
-        w: &Weights,
-        cross: Option<usize>,
-    ) -> std::result::Result<Self, LoadError> {
-        let (h, eps, heads) = (
-            config.hidden_size,
-            config.rms_norm_eps,
-            config.num_attention_heads,
-        );
-        Ok(DecoderLayer {
-            device: w.device().clone(),
-            cross,
-            input_norm: RmsNorm::load(&w.pp("input_layernorm"), h, eps)?,
-            attn: AttentionProjections::grouped(w, h, heads, heads, config.head_dim())?,
-            post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), h, eps)?,
-            mlp: GatedMlp::load(
-                &w.pp("mlp"),
-                h,
-                config.intermediate_size,
-                h,
-                config.hidden_act,
-            )?,
-        })
-    }
-
-    /// The self-attention half over packed tokens. `attend` gets q `(heads, tokens, d)` and
-    /// k, v after RoPE and returns the attention output `(tokens, heads·d)`.
-    fn forward(
-        &self,
-        hidden: &Tensor,
-        config: &Idefics1Config,
-        (cos, sin): (&Tensor, &Tensor),
-        attend: impl FnOnce(Tensor, Tensor, Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        let (heads, head_dim) = (config.num_attention_heads, config.head_dim());
-        let x = self.input_norm.forward(hidden)?;
-        let (q, k, v) = self.attn.qkv(&x)?;
-        let split = |t: &Tensor| split_heads(t, heads, head_dim);
-        // rope works on (batch, heads, tokens, dim) with one position per token.
-        let rope = |t: Tensor| candle_nn::rotary_emb::rope(&t.unsqueeze(0)?, cos, sin)?.squeeze(0);
-        let q = rope(split(&q)?)?;
-        let k = rope(split(&k)?)?;
-        let v = split(&v)?;
-        let hidden = (hidden + self.attn.o.forward(&attend(q, k, v)?)?)?;
-        let x = self.post_norm.forward(&hidden)?;
-        &hidden + self.mlp.forward(&x)?
-    }
+    block: DecoderBlock,
 }
 
 /// The image keys and values of a batch: per cross-attention block, per distinct image, on
@@ -154,7 +99,11 @@ impl TextModel {
         let layers = (0..n)
             .map(|i| {
                 let w = model.pp("layers").pp(i).on(placement.layer(i, n));
-                DecoderLayer::new(config, &w, config.cross_block(i))
+                Ok(DecoderLayer {
+                    device: w.device().clone(),
+                    cross: config.cross_block(i),
+                    block: DecoderBlock::load(&w, config.block_dims())?,
+                })
             })
             .collect::<std::result::Result<Vec<_>, LoadError>>()?;
         let cross = (0..config.cross_blocks())
@@ -299,7 +248,6 @@ impl TextModel {
         sequences: &[PrefillSequence<'_>],
         keys: &ImageKeys,
     ) -> Result<(Tensor, Vec<SequenceKv>)> {
-        let cfg = &self.config;
         let tokens: Vec<usize> = sequences.iter().map(|s| s.images.len()).collect();
         let positions: Vec<usize> = tokens.iter().flat_map(|&t| 0..t).collect();
         let (mut cos, mut sin) = self.rotary(&positions)?;
@@ -321,7 +269,7 @@ impl TextModel {
                 let runs = runs(sequences, &keys.blocks[b]);
                 hidden = self.cross[b].forward(&hidden, &runs)?;
             }
-            hidden = layer.forward(&hidden, cfg, (&cos, &sin), |q, k, v| {
+            hidden = layer.block.forward(&hidden, (&cos, &sin), |q, k, v| {
                 per_segment(&tokens, |i, offset, t| {
                     let ks = token_range(&k, offset, t)?;
                     let vs = token_range(&v, offset, t)?;
@@ -374,7 +322,7 @@ impl TextModel {
             if let Some(b) = layer.cross {
                 hidden = self.cross[b].forward_step(&hidden, &cross[b])?;
             }
-            hidden = layer.forward(&hidden, cfg, (&cos, &sin), |q, k, v| {
+            hidden = layer.block.forward(&hidden, (&cos, &sin), |q, k, v| {
                 let (keys, values) = cache.append(li, &k, &v, &slots)?;
                 batched_attention(&q, &keys, &values, self.scale(), &mask)
             })?;
@@ -422,12 +370,4 @@ fn runs<'a>(sequences: &[PrefillSequence<'_>], images: &'a [ImageKv]) -> Vec<Run
         }
     }
     runs
-}
-
-/// Moves the tensors a run of layers reads onto its device, at a stage boundary.
-fn follow<'a>(device: &Device, tensors: impl IntoIterator<Item = &'a mut Tensor>) -> Result<()> {
-    for t in tensors {
-        *t = t.to_device(device)?;
-    }
-    Ok(())
 }

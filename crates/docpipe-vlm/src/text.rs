@@ -28,60 +28,93 @@ use crate::placement::Placement;
 use crate::rope::inv_freq;
 use crate::weights::Weights;
 
-/// One decoder layer (`layers.N`).
-struct DecoderLayer {
-    /// Which device of the placement it runs on: its weights, inputs, keys and values live
-    /// there.
-    stage: usize,
-    device: Device,
+/// The sizes of a pre-norm decoder block.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockDims {
+    /// Model width.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key and value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+    /// MLP width.
+    pub intermediate: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// MLP nonlinearity.
+    pub act: crate::config::Activation,
+}
+
+impl From<&TextConfig> for BlockDims {
+    fn from(config: &TextConfig) -> Self {
+        BlockDims {
+            hidden: config.hidden_size,
+            heads: config.num_attention_heads,
+            kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+            intermediate: config.intermediate_size,
+            rms_norm_eps: config.rms_norm_eps,
+            act: config.hidden_act,
+        }
+    }
+}
+
+/// A Llama / Mistral decoder block (`layers.N`): RMSNorm, self-attention with rotary
+/// embeddings, RMSNorm, gated MLP, each around a residual. The Idefics2/3 decoder stacks them;
+/// Idefics1's puts its cross-attention blocks between them.
+pub struct DecoderBlock {
+    dims: BlockDims,
     input_norm: RmsNorm,
     attn: AttentionProjections,
     post_norm: RmsNorm,
     mlp: GatedMlp,
 }
 
-impl DecoderLayer {
-    fn new(config: &TextConfig, w: &Weights, stage: usize) -> std::result::Result<Self, LoadError> {
-        let h = config.hidden_size;
-        let eps = config.rms_norm_eps;
-        let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
-        Ok(DecoderLayer {
-            stage,
-            device: w.device().clone(),
+impl DecoderBlock {
+    /// The block of the layer view `w`.
+    pub fn load(w: &Weights, dims: BlockDims) -> std::result::Result<Self, LoadError> {
+        let (h, eps) = (dims.hidden, dims.rms_norm_eps);
+        Ok(DecoderBlock {
+            dims,
             input_norm: RmsNorm::load(&w.pp("input_layernorm"), h, eps)?,
-            attn: AttentionProjections::grouped(w, h, heads, kv_heads, config.head_dim)?,
+            attn: AttentionProjections::grouped(w, h, dims.heads, dims.kv_heads, dims.head_dim)?,
             post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), h, eps)?,
-            mlp: GatedMlp::load(
-                &w.pp("mlp"),
-                h,
-                config.intermediate_size,
-                h,
-                config.hidden_act,
-            )?,
+            mlp: GatedMlp::load(&w.pp("mlp"), h, dims.intermediate, h, dims.act)?,
         })
     }
 
-    /// The layer over packed tokens. `attend` gets q `(heads, tokens, d)` and k, v
+    /// The block over packed tokens. `attend` gets q `(heads, tokens, d)` and k, v
     /// `(kv_heads, tokens, d)` after RoPE and returns the attention output `(tokens, heads·d)`.
-    fn forward(
+    pub fn forward(
         &self,
         hidden: &Tensor,
-        cfg: &TextConfig,
         (cos, sin): (&Tensor, &Tensor),
         attend: impl FnOnce(Tensor, Tensor, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
+        let d = &self.dims;
         let x = self.input_norm.forward(hidden)?;
         let (q, k, v) = self.attn.qkv(&x)?;
-        let heads = |t: &Tensor, n| split_heads(t, n, cfg.head_dim);
+        let heads = |t: &Tensor, n| split_heads(t, n, d.head_dim);
         // rope works on (batch, heads, tokens, dim) with one position per token.
         let rope = |t: Tensor| candle_nn::rotary_emb::rope(&t.unsqueeze(0)?, cos, sin)?.squeeze(0);
-        let q = rope(heads(&q, cfg.num_attention_heads)?)?;
-        let k = rope(heads(&k, cfg.num_key_value_heads)?)?;
-        let v = heads(&v, cfg.num_key_value_heads)?;
+        let q = rope(heads(&q, d.heads)?)?;
+        let k = rope(heads(&k, d.kv_heads)?)?;
+        let v = heads(&v, d.kv_heads)?;
         let hidden = (hidden + self.attn.o.forward(&attend(q, k, v)?)?)?;
         let x = self.post_norm.forward(&hidden)?;
         &hidden + self.mlp.forward(&x)?
     }
+}
+
+/// One decoder layer and where it runs.
+struct DecoderLayer {
+    /// Which device of the placement it runs on: its weights, inputs, keys and values live
+    /// there.
+    stage: usize,
+    device: Device,
+    block: DecoderBlock,
 }
 
 /// One sequence's share of a packed prefill: its new tokens, after the already computed keys
@@ -129,7 +162,11 @@ impl TextModel {
         let layers = (0..n)
             .map(|i| {
                 let w = layers.pp(i).on(placement.layer(i, n));
-                DecoderLayer::new(config, &w, placement.stage_of(i, n))
+                Ok(DecoderLayer {
+                    stage: placement.stage_of(i, n),
+                    device: w.device().clone(),
+                    block: DecoderBlock::load(&w, config.into())?,
+                })
             })
             .collect::<std::result::Result<Vec<_>, LoadError>>()?;
         let (lm_head, out) = (lm_head.on(placement.last()), w.on(placement.last()));
@@ -224,7 +261,6 @@ impl TextModel {
         embeds: &Tensor,
         segments: &[Segment<'_>],
     ) -> Result<(Tensor, Vec<SequenceKv>)> {
-        let cfg = &self.config;
         let tokens: Vec<usize> = segments.iter().map(|s| s.tokens).collect();
         let positions: Vec<usize> = segments
             .iter()
@@ -245,7 +281,7 @@ impl TextModel {
                 let moved = follow(&layer.device, [&mut hidden, &mut cos, &mut sin]);
                 moved.and_then(|()| follow(&layer.device, masks.iter_mut().flatten()))?;
             }
-            hidden = layer.forward(&hidden, cfg, (&cos, &sin), |q, k, v| {
+            hidden = layer.block.forward(&hidden, (&cos, &sin), |q, k, v| {
                 per_segment(&tokens, |i, offset, t| {
                     let qs = token_range(&q, offset, t)?;
                     let mut ks = token_range(&k, offset, t)?;
@@ -286,7 +322,7 @@ impl TextModel {
                 let inputs = [&mut hidden, &mut cos, &mut sin, &mut slots, &mut mask];
                 follow(&layer.device, inputs)?;
             }
-            hidden = layer.forward(&hidden, cfg, (&cos, &sin), |q, k, v| {
+            hidden = layer.block.forward(&hidden, (&cos, &sin), |q, k, v| {
                 let (keys, values) = cache.append(li, &k, &v, &slots)?;
                 batched_attention(&q, &keys, &values, self.scale(), &mask)
             })?;
@@ -309,7 +345,10 @@ impl TextModel {
 }
 
 /// Moves the tensors a run of layers reads onto its device, at a stage boundary.
-fn follow<'a>(device: &Device, tensors: impl IntoIterator<Item = &'a mut Tensor>) -> Result<()> {
+pub fn follow<'a>(
+    device: &Device,
+    tensors: impl IntoIterator<Item = &'a mut Tensor>,
+) -> Result<()> {
     for t in tensors {
         *t = t.to_device(device)?;
     }
