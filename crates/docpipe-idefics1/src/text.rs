@@ -33,6 +33,9 @@ use crate::cross_attention::{GatedCrossAttention, ImageKv, Run, StackedKv};
 /// One decoder layer (`layers.N`, docpipe-vlm's block) and the cross-attention block before
 /// it, if any.
 struct DecoderLayer {
+    /// Which device of the placement it runs on; tensors move when the stage changes, so the
+    /// move code runs on groups of CPUs too.
+    stage: usize,
     device: Device,
     cross: Option<usize>,
     block: DecoderBlock,
@@ -100,6 +103,7 @@ impl TextModel {
             .map(|i| {
                 let w = model.pp("layers").pp(i).on(placement.layer(i, n));
                 Ok(DecoderLayer {
+                    stage: placement.stage_of(i, n),
                     device: w.device().clone(),
                     cross: config.cross_block(i),
                     block: DecoderBlock::load(&w, config.block_dims())?,
@@ -260,8 +264,8 @@ impl TextModel {
             .map(|_| SequenceKv { layers: Vec::new() })
             .collect();
         let mut hidden = embeds.clone();
-        for layer in &self.layers {
-            if !hidden.device().same_device(&layer.device) {
+        for (li, layer) in self.layers.iter().enumerate() {
+            if li > 0 && layer.stage != self.layers[li - 1].stage {
                 follow(&layer.device, [&mut hidden, &mut cos, &mut sin])?;
                 follow(&layer.device, masks.iter_mut().flatten())?;
             }
@@ -313,7 +317,7 @@ impl TextModel {
         let mut mask = cache.step_mask(None, self.device())?;
         let mut hidden = embeds.clone();
         for (li, layer) in self.layers.iter().enumerate() {
-            if !hidden.device().same_device(&layer.device) {
+            if li > 0 && layer.stage != self.layers[li - 1].stage {
                 follow(
                     &layer.device,
                     [&mut hidden, &mut cos, &mut sin, &mut slots, &mut mask],
