@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 use docpipe_render::{DocumentOptions, RenderPool, RenderPoolConfig, WorkerCommand};
 use docpipe_sink::{read_rows, OutputRow};
 use docpipe_store::{StoreOptions, Stores};
+use docpipe_vlm::fixture_check::{read_jsonl, read_npy};
+use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_docpipe");
 
@@ -186,4 +188,45 @@ pub fn assert_exactly_once(
         );
     }
     by_key
+}
+
+/// `docpipe generate` of the fixture checkpoint `model` over `reference/requests.jsonl`, in
+/// batches of 4 on `device`, compared with transformers' first-step logits
+/// (`reference/first_logits.npy`: same shape, within 1e-3 of the largest); returns the output
+/// lines for the caller's token checks.
+pub fn generate_against_reference(model: &str, reference: &Path, device: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, logits) = (dir.path().join("out.jsonl"), dir.path().join("logits.npy"));
+    let output = docpipe(
+        &[
+            "generate",
+            "--model",
+            &fixture_arg(model),
+            "--requests",
+            reference.join("requests.jsonl").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--device",
+            device,
+            "--logits-out",
+            logits.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let (got, want) = (
+        read_npy(&logits),
+        read_npy(&reference.join("first_logits.npy")),
+    );
+    assert_eq!(got.shape, want.shape, "{model}: logits shape");
+    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .data
+        .iter()
+        .zip(&want.data)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 1e-3 * scale, "{model}: logits differ by {worst}");
+    read_jsonl(&out)
 }

@@ -18,7 +18,7 @@ use docpipe_core::{
 };
 use docpipe_vlm::config::{check_model_type, ConfigFile, GenerationConfig};
 use docpipe_vlm::device::model_error;
-use docpipe_vlm::generation::BadWords;
+use docpipe_vlm::generation::{BadWords, SequenceOutput};
 use docpipe_vlm::image::ProcessedImage;
 use docpipe_vlm::kv_cache::BatchCache;
 use docpipe_vlm::placement::Placement;
@@ -49,24 +49,17 @@ pub struct Idefics1Request {
     pub max_new_tokens: usize,
 }
 
-/// What greedy decoding produced for one request.
-struct Decoded {
-    token_ids: Vec<u32>,
-    finish_reason: FinishReason,
-    first_logits: Option<Vec<f32>>,
-}
-
 /// The results of a batch, from each sequence's generated ids, finish and first logits.
 fn done(
     generated: Vec<Vec<u32>>,
     finish: Vec<Option<FinishReason>>,
     first_logits: Vec<Option<Vec<f32>>>,
-) -> Vec<Decoded> {
+) -> Vec<SequenceOutput> {
     generated
         .into_iter()
         .zip(finish)
         .zip(first_logits)
-        .map(|((token_ids, f), first_logits)| Decoded {
+        .map(|((token_ids, f), first_logits)| SequenceOutput {
             token_ids,
             finish_reason: f.unwrap_or(FinishReason::Length),
             first_logits,
@@ -210,30 +203,9 @@ impl Idefics1Model {
         batch
             .iter()
             .zip(decoded)
-            .map(
-                |(
-                    request,
-                    Decoded {
-                        token_ids,
-                        finish_reason,
-                        first_logits,
-                    },
-                )| {
-                    let text = self
-                        .prompt
-                        .decode(&token_ids)
-                        .map_err(|e| ModelError::Device(e.to_string()))?;
-                    Ok(DetailedGeneration {
-                        generation: Generation {
-                            text,
-                            token_ids,
-                            finish_reason,
-                            prompt_tokens: request.input_ids.len(),
-                        },
-                        first_logits,
-                    })
-                },
-            )
+            .map(|(request, out)| {
+                out.into_detailed(request.input_ids.len(), |ids| self.prompt.decode(ids))
+            })
             .collect()
     }
 
@@ -282,7 +254,7 @@ impl Idefics1Model {
         &self,
         batch: &[&Idefics1Request],
         keep_first_logits: bool,
-    ) -> candle_core::Result<Vec<Decoded>> {
+    ) -> candle_core::Result<Vec<SequenceOutput>> {
         let vocab = self.vocab_size();
         let mut tokens: Vec<Vec<u32>> = batch.iter().map(|r| r.input_ids.clone()).collect();
         let mut generated: Vec<Vec<u32>> = vec![Vec::new(); batch.len()];

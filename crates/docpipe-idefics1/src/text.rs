@@ -23,7 +23,7 @@ use docpipe_vlm::kv_cache::{BatchCache, SequenceKv};
 use docpipe_vlm::nn::{attention, batched_attention, per_segment, token_range, Linear, RmsNorm};
 use docpipe_vlm::placement::Placement;
 use docpipe_vlm::rope::inv_freq;
-use docpipe_vlm::text::{follow, DecoderBlock};
+use docpipe_vlm::text::{causal_mask, follow, last_rows, rotary_tables, DecoderBlock};
 use docpipe_vlm::weights::Weights;
 use docpipe_vlm::LoadError;
 
@@ -212,37 +212,6 @@ impl TextModel {
             .collect()
     }
 
-    /// cos and sin `(tokens, head_dim/2)` for the given positions, in f32 then the model dtype,
-    /// on the first device.
-    fn rotary(&self, positions: &[usize]) -> Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            for &f in &self.inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        let shape = (positions.len(), half);
-        Ok((
-            Tensor::from_vec(cos, shape, self.device())?.to_dtype(self.dtype())?,
-            Tensor::from_vec(sin, shape, self.device())?.to_dtype(self.dtype())?,
-        ))
-    }
-
-    /// The causal additive mask of `t` tokens; none for one token.
-    fn causal_mask(&self, t: usize) -> Result<Option<Tensor>> {
-        if t == 1 {
-            return Ok(None);
-        }
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-            .collect();
-        Tensor::from_vec(mask, (t, t), self.device()).map(Some)
-    }
-
     /// Runs the decoder over packed prompts `(Σ tokens, hidden)`, each from position 0.
     /// Returns the logits of each sequence's last token, `(sequences, vocab)` in f32, and each
     /// sequence's keys and values.
@@ -254,10 +223,11 @@ impl TextModel {
     ) -> Result<(Tensor, Vec<SequenceKv>)> {
         let tokens: Vec<usize> = sequences.iter().map(|s| s.images.len()).collect();
         let positions: Vec<usize> = tokens.iter().flat_map(|&t| 0..t).collect();
-        let (mut cos, mut sin) = self.rotary(&positions)?;
+        let (mut cos, mut sin) =
+            rotary_tables(&self.inv_freq, &positions, self.device(), self.dtype())?;
         let mut masks = tokens
             .iter()
-            .map(|&t| self.causal_mask(t))
+            .map(|&t| causal_mask(t, 0, None, self.device()))
             .collect::<Result<Vec<_>>>()?;
         let mut kvs: Vec<SequenceKv> = sequences
             .iter()
@@ -289,15 +259,7 @@ impl TextModel {
                 })
             })?;
         }
-        let last: Vec<u32> = tokens
-            .iter()
-            .scan(0, |end, t| {
-                *end += t;
-                Some((*end - 1) as u32)
-            })
-            .collect();
-        let last = Tensor::from_vec(last, sequences.len(), hidden.device())?;
-        Ok((self.logits(&hidden.index_select(&last, 0)?)?, kvs))
+        Ok((self.logits(&last_rows(&hidden, &tokens)?)?, kvs))
     }
 
     /// One decoding step: the embeddings `(rows, hidden)` of one new token per cache row, whose
@@ -311,7 +273,8 @@ impl TextModel {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         cache.reserve_step()?;
-        let (mut cos, mut sin) = self.rotary(cache.lens())?;
+        let (mut cos, mut sin) =
+            rotary_tables(&self.inv_freq, cache.lens(), self.device(), self.dtype())?;
         let heads = cfg.num_attention_heads;
         let mut slots = cache.step_slots(heads, cfg.head_dim(), self.device())?;
         let mut mask = cache.step_mask(None, self.device())?;

@@ -12,10 +12,12 @@
 //! not depend on its batch.
 
 use candle_core::{Result, Tensor};
-use docpipe_core::FinishReason;
+use docpipe_core::{FinishReason, Generation, ModelError};
 
 use crate::config::GenerationConfig;
+use crate::error::PromptError;
 use crate::kv_cache::BatchCache;
+use crate::request::DetailedGeneration;
 use crate::text::{Segment, TextModel};
 
 /// One sequence to generate for.
@@ -40,6 +42,27 @@ pub struct SequenceOutput {
     pub finish_reason: FinishReason,
     /// The raw logits (before bad-words masking) that chose the first token, when asked for.
     pub first_logits: Option<Vec<f32>>,
+}
+
+impl SequenceOutput {
+    /// The request's result: the ids decoded to text with `decode`, and the prompt length. A
+    /// tokenizer that cannot decode ids the model produced is a broken model, hence `Device`.
+    pub fn into_detailed(
+        self,
+        prompt_tokens: usize,
+        decode: impl FnOnce(&[u32]) -> std::result::Result<String, PromptError>,
+    ) -> std::result::Result<DetailedGeneration, ModelError> {
+        let text = decode(&self.token_ids).map_err(|e| ModelError::Device(e.to_string()))?;
+        Ok(DetailedGeneration {
+            generation: Generation {
+                text,
+                token_ids: self.token_ids,
+                finish_reason: self.finish_reason,
+                prompt_tokens,
+            },
+            first_logits: self.first_logits,
+        })
+    }
 }
 
 /// Bans from `bad_words_ids`: single ids always, the last id of a longer sequence only when

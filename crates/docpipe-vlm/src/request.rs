@@ -11,7 +11,7 @@ use image::RgbImage;
 use crate::config::GenerationConfig;
 use crate::device::model_error;
 use crate::error::PromptError;
-use crate::generation::{generate, SequenceInput, SequenceOutput};
+use crate::generation::{generate, SequenceInput};
 use crate::image::ProcessedImage;
 use crate::text::TextModel;
 use crate::vision::patch_grid;
@@ -196,27 +196,7 @@ impl Generator<'_> {
         batch
             .iter()
             .zip(outputs)
-            .map(
-                |(
-                    request,
-                    SequenceOutput {
-                        token_ids,
-                        finish_reason,
-                        first_logits,
-                    },
-                )| {
-                    let text = decode(&token_ids).map_err(|e| ModelError::Device(e.to_string()))?;
-                    Ok(DetailedGeneration {
-                        generation: Generation {
-                            text,
-                            token_ids,
-                            finish_reason,
-                            prompt_tokens: request.input_ids.len(),
-                        },
-                        first_logits,
-                    })
-                },
-            )
+            .map(|(request, out)| out.into_detailed(request.input_ids.len(), &decode))
             .collect()
     }
 }

@@ -209,50 +209,6 @@ impl TextModel {
         self.embed_tokens.index_select(&ids, 0)
     }
 
-    /// cos and sin `(tokens, head_dim/2)` for the given positions, in f32 then the model dtype.
-    fn rotary(&self, positions: &[usize]) -> Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            for &f in &self.inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        let shape = (positions.len(), half);
-        let dev = self.device();
-        Ok((
-            Tensor::from_vec(cos, shape, dev)?.to_dtype(self.dtype())?,
-            Tensor::from_vec(sin, shape, dev)?.to_dtype(self.dtype())?,
-        ))
-    }
-
-    /// Causal (and sliding-window) additive mask for `t` new queries after `past` cached keys.
-    fn causal_mask(&self, t: usize, past: usize) -> Result<Option<Tensor>> {
-        let total = past + t;
-        let window = self.config.sliding_window.unwrap_or(usize::MAX);
-        let visible = |i: usize, j: usize| {
-            let q = past + i;
-            j <= q && q - j < window
-        };
-        if t == 1 && total <= window {
-            return Ok(None);
-        }
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| (0..total).map(move |j| (i, j)))
-            .map(|(i, j)| {
-                if visible(i, j) {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-            .collect();
-        Tensor::from_vec(mask, (t, total), self.device()).map(Some)
-    }
-
     /// Runs the decoder over packed new tokens `(Σ tokens, hidden)`. Returns the logits of each
     /// segment's last token, `(segments, vocab)` in f32, and each segment's keys and values,
     /// its past included.
@@ -266,10 +222,17 @@ impl TextModel {
             .iter()
             .flat_map(|s| s.past_len()..s.past_len() + s.tokens)
             .collect();
-        let (cos, sin) = self.rotary(&positions)?;
+        let (cos, sin) = rotary_tables(&self.inv_freq, &positions, self.device(), self.dtype())?;
         let mut masks = segments
             .iter()
-            .map(|s| self.causal_mask(s.tokens, s.past_len()))
+            .map(|s| {
+                causal_mask(
+                    s.tokens,
+                    s.past_len(),
+                    self.config.sliding_window,
+                    self.device(),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut kvs: Vec<SequenceKv> = segments
             .iter()
@@ -297,15 +260,7 @@ impl TextModel {
                 })
             })?;
         }
-        let last: Vec<u32> = tokens
-            .iter()
-            .scan(0, |end, t| {
-                *end += t;
-                Some((*end - 1) as u32)
-            })
-            .collect();
-        let last = Tensor::from_vec(last, segments.len(), hidden.device())?;
-        Ok((self.logits(&hidden.index_select(&last, 0)?)?, kvs))
+        Ok((self.logits(&last_rows(&hidden, &tokens)?)?, kvs))
     }
 
     /// One decoding step: the embeddings `(rows, hidden)` of one new token per cache row.
@@ -313,7 +268,7 @@ impl TextModel {
     pub fn decode(&self, embeds: &Tensor, cache: &mut BatchCache) -> Result<Tensor> {
         let cfg = &self.config;
         cache.reserve_step()?;
-        let (cos, sin) = self.rotary(cache.lens())?;
+        let (cos, sin) = rotary_tables(&self.inv_freq, cache.lens(), self.device(), self.dtype())?;
         let mut slots = cache.step_slots(cfg.num_key_value_heads, cfg.head_dim, self.device())?;
         let mut mask = cache.step_mask(cfg.sliding_window, self.device())?;
         let (mut cos, mut sin, mut hidden) = (cos, sin, embeds.clone());
@@ -342,6 +297,70 @@ impl TextModel {
             .forward(&self.norm.forward(&hidden)?)?
             .to_dtype(DType::F32)
     }
+}
+
+/// cos and sin `(tokens, head_dim/2)` of `inv_freq` at the given positions, in f32 then
+/// `dtype`.
+pub fn rotary_tables(
+    inv_freq: &[f32],
+    positions: &[usize],
+    device: &Device,
+    dtype: DType,
+) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &p in positions {
+        for &f in inv_freq {
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let shape = (positions.len(), half);
+    Ok((
+        Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?,
+    ))
+}
+
+/// The causal (and, with `window`, sliding-window) additive mask `(t, past + t)` of `t` new
+/// queries after `past` cached keys; none for one query that sees every key.
+pub fn causal_mask(
+    t: usize,
+    past: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let total = past + t;
+    let window = window.unwrap_or(usize::MAX);
+    if t == 1 && total <= window {
+        return Ok(None);
+    }
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| (past + i, j)))
+        .map(|(q, j)| {
+            if j <= q && q - j < window {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    Tensor::from_vec(mask, (t, total), device).map(Some)
+}
+
+/// The last row of each of the segments of `tokens` rows packed in `hidden`.
+pub fn last_rows(hidden: &Tensor, tokens: &[usize]) -> Result<Tensor> {
+    let last: Vec<u32> = tokens
+        .iter()
+        .scan(0, |end, t| {
+            *end += t;
+            Some((*end - 1) as u32)
+        })
+        .collect();
+    let last = Tensor::from_vec(last, tokens.len(), hidden.device())?;
+    hidden.index_select(&last, 0)
 }
 
 /// Moves the tensors a run of layers reads onto its device, at a stage boundary.
