@@ -4,6 +4,7 @@
 //! line, sets up logging and hands each command's result to [`exit::code`], the one place that
 //! turns results into the documented exit codes.
 
+mod allocator;
 mod commands;
 mod exit;
 
@@ -45,6 +46,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::configure();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DOCPIPE_LOG")

@@ -3,10 +3,13 @@
 //! (channel-group attention), each with a depthwise-convolution residual and a GELU MLP.
 //!
 //! One image at a time: a page's features never depend on the other pages of its batch.
-//! Feature maps are `(channels, height, width)` for the convolutions and `(tokens, channels)`
-//! rows for everything else, the form `docpipe_vlm::nn`'s layers take.
+//! Inside a stage the features stay `(tokens, channels)` rows in raster order, the form
+//! `docpipe_vlm::nn`'s layers take, and the depthwise convolutions and window partitions work
+//! on that layout directly: a block moves its features between layouts once per attention
+//! (the head split) instead of four times. Only the strided patch embeddings between stages
+//! see a `(channels, height, width)` map.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout as TensorLayout, Module, Result, Shape, Tensor, D};
 use docpipe_vlm::config::Activation;
 use docpipe_vlm::nn::{LayerNorm, Linear};
 use docpipe_vlm::weights::Weights;
@@ -29,6 +32,29 @@ fn to_rows(x: &Tensor) -> Result<Tensor> {
 fn to_map(rows: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let c = rows.dim(1)?;
     rows.t()?.contiguous()?.reshape((c, h, w))
+}
+
+/// A feature map as `(height · width, channels)` rows in raster order.
+#[derive(Debug, Clone)]
+pub struct FeatureRows {
+    /// `(height · width, channels)`.
+    pub rows: Tensor,
+    /// Rows of the map.
+    pub height: usize,
+    /// Columns of the map.
+    pub width: usize,
+}
+
+impl FeatureRows {
+    /// The rows of a `(C, H, W)` map.
+    fn from_map(map: &Tensor) -> Result<Self> {
+        let (_, height, width) = map.dims3()?;
+        Ok(FeatureRows {
+            rows: to_rows(map)?,
+            height,
+            width,
+        })
+    }
 }
 
 /// A stage's patch embedding: a strided convolution with a LayerNorm over channels before it
@@ -73,41 +99,45 @@ impl PatchEmbed {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let norm_channels = |x: &Tensor| -> Result<Tensor> {
-            let (_, h, w) = x.dims3()?;
-            to_map(&self.norm.forward(&to_rows(x)?)?, h, w)
-        };
-        let x = if self.pre_norm {
-            norm_channels(x)?
+    /// The stage's input (pixels, or the previous stage's features) to its feature rows.
+    fn forward(&self, x: &FeatureRows) -> Result<FeatureRows> {
+        let rows = if self.pre_norm {
+            self.norm.forward(&x.rows)?
         } else {
-            x.clone()
+            x.rows.clone()
         };
-        let y = x
+        let y = to_map(&rows, x.height, x.width)?
             .unsqueeze(0)?
             .conv2d(&self.weight, self.padding, self.stride, 1, 1)?
             .squeeze(0)?
             .broadcast_add(&self.bias.reshape(((), 1, 1))?)?;
+        let y = FeatureRows::from_map(&y)?;
         if self.pre_norm {
             Ok(y)
         } else {
-            norm_channels(&y)
+            Ok(FeatureRows {
+                rows: self.norm.forward(&y.rows)?,
+                ..y
+            })
         }
     }
 }
 
-/// A 3 × 3 depthwise convolution with zero padding 1.
+/// A 3 × 3 depthwise convolution with zero padding 1, added to its input: both of a block's
+/// convolutions are residual, `x + conv(x)`. It works on feature rows.
 ///
-/// On the CPU a direct loop over each channel's rows, channels in parallel: candle runs a
-/// grouped convolution as one small convolution per channel, and nine shifted multiply-adds
-/// of strided views go through its slow strided path; the depthwise convolutions were most of
-/// the tower's time either way. Elsewhere, the nine shifted multiply-adds.
+/// On the CPU a direct loop: an output row of the map is the bias plus nine shifted input rows,
+/// each scaled per channel, vectorized along the contiguous channels and parallel over rows.
+/// candle runs a grouped convolution as one small convolution per channel, and nine shifted
+/// multiply-adds of strided views go through its slow strided path; the depthwise
+/// convolutions were most of the tower's time either way. Elsewhere, those nine shifted
+/// multiply-adds.
 #[derive(Debug, Clone)]
 struct DepthwiseConv {
-    /// `(C, 9)`: the taps of each channel, row-major.
+    /// `(9, C)`: tap `dy · 3 + dx` of every channel.
     taps: Tensor,
     bias: Tensor,
-    /// The same taps and bias in f32 on the host, for the CPU loop.
+    /// The same taps (`(9, C)`, row-major) and bias in f32 on the host, for the CPU loop.
     host_taps: Vec<f32>,
     host_bias: Vec<f32>,
 }
@@ -116,72 +146,112 @@ impl DepthwiseConv {
     fn load(w: &Weights, dim: usize) -> std::result::Result<Self, LoadError> {
         let weight = w.get("weight", (dim, 1, 3, 3))?;
         let bias = w.get("bias", dim)?;
+        Self::new(&weight, bias).map_err(LoadError::Device)
+    }
+
+    /// From PyTorch's `(C, 1, 3, 3)` weight.
+    fn new(weight: &Tensor, bias: Tensor) -> Result<Self> {
+        let taps = weight.reshape((bias.dim(0)?, 9))?.t()?.contiguous()?;
         let host = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
         Ok(DepthwiseConv {
-            host_taps: host(&weight).map_err(LoadError::Device)?,
-            host_bias: host(&bias).map_err(LoadError::Device)?,
-            taps: weight.reshape((dim, 9)).map_err(LoadError::Device)?,
+            host_taps: host(&taps)?,
+            host_bias: host(&bias)?,
+            taps,
             bias,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() {
-            self.forward_cpu(x)
+    /// `rows + conv(rows)` for the `(h · w, C)` rows of an `h × w` map.
+    fn forward(&self, rows: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        if rows.device().is_cpu() {
+            let op = ResidualDepthwiseCpu {
+                conv: self,
+                height: h,
+                width: w,
+            };
+            rows.to_dtype(DType::F32)?
+                .contiguous()?
+                .apply_op1_no_bwd(&op)?
+                .to_dtype(rows.dtype())
         } else {
-            self.forward_shifted(x)
+            self.forward_shifted(rows, h, w)
         }
     }
 
-    fn forward_cpu(&self, x: &Tensor) -> Result<Tensor> {
-        let (c, h, w) = x.dims3()?;
-        let input = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; c * h * w];
-        out.par_chunks_mut(h * w)
-            .zip(input.par_chunks(h * w))
-            .enumerate()
-            .for_each(|(ch, (out, input))| {
-                let taps = &self.host_taps[ch * 9..ch * 9 + 9];
-                out.fill(self.host_bias[ch]);
-                for y in 0..h {
-                    let row = &mut out[y * w..(y + 1) * w];
-                    for dy in 0..3 {
-                        let Some(src) = (y + dy).checked_sub(1).filter(|&r| r < h) else {
-                            continue;
-                        };
-                        let src = &input[src * w..(src + 1) * w];
-                        let [left, mid, right] = [taps[dy * 3], taps[dy * 3 + 1], taps[dy * 3 + 2]];
-                        for (o, i) in row[1..].iter_mut().zip(&src[..w - 1]) {
-                            *o += left * i;
-                        }
-                        for (o, i) in row.iter_mut().zip(src) {
-                            *o += mid * i;
-                        }
-                        for (o, i) in row[..w - 1].iter_mut().zip(&src[1..]) {
-                            *o += right * i;
-                        }
-                    }
-                }
-            });
-        Tensor::from_vec(out, (c, h, w), x.device())?.to_dtype(x.dtype())
-    }
-
-    fn forward_shifted(&self, x: &Tensor) -> Result<Tensor> {
-        let (c, h, w) = x.dims3()?;
-        let padded = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
+    fn forward_shifted(&self, rows: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let c = rows.dim(1)?;
+        let map = rows.reshape((h, w, c))?;
+        let padded = map.pad_with_zeros(0, 1, 1)?.pad_with_zeros(1, 1, 1)?;
         let mut out = self
             .bias
-            .reshape((c, 1, 1))?
-            .broadcast_as((c, h, w))?
+            .reshape((1, 1, c))?
+            .broadcast_as((h, w, c))?
             .contiguous()?;
         for dy in 0..3 {
             for dx in 0..3 {
-                let tap = self.taps.narrow(1, dy * 3 + dx, 1)?.reshape((c, 1, 1))?;
-                let shifted = padded.narrow(1, dy, h)?.narrow(2, dx, w)?;
+                let tap = self.taps.get(dy * 3 + dx)?.reshape((1, 1, c))?;
+                let shifted = padded.narrow(0, dy, h)?.narrow(1, dx, w)?;
                 out = (out + shifted.broadcast_mul(&tap)?)?;
             }
         }
-        Ok(out)
+        (out + map)?.reshape((h * w, c))
+    }
+}
+
+/// The CPU loop of [`DepthwiseConv::forward`], as a candle op so that it reads the input in
+/// place and its output becomes the tensor without another copy. Input: contiguous f32 rows.
+struct ResidualDepthwiseCpu<'a> {
+    conv: &'a DepthwiseConv,
+    height: usize,
+    width: usize,
+}
+
+impl CustomOp1 for ResidualDepthwiseCpu<'_> {
+    fn name(&self) -> &'static str {
+        "florence2-residual-depthwise-conv"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &TensorLayout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("{}: contiguous f32 input expected", self.name());
+        };
+        let input = &data[start..end];
+        let (h, w) = (self.height, self.width);
+        let c = self.conv.host_bias.len();
+        if input.len() != h * w * c {
+            candle_core::bail!("{}: {} values for {h} × {w} × {c}", self.name(), input.len());
+        }
+        let (taps, bias) = (&self.conv.host_taps, &self.conv.host_bias);
+        let line = w * c;
+        let mut out = vec![0f32; input.len()];
+        out.par_chunks_mut(line).enumerate().for_each(|(y, row)| {
+            row.chunks_exact_mut(c).for_each(|pixel| pixel.copy_from_slice(bias));
+            for dy in 0..3 {
+                let Some(src) = (y + dy).checked_sub(1).filter(|&r| r < h) else {
+                    continue;
+                };
+                let src = &input[src * line..(src + 1) * line];
+                for dx in 0..3 {
+                    let tap = &taps[(dy * 3 + dx) * c..(dy * 3 + dx + 1) * c];
+                    // Output column x reads input column x + dx - 1.
+                    let (to, from) = match dx {
+                        0 => (&mut row[c..], &src[..line - c]),
+                        1 => (&mut row[..], &src[..]),
+                        _ => (&mut row[..line - c], &src[c..]),
+                    };
+                    for (o, i) in to.chunks_exact_mut(c).zip(from.chunks_exact(c)) {
+                        for ((o, i), t) in o.iter_mut().zip(i).zip(tap) {
+                            *o += t * i;
+                        }
+                    }
+                }
+            }
+            for (o, i) in row.iter_mut().zip(&input[y * line..(y + 1) * line]) {
+                *o += i;
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
@@ -217,6 +287,10 @@ impl Mlp {
 /// channels. The map is padded with zero rows to whole windows first; the padding tokens take
 /// part in the attention as transformers computes it (they are not masked) and are cut off
 /// after.
+///
+/// The projections are row-wise, so they run on the rows in raster order; one copy then takes
+/// them to windows and heads at once, and one takes the heads' outputs back to raster order
+/// (transformers partitions the map into windows before and merges it after, two more copies).
 #[derive(Debug, Clone)]
 struct WindowAttention {
     qkv: Linear,
@@ -230,38 +304,43 @@ impl WindowAttention {
         let ws = self.window;
         let c = rows.dim(1)?;
         let (pad_h, pad_w) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
-        let x = rows
-            .reshape((h, w, c))?
-            .pad_with_zeros(0, 0, pad_h)?
-            .pad_with_zeros(1, 0, pad_w)?;
-        let (nh, nw) = ((h + pad_h) / ws, (w + pad_w) / ws);
+        let (ph, pw) = (h + pad_h, w + pad_w);
+        let padded = pad_h + pad_w > 0;
+        let x = if padded {
+            rows.reshape((h, w, c))?
+                .pad_with_zeros(0, 0, pad_h)?
+                .pad_with_zeros(1, 0, pad_w)?
+                .reshape((ph * pw, c))?
+        } else {
+            rows.clone()
+        };
+        let (nh, nw) = (ph / ws, pw / ws);
         let (windows, tokens, hd) = (nh * nw, ws * ws, c / self.heads);
-        let x = x
-            .reshape((nh, ws, nw, ws, c))?
-            .permute((0, 2, 1, 3, 4))?
-            .reshape((windows * tokens, c))?;
+        // (window row, row in window, window column, column in window, q|k|v, head, channel)
+        // to (q|k|v, window row, window column, head, row in window, column in window, channel).
         let qkv = self
             .qkv
             .forward(&x)?
-            .reshape((windows, tokens, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?
+            .reshape(vec![nh, ws, nw, ws, 3, self.heads, hd])?
+            .permute(vec![4, 0, 2, 5, 1, 3, 6])?
             .contiguous()?;
         let part = |i: usize| qkv.get(i)?.reshape((windows * self.heads, tokens, hd));
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
         let out = candle_nn::ops::softmax_last_dim(&scores)?
             .matmul(&v)?
-            .reshape((windows, self.heads, tokens, hd))?
-            .permute((0, 2, 1, 3))?
-            .reshape((windows * tokens, c))?;
-        self.proj
-            .forward(&out)?
-            .reshape((nh, nw, ws, ws, c))?
-            .permute((0, 2, 1, 3, 4))?
-            .reshape((nh * ws, nw * ws, c))?
-            .narrow(0, 0, h)?
-            .narrow(1, 0, w)?
-            .reshape((h * w, c))
+            .reshape((nh, nw, self.heads, ws, ws, hd))?
+            .permute((0, 3, 1, 4, 2, 5))?
+            .reshape((ph * pw, c))?;
+        let out = self.proj.forward(&out)?;
+        if padded {
+            out.reshape((ph, pw, c))?
+                .narrow(0, 0, h)?
+                .narrow(1, 0, w)?
+                .reshape((h * w, c))
+        } else {
+            Ok(out)
+        }
     }
 }
 
@@ -353,20 +432,17 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, h, w) = x.dims3()?;
-        let x = (self.conv1.forward(x)? + x)?;
-        let rows = to_rows(&x)?;
-        let normed = self.norm1.forward(&rows)?;
+    /// The block's output rows.
+    fn forward(&self, x: &FeatureRows) -> Result<Tensor> {
+        let (h, w) = (x.height, x.width);
+        let x = self.conv1.forward(&x.rows, h, w)?;
+        let normed = self.norm1.forward(&x)?;
         let mixed = match &self.mixer {
             Mixer::Window(a) => a.forward(&normed, h, w)?,
             Mixer::Channel(a) => a.forward(&normed)?,
         };
-        let x = to_map(&(rows + mixed)?, h, w)?;
-        let x = (self.conv2.forward(&x)? + x)?;
-        let rows = to_rows(&x)?;
-        let rows = (&rows + self.mlp.forward(&self.norm2.forward(&rows)?)?)?;
-        to_map(&rows, h, w)
+        let x = self.conv2.forward(&(x + mixed)?, h, w)?;
+        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
     }
 }
 
@@ -405,13 +481,13 @@ impl DaVit {
         Ok(DaVit { stages })
     }
 
-    /// The last stage's feature map `(C, H / stride, W / stride)` of one `(3, H, W)` image.
-    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let mut x = pixels.clone();
+    /// The last stage's features of one `(3, H, W)` image: `(H / stride) · (W / stride)` rows.
+    pub fn forward(&self, pixels: &Tensor) -> Result<FeatureRows> {
+        let mut x = FeatureRows::from_map(pixels)?;
         for (embed, blocks) in &self.stages {
             x = embed.forward(&x)?;
             for block in blocks {
-                x = block.forward(&x)?;
+                x.rows = block.forward(&x)?;
             }
         }
         Ok(x)
@@ -425,43 +501,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cpu_loop_and_the_shifted_sums_are_the_same_convolution() {
+    fn the_cpu_loop_and_the_shifted_sums_are_the_same_residual_convolution() {
         let dev = Device::Cpu;
         let (c, h, w) = (5, 7, 6);
-        let taps = Tensor::randn(0f32, 1.0, (c, 9), &dev).unwrap();
+        let weight = Tensor::randn(0f32, 1.0, (c, 1, 3, 3), &dev).unwrap();
         let bias = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
-        let conv = DepthwiseConv {
-            host_taps: taps.flatten_all().unwrap().to_vec1().unwrap(),
-            host_bias: bias.to_vec1().unwrap(),
-            taps: taps.clone(),
-            bias,
-        };
-        let x = Tensor::randn(0f32, 1.0, (c, h, w), &dev).unwrap();
-        let a = conv.forward_cpu(&x).unwrap().flatten_all().unwrap();
-        let b = conv.forward_shifted(&x).unwrap().flatten_all().unwrap();
-        let diff = (a - b).unwrap().abs().unwrap().max(0).unwrap();
+        let conv = DepthwiseConv::new(&weight, bias.clone()).unwrap();
+        let rows = Tensor::randn(0f32, 1.0, (h * w, c), &dev).unwrap();
+        let cpu = conv.forward(&rows, h, w).unwrap();
+        let shifted = conv.forward_shifted(&rows, h, w).unwrap();
+        let diff = (&cpu - shifted).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
-        // The definition, for one interior and one corner pixel.
-        let (x, t) = (x.to_vec3::<f32>().unwrap(), taps.to_vec2::<f32>().unwrap());
+        // The definition, for an interior pixel, a corner and an edge.
+        let (x, t) = (
+            rows.to_vec2::<f32>().unwrap(),
+            weight.reshape((c, 9)).unwrap().to_vec2::<f32>().unwrap(),
+        );
+        let b = bias.to_vec1::<f32>().unwrap();
         let at = |ch: usize, y: usize, xx: usize| {
-            let mut sum = conv.host_bias[ch];
+            let mut sum = b[ch];
             for dy in 0..3 {
                 for dx in 0..3 {
                     let (yy, xs) = (y as isize + dy as isize - 1, xx as isize + dx as isize - 1);
                     if (0..h as isize).contains(&yy) && (0..w as isize).contains(&xs) {
-                        sum += t[ch][dy * 3 + dx] * x[ch][yy as usize][xs as usize];
+                        sum += t[ch][dy * 3 + dx] * x[yy as usize * w + xs as usize][ch];
                     }
                 }
             }
-            sum
+            sum + x[y * w + xx][ch]
         };
-        let out = conv
-            .forward_cpu(&Tensor::new(x.clone(), &dev).unwrap())
-            .unwrap()
-            .to_vec3::<f32>()
-            .unwrap();
-        for (ch, y, xx) in [(2, 3, 3), (4, 0, 5)] {
-            assert!((out[ch][y][xx] - at(ch, y, xx)).abs() < 1e-5);
+        let out = cpu.to_vec2::<f32>().unwrap();
+        for (ch, y, xx) in [(2, 3, 3), (4, 0, 5), (0, 6, 2)] {
+            assert!((out[y * w + xx][ch] - at(ch, y, xx)).abs() < 1e-5);
         }
     }
 }

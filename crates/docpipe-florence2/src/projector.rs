@@ -9,6 +9,7 @@ use docpipe_vlm::weights::Weights;
 use docpipe_vlm::LoadError;
 
 use crate::config::VisionConfig;
+use crate::davit::FeatureRows;
 use crate::layout::Layout;
 
 /// The image tokens one image becomes.
@@ -57,9 +58,10 @@ impl Projector {
         self.max_positions
     }
 
-    /// `(1 + H·W, projection_dim)` tokens of a `(C, H, W)` feature map.
-    pub fn forward(&self, map: &Tensor) -> Result<Tensor> {
-        let (c, h, w) = map.dims3()?;
+    /// `(1 + H·W, projection_dim)` tokens of the tower's features.
+    pub fn forward(&self, features: &FeatureRows) -> Result<Tensor> {
+        let (h, w) = (features.height, features.width);
+        let c = features.rows.dim(1)?;
         let cols = self
             .columns
             .narrow(0, 0, w)?
@@ -71,9 +73,8 @@ impl Projector {
             .unsqueeze(1)?
             .broadcast_as((h, w, c / 2))?;
         let positions = Tensor::cat(&[cols, rows], 2)?.reshape((h * w, c))?;
-        let tokens = map
-            .reshape((c, h * w))?
-            .t()?
+        let tokens = features
+            .rows
             .add(&positions)?
             .broadcast_add(&self.temporal)?;
         let mean = tokens
