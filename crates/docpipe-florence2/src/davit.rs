@@ -9,13 +9,14 @@
 //! (the head split) instead of four times. Only the strided patch embeddings between stages
 //! see a `(channels, height, width)` map.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout as TensorLayout, Module, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout as TensorLayout, Module, Result, Shape, Tensor};
 use docpipe_vlm::config::Activation;
 use docpipe_vlm::nn::{LayerNorm, Linear};
 use docpipe_vlm::weights::Weights;
 use docpipe_vlm::LoadError;
 use rayon::prelude::*;
 
+use crate::attention::attention;
 use crate::config::VisionConfig;
 use crate::layout::{BlockKind, BlockNames, Layout};
 
@@ -326,9 +327,7 @@ impl WindowAttention {
             .contiguous()?;
         let part = |i: usize| qkv.get(i)?.reshape((windows * self.heads, tokens, hd));
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let out = candle_nn::ops::softmax_last_dim(&scores)?
-            .matmul(&v)?
+        let out = attention(&q, &k, &v, (hd as f64).powf(-0.5))?
             .reshape((nh, nw, self.heads, ws, ws, hd))?
             .permute((0, 3, 1, 4, 2, 5))?
             .reshape((ph * pw, c))?;
@@ -364,9 +363,7 @@ impl ChannelAttention {
             .permute((1, 2, 3, 0))?
             .contiguous()?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let scores = (q.matmul(&k.t()?)? * (n as f64).powf(-0.5))?;
-        let out = candle_nn::ops::softmax(&scores, D::Minus1)?
-            .matmul(&v)?
+        let out = attention(&q, &k, &v, (n as f64).powf(-0.5))?
             .permute((2, 0, 1))?
             .reshape((n, c))?;
         self.proj.forward(&out)

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+mod attention;
 pub mod bart;
 pub mod beam;
 pub mod config;
