@@ -180,8 +180,17 @@ mod tests {
             let fast = attention(&q, &k, &v, scale).unwrap();
             let reference = tensor_path(&q, &k, &v, scale).unwrap();
             assert_eq!(fast.dims(), &[b, tq, dv]);
-            let diff = (fast - reference).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{b} {tq} {tk} {d} {dv}");
+            let diff = (fast - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert_eq!(
+                diff.to_scalar::<f32>().unwrap(),
+                0.0,
+                "{b} {tq} {tk} {d} {dv}"
+            );
         }
     }
 }

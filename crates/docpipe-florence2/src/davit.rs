@@ -9,7 +9,9 @@
 //! (the head split) instead of four times. Only the strided patch embeddings between stages
 //! see a `(channels, height, width)` map.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout as TensorLayout, Module, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Layout as TensorLayout, Module, Result, Shape, Tensor,
+};
 use docpipe_vlm::config::Activation;
 use docpipe_vlm::nn::{LayerNorm, Linear};
 use docpipe_vlm::weights::Weights;
@@ -221,13 +223,18 @@ impl CustomOp1 for ResidualDepthwiseCpu<'_> {
         let (h, w) = (self.height, self.width);
         let c = self.conv.host_bias.len();
         if input.len() != h * w * c {
-            candle_core::bail!("{}: {} values for {h} × {w} × {c}", self.name(), input.len());
+            candle_core::bail!(
+                "{}: {} values for {h} × {w} × {c}",
+                self.name(),
+                input.len()
+            );
         }
         let (taps, bias) = (&self.conv.host_taps, &self.conv.host_bias);
         let line = w * c;
         let mut out = vec![0f32; input.len()];
         out.par_chunks_mut(line).enumerate().for_each(|(y, row)| {
-            row.chunks_exact_mut(c).for_each(|pixel| pixel.copy_from_slice(bias));
+            row.chunks_exact_mut(c)
+                .for_each(|pixel| pixel.copy_from_slice(bias));
             for dy in 0..3 {
                 let Some(src) = (y + dy).checked_sub(1).filter(|&r| r < h) else {
                     continue;
@@ -238,7 +245,7 @@ impl CustomOp1 for ResidualDepthwiseCpu<'_> {
                     // Output column x reads input column x + dx - 1.
                     let (to, from) = match dx {
                         0 => (&mut row[c..], &src[..line - c]),
-                        1 => (&mut row[..], &src[..]),
+                        1 => (&mut row[..], src),
                         _ => (&mut row[..line - c], &src[c..]),
                     };
                     for (o, i) in to.chunks_exact_mut(c).zip(from.chunks_exact(c)) {
