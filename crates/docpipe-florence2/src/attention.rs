@@ -82,64 +82,54 @@ impl CustomOp3 for ProblemsSideBySide {
                 let q = &q[i * tq * d..(i + 1) * tq * d];
                 let k = &k[i * tk * d..(i + 1) * tk * d];
                 let v = &v[i * tk * dv..(i + 1) * tk * dv];
-                // SAFETY: every pointer covers its matrix at the strides given: `scores` is
-                // `tq × tk` row-major, `q` `tq × d` row-major, `kᵀ` is `k` (`tk × d`
-                // row-major) read with row stride 1 and column stride `d`, as candle reads a
+                // kᵀ is `k` read with row stride 1 and column stride `d`, as candle reads a
                 // transposed view.
-                unsafe {
-                    gemm(
-                        tq,
-                        tk,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        tk as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        d as isize,
-                        k.as_ptr(),
-                        d as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    )
-                };
+                product(scores, q, k, (tq, tk, d), (1, d));
                 for row in scores.chunks_exact_mut(tk) {
                     softmax_scaled(row, self.scale);
                 }
-                // SAFETY: `out` is `tq × dv`, `scores` `tq × tk`, `v` `tk × dv`, all
-                // row-major.
-                unsafe {
-                    gemm(
-                        tq,
-                        dv,
-                        tk,
-                        out.as_mut_ptr(),
-                        1,
-                        dv as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        tk as isize,
-                        v.as_ptr(),
-                        1,
-                        dv as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    )
-                };
+                product(out, scores, v, (tq, dv, tk), (dv, 1));
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((b, tq, dv))))
+    }
+}
+
+/// `dst = lhs · rhs` on one core for `(m, n, k)`: `dst` `m × n` and `lhs` `m × k` row-major,
+/// `rhs` `k × n` read at `(row stride, column stride)`.
+fn product(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    (m, n, k): (usize, usize, usize),
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k);
+    assert!(m * n * k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the asserts above: every element read or written at the strides given lies in
+    // its slice.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
     }
 }
 
