@@ -11,7 +11,7 @@ use image::RgbImage;
 use crate::config::GenerationConfig;
 use crate::device::model_error;
 use crate::error::PromptError;
-use crate::generation::{generate, SequenceInput};
+use crate::generation::{generate, Decoder, SequenceInput};
 use crate::image::ProcessedImage;
 use crate::text::TextModel;
 use crate::vision::patch_grid;
@@ -137,7 +137,7 @@ pub struct Generator<'a> {
     pub image_token_id: u32,
 }
 
-impl Generator<'_> {
+impl<'a> Generator<'a> {
     /// Greedy generation for a batch. `encode` turns one page's crops into its feature rows
     /// (once per distinct page of the batch); `decode` turns ids into text.
     pub fn run(
@@ -147,47 +147,9 @@ impl Generator<'_> {
         encode: impl Fn(&[ProcessedImage]) -> candle_core::Result<Tensor>,
         decode: impl Fn(&[u32]) -> Result<String, PromptError>,
     ) -> Result<Vec<DetailedGeneration>, ModelError> {
-        let mut encoded: Vec<(Arc<RgbImage>, Tensor)> = Vec::new();
-        let mut per_request: Vec<Option<Tensor>> = Vec::with_capacity(batch.len());
-        for request in batch {
-            let mut features = Vec::with_capacity(request.images.len());
-            for image in &request.images {
-                let cached = encoded
-                    .iter()
-                    .find(|(src, _)| Arc::ptr_eq(src, &image.source));
-                let f = match cached {
-                    Some((_, f)) => f.clone(),
-                    None => {
-                        let f = encode(&image.crops).map_err(model_error)?;
-                        encoded.push((image.source.clone(), f.clone()));
-                        f
-                    }
-                };
-                features.push(f);
-            }
-            per_request.push(if features.is_empty() {
-                None
-            } else {
-                Some(Tensor::cat(&features, 0).map_err(model_error)?)
-            });
-        }
-        let inputs: Vec<SequenceInput<'_>> = batch
-            .iter()
-            .zip(per_request)
-            .map(|(r, image_features)| SequenceInput {
-                input_ids: &r.input_ids,
-                image_features,
-                image_ids: r
-                    .images
-                    .iter()
-                    .map(|i| Arc::as_ptr(&i.source) as usize)
-                    .collect(),
-                max_new_tokens: r.max_new_tokens,
-            })
-            .collect();
         let outputs = generate(
             self.text,
-            &inputs,
+            sequence_inputs(batch, encode)?,
             self.config,
             self.image_token_id,
             keep_first_logits,
@@ -199,6 +161,59 @@ impl Generator<'_> {
             .map(|(request, out)| out.into_detailed(request.input_ids.len(), &decode))
             .collect()
     }
+
+    /// An empty running batch, for continuous batching.
+    pub fn decoder<K: Copy>(&self, keep_first_logits: bool) -> Decoder<'a, K> {
+        Decoder::new(
+            self.text,
+            self.config,
+            self.image_token_id,
+            keep_first_logits,
+        )
+    }
+}
+
+/// The decoder's inputs for a batch of requests, each distinct page encoded once by `encode`
+/// (requests about the same page share its `Arc`).
+pub fn sequence_inputs<'r>(
+    batch: &[&'r PreparedRequest],
+    encode: impl Fn(&[ProcessedImage]) -> candle_core::Result<Tensor>,
+) -> Result<Vec<SequenceInput<'r>>, ModelError> {
+    let mut encoded: Vec<(Arc<RgbImage>, Tensor)> = Vec::new();
+    let mut inputs = Vec::with_capacity(batch.len());
+    for request in batch {
+        let mut features = Vec::with_capacity(request.images.len());
+        for image in &request.images {
+            let cached = encoded
+                .iter()
+                .find(|(src, _)| Arc::ptr_eq(src, &image.source));
+            let f = match cached {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let f = encode(&image.crops).map_err(model_error)?;
+                    encoded.push((image.source.clone(), f.clone()));
+                    f
+                }
+            };
+            features.push(f);
+        }
+        let image_features = if features.is_empty() {
+            None
+        } else {
+            Some(Tensor::cat(&features, 0).map_err(model_error)?)
+        };
+        inputs.push(SequenceInput {
+            input_ids: &request.input_ids,
+            image_features,
+            image_ids: request
+                .images
+                .iter()
+                .map(|i| Arc::as_ptr(&i.source) as usize)
+                .collect(),
+            max_new_tokens: request.max_new_tokens,
+        });
+    }
+    Ok(inputs)
 }
 
 /// Refuses a page whose crops include one smaller than a vision patch (it would have no
