@@ -345,8 +345,8 @@ mod tests {
         // A prompt longer than the capacity (3 + 64) joins, then a short one.
         let long = seq(100, 2, 10_000.0);
         let short = seq(2, 2, 20_000.0);
-        cache.extend(&[long.clone()], &[300]).unwrap();
-        cache.extend(&[short.clone()], &[10]).unwrap();
+        cache.extend(std::slice::from_ref(&long), &[300]).unwrap();
+        cache.extend(std::slice::from_ref(&short), &[10]).unwrap();
         assert_eq!(cache.lens(), &[8, 100, 2]);
         let first = row_keys(&cache, 1, 0);
         assert_eq!(
@@ -372,7 +372,7 @@ mod tests {
         assert_eq!(row_keys(&cache, 0, 1)[1][..2], last[1][..2]);
         cache.retain(&[]).unwrap();
         assert!(cache.lens().is_empty());
-        cache.extend(&[short.clone()], &[10]).unwrap();
+        cache.extend(std::slice::from_ref(&short), &[10]).unwrap();
         assert_eq!(row_keys(&cache, 0, 0)[1][..2], last[1][..2]);
     }
 }
