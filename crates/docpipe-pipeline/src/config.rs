@@ -7,6 +7,8 @@
 use docpipe_core::{DeviceGroup, DeviceSpec, Dtype, Question};
 use serde::Deserialize;
 
+use crate::pool::Batching;
+
 /// The pipeline used by `docpipe run` without a file: the demo on the repository's fixtures.
 pub const DEMO_PIPELINE: &str = include_str!("../../../pipelines/demo.toml");
 
@@ -153,9 +155,25 @@ pub struct ModelConfig {
     /// A batch holds at most this many vision patches (summed over its requests' images).
     #[serde(default = "default_batch_patches")]
     pub batch_patches: usize,
+    /// Requests join a replica's running batch between decode steps, and leave it as they
+    /// finish, for the families that support it (Idefics2, Idefics3); `false` runs every batch
+    /// to its longest generation. Answers are the same either way.
+    #[serde(default = "default_true")]
+    pub continuous_batching: bool,
     /// Prepared requests waiting for a replica; bounds memory and applies back-pressure.
     #[serde(default = "default_queue")]
     pub queue: usize,
+}
+
+impl ModelConfig {
+    /// How the replicas batch, from `continuous_batching`.
+    pub fn batching(&self) -> Batching {
+        if self.continuous_batching {
+            Batching::Continuous
+        } else {
+            Batching::Static
+        }
+    }
 }
 
 /// One `[[task]]`: what to ask about every page.
