@@ -149,7 +149,7 @@ impl<'a> Generator<'a> {
     ) -> Result<Vec<DetailedGeneration>, ModelError> {
         let outputs = generate(
             self.text,
-            sequence_inputs(batch, encode)?,
+            sequence_inputs(batch, &mut EncodedPages::default(), encode)?,
             self.config,
             self.image_token_id,
             keep_first_logits,
@@ -173,30 +173,21 @@ impl<'a> Generator<'a> {
     }
 }
 
-/// The decoder's inputs for a batch of requests, each distinct page encoded once by `encode`
-/// (requests about the same page share its `Arc`).
+/// The decoder's inputs for a batch of requests. A page already in `pages` is not encoded
+/// again; the others are encoded by `encode` and added (requests about one page share its
+/// `Arc`).
 pub fn sequence_inputs<'r>(
     batch: &[&'r PreparedRequest],
+    pages: &mut EncodedPages,
     encode: impl Fn(&[ProcessedImage]) -> candle_core::Result<Tensor>,
 ) -> Result<Vec<SequenceInput<'r>>, ModelError> {
-    let mut encoded: Vec<(Arc<RgbImage>, Tensor)> = Vec::new();
     let mut inputs = Vec::with_capacity(batch.len());
     for request in batch {
-        let mut features = Vec::with_capacity(request.images.len());
-        for image in &request.images {
-            let cached = encoded
-                .iter()
-                .find(|(src, _)| Arc::ptr_eq(src, &image.source));
-            let f = match cached {
-                Some((_, f)) => f.clone(),
-                None => {
-                    let f = encode(&image.crops).map_err(model_error)?;
-                    encoded.push((image.source.clone(), f.clone()));
-                    f
-                }
-            };
-            features.push(f);
-        }
+        let features = request
+            .images
+            .iter()
+            .map(|image| pages.features(image, &encode))
+            .collect::<Result<Vec<_>, _>>()?;
         let image_features = if features.is_empty() {
             None
         } else {
@@ -214,6 +205,44 @@ pub fn sequence_inputs<'r>(
         });
     }
     Ok(inputs)
+}
+
+/// Image features of the pages encoded so far, held for as long as some request still holds
+/// the page: a static batch encodes each of its pages once, and a continuous batch, whose
+/// questions about one page may join at different steps, encodes it once for all of them.
+#[derive(Default)]
+pub struct EncodedPages {
+    pages: Vec<(Weak<RgbImage>, Tensor)>,
+}
+
+impl EncodedPages {
+    /// The features of `image`: remembered, or computed by `encode` and remembered.
+    fn features(
+        &mut self,
+        image: &PreparedImage,
+        encode: impl Fn(&[ProcessedImage]) -> candle_core::Result<Tensor>,
+    ) -> Result<Tensor, ModelError> {
+        // A live `Weak` cannot point at another page's allocation, a dead one could.
+        self.pages.retain(|(page, _)| page.strong_count() > 0);
+        let known = self.pages.iter().find(|(page, _)| {
+            page.upgrade()
+                .is_some_and(|page| Arc::ptr_eq(&page, &image.source))
+        });
+        if let Some((_, features)) = known {
+            return Ok(features.clone());
+        }
+        let features = encode(&image.crops).map_err(model_error)?;
+        self.pages
+            .push((Arc::downgrade(&image.source), features.clone()));
+        Ok(features)
+    }
+
+    /// Forgets all but the `keep` pages encoded last (a page's requests are queued together,
+    /// so older pages are rarely asked about again).
+    pub fn keep_recent(&mut self, keep: usize) {
+        let excess = self.pages.len().saturating_sub(keep);
+        self.pages.drain(..excess);
+    }
 }
 
 /// Refuses a page whose crops include one smaller than a vision patch (it would have no
@@ -238,5 +267,44 @@ pub fn check_patches(
             }
             .to_string(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use candle_core::Device;
+
+    use super::*;
+
+    fn page(side: u32) -> PreparedImage {
+        PreparedImage {
+            source: Arc::new(RgbImage::new(side, side)),
+            crops: Arc::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn a_page_is_encoded_once_while_a_request_holds_it() {
+        let encoded = Cell::new(0);
+        let encode = |_: &[ProcessedImage]| {
+            encoded.set(encoded.get() + 1);
+            Tensor::full(encoded.get() as f32, (1, 2), &Device::Cpu)
+        };
+        let value = |t: Tensor| t.to_vec2::<f32>().unwrap()[0][0];
+        let mut pages = EncodedPages::default();
+        let (a, b) = (page(1), page(2));
+        assert_eq!(value(pages.features(&a, encode).unwrap()), 1.0);
+        assert_eq!(value(pages.features(&b, encode).unwrap()), 2.0);
+        assert_eq!(value(pages.features(&a, encode).unwrap()), 1.0);
+        assert_eq!(encoded.get(), 2);
+        pages.keep_recent(1);
+        assert_eq!(value(pages.features(&b, encode).unwrap()), 2.0);
+        assert_eq!(value(pages.features(&a, encode).unwrap()), 3.0, "forgotten");
+        drop(b);
+        let c = page(3);
+        assert_eq!(value(pages.features(&c, encode).unwrap()), 4.0);
+        assert_eq!(pages.pages.len(), 2, "the dropped page is gone");
     }
 }

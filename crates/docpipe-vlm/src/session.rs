@@ -1,7 +1,8 @@
 //! Continuous batching for both families: an [`IdeficsSession`] keeps one decoding batch
 //! running and admits requests between its steps, so that a slot freed by a short answer is
 //! refilled while long transcriptions go on. It is the [`Decoder`] that static generation runs
-//! to the end, driven step by step, so a request gets the same bits either way.
+//! to the end, driven step by step, so a request gets the same bits either way. Questions about
+//! one page that join at different steps share its vision encoding, not its prefill.
 
 use std::collections::HashMap;
 
@@ -10,7 +11,11 @@ use docpipe_core::{FinishedRequest, GenerationSession, ModelError, RequestKey};
 use crate::device::model_error;
 use crate::generation::Decoder;
 use crate::model::{Family, IdeficsModel};
-use crate::request::{sequence_inputs, DetailedGeneration, PreparedRequest};
+use crate::request::{sequence_inputs, DetailedGeneration, EncodedPages, PreparedRequest};
+
+/// Pages whose features a session keeps for requests that join later: about a render
+/// thread's worth of pages, each a few MB of features at real dimensions.
+const ENCODED_PAGES: usize = 16;
 
 /// A running batch of an [`IdeficsModel`]; see [`IdeficsModel::session`].
 pub struct IdeficsSession<'m, F: Family> {
@@ -18,6 +23,8 @@ pub struct IdeficsSession<'m, F: Family> {
     decoder: Decoder<'m, RequestKey>,
     /// Prompt lengths of the unfinished requests, for their results.
     prompt_tokens: HashMap<RequestKey, usize>,
+    /// Features of recent pages, for their questions that join later.
+    pages: EncodedPages,
 }
 
 impl<'m, F: Family> IdeficsSession<'m, F> {
@@ -26,10 +33,11 @@ impl<'m, F: Family> IdeficsSession<'m, F> {
             model,
             decoder,
             prompt_tokens: HashMap::new(),
+            pages: EncodedPages::default(),
         }
     }
 
-    /// Encodes the pages of `requests` (once per distinct page among them), prefills their
+    /// Encodes the pages of `requests` that the session has not encoded yet, prefills their
     /// prompts and adds them to the batch.
     pub fn admit(&mut self, requests: &[(RequestKey, &PreparedRequest)]) -> Result<(), ModelError> {
         if let Some((key, _)) = requests
@@ -42,7 +50,10 @@ impl<'m, F: Family> IdeficsSession<'m, F> {
             )));
         }
         let batch: Vec<&PreparedRequest> = requests.iter().map(|(_, r)| *r).collect();
-        let inputs = sequence_inputs(&batch, |crops| self.model.image_features(crops))?;
+        let inputs = sequence_inputs(&batch, &mut self.pages, |crops| {
+            self.model.image_features(crops)
+        })?;
+        self.pages.keep_recent(ENCODED_PAGES);
         let sequences: Vec<_> = requests.iter().map(|(key, _)| *key).zip(inputs).collect();
         self.decoder.admit(&sequences).map_err(model_error)?;
         self.prompt_tokens.extend(
