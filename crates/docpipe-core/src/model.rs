@@ -78,8 +78,9 @@ pub struct FinishedRequest {
 /// dropped; none of its requests count as answered.
 pub trait GenerationSession<P> {
     /// Prefills `requests` and adds them to the running batch. Their first tokens come from
-    /// the prefill, at the next [`GenerationSession::step`]; requests about the same page
-    /// admitted together share its vision encoding.
+    /// the prefill, at the next [`GenerationSession::step`]. Requests whose images are the
+    /// same `Arc` share one vision encoding, within an admission and (for the families that
+    /// keep recent pages) across admissions.
     fn admit(&mut self, requests: &[(RequestKey, &P)]) -> Result<(), ModelError>;
 
     /// One token for every unfinished request; returns the requests that finished with it.
