@@ -604,6 +604,15 @@ mod tests {
     }
 
     #[test]
+    fn continuous_batching_is_on_unless_turned_off() {
+        assert_eq!(load(&[]).unwrap().model.batching(), Batching::Continuous);
+        let off = load(&["model.continuous_batching=false"]).unwrap();
+        assert_eq!(off.model.batching(), Batching::Static);
+        let bad = load(&["model.continuous_batching=sometimes"]).unwrap_err();
+        assert_eq!(invalid_key(bad), "model.continuous_batching");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = load(&["source.bogus=1"]).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
