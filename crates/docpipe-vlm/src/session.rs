@@ -13,8 +13,9 @@ use crate::generation::Decoder;
 use crate::model::{Family, IdeficsModel};
 use crate::request::{sequence_inputs, DetailedGeneration, EncodedPages, PreparedRequest};
 
-/// Pages whose features a session keeps for requests that join later: about a render
-/// thread's worth of pages, each a few MB of features at real dimensions.
+/// Pages whose features a session keeps for requests that join later. A page's questions are
+/// queued together, so the last few pages are the ones asked about; at real dimensions each
+/// holds a few MB of features.
 const ENCODED_PAGES: usize = 16;
 
 /// A running batch of an [`IdeficsModel`]; see [`IdeficsModel::session`].
@@ -40,15 +41,6 @@ impl<'m, F: Family> IdeficsSession<'m, F> {
     /// Encodes the pages of `requests` that the session has not encoded yet, prefills their
     /// prompts and adds them to the batch.
     pub fn admit(&mut self, requests: &[(RequestKey, &PreparedRequest)]) -> Result<(), ModelError> {
-        if let Some((key, _)) = requests
-            .iter()
-            .find(|(key, _)| self.prompt_tokens.contains_key(key))
-        {
-            return Err(ModelError::InvalidRequest(format!(
-                "request key {} is already in the session",
-                key.0
-            )));
-        }
         let batch: Vec<&PreparedRequest> = requests.iter().map(|(_, r)| *r).collect();
         let inputs = sequence_inputs(&batch, &mut self.pages, |crops| {
             self.model.image_features(crops)
