@@ -115,14 +115,22 @@ fn demo_pipeline_answers_every_page_like_the_model_does() {
 /// Runs the demo over the fixture PDFs on `devices` with small batches (so that a run has
 /// several), with `env` set; the output and every row by key, each checked to be there once.
 fn demo_on(devices: &str, env: &[(String, String)]) -> (Output, HashMap<Key, OutputRow>) {
+    demo_with(&[format!("model.devices={devices}")], "600", env)
+}
+
+/// Runs the demo over the fixture PDFs with the `sets` overrides, a token budget of
+/// `batch_tokens` and `env` set; the output and every row by key, each checked to be there once.
+fn demo_with(
+    sets: &[String],
+    batch_tokens: &str,
+    env: &[(String, String)],
+) -> (Output, HashMap<Key, OutputRow>) {
     let pages = pages_of(&fixture("pdfs"));
     let out = tempfile::tempdir().unwrap();
     let sink = out.path().display().to_string();
-    let sets = [
-        format!("sink.uri={sink}"),
-        format!("model.devices={devices}"),
-        "model.batch_tokens=600".to_owned(),
-    ];
+    let mut sets = sets.to_vec();
+    sets.push(format!("sink.uri={sink}"));
+    sets.push(format!("model.batch_tokens={batch_tokens}"));
     let output = run_demo(&sets, env);
     let rows = rows_at(&sink, StoreOptions::default());
     let rows = assert_exactly_once(&rows, &pages, DEMO_QUERIES);
@@ -186,6 +194,69 @@ fn a_request_that_breaks_the_model_fails_its_row_and_no_replica() {
             assert_eq!(other.answer, clean[other_key].answer, "{other_key:?}");
         }
     }
+}
+
+/// The decode steps the run's one replica reports in its log.
+fn decode_steps(output: &Output) -> usize {
+    let log = String::from_utf8_lossy(&output.stderr);
+    let (before, _) = log
+        .split_once(" decode steps")
+        .unwrap_or_else(|| panic!("no replica line: {log}"));
+    let steps = before.rsplit(' ').next().unwrap_or_default();
+    steps
+        .parse()
+        .unwrap_or_else(|_| panic!("{steps:?} in {log}"))
+}
+
+/// Continuous batching (the default) gives every row of static batches, in fewer decode steps:
+/// a budget of about four requests, and OCR answers longer than the questions' (32 tokens).
+#[test]
+fn continuous_batching_changes_no_row() {
+    let runs: Vec<(Output, HashMap<Key, OutputRow>)> = ["true", "false"]
+        .iter()
+        .map(|on| {
+            let sets = [
+                format!("model.continuous_batching={on}"),
+                "task.0.max_new_tokens=32".to_owned(),
+            ];
+            let log = [(
+                "DOCPIPE_LOG".to_owned(),
+                "warn,docpipe_pipeline::run=info".to_owned(),
+            )];
+            demo_with(&sets, "1600", &log)
+        })
+        .collect();
+    let [(continuous_output, continuous), (static_output, fixed)] = &runs[..] else {
+        unreachable!()
+    };
+    for output in [continuous_output, static_output] {
+        assert_eq!(output.status.code(), Some(0), "{}", text(output));
+    }
+    assert_eq!(continuous.len(), fixed.len());
+    for (key, row) in fixed {
+        let other = &continuous[key];
+        assert!(row.answer.is_some(), "{key:?}: {:?}", row.error);
+        assert_eq!(
+            (
+                &other.answer,
+                other.answer_tokens,
+                other.prompt_tokens,
+                &other.error
+            ),
+            (
+                &row.answer,
+                row.answer_tokens,
+                row.prompt_tokens,
+                &row.error
+            ),
+            "{key:?}"
+        );
+    }
+    let (steps, static_steps) = (decode_steps(continuous_output), decode_steps(static_output));
+    assert!(
+        steps < static_steps,
+        "{steps} decode steps, static {static_steps}"
+    );
 }
 
 #[test]

@@ -18,6 +18,8 @@ pub use chat::{ChatMessage, ChatRequest, ContentItem, FinishReason, Generation};
 pub use device::{DeviceGroup, DeviceGroupError, DeviceSpec, Dtype, UnknownDevice, UnknownDtype};
 pub use document::{DocumentRef, PageImage, Question};
 pub use failure::{Failure, Stage};
-pub use model::{ModelError, RequestCost, VisionLanguageModel};
+pub use model::{
+    FinishedRequest, GenerationSession, ModelError, RequestCost, RequestKey, VisionLanguageModel,
+};
 pub use shard::{shard_of, InvalidShard, Shard};
 pub use stable_hash::fnv1a64;

@@ -1,6 +1,7 @@
 //! The one interface between the pipeline and a model family: [`VisionLanguageModel`], with
 //! the [`RequestCost`] units batching is budgeted in and the [`ModelError`] kinds the
-//! inference pool reacts to. See docs/architecture.md, "The model trait".
+//! inference pool reacts to, and the [`GenerationSession`] a family may offer for continuous
+//! batching. See docs/architecture.md, "The model trait".
 
 use crate::{ChatRequest, Generation};
 
@@ -45,6 +46,48 @@ pub trait VisionLanguageModel: Send + Sync {
     /// Greedy generation for a batch; one result per request, in order. Requests whose images
     /// are the same `Arc` share one vision encoding.
     fn generate(&self, batch: &[&Self::Prepared]) -> Result<Vec<Generation>, ModelError>;
+
+    /// A running batch that admits requests between decode steps (continuous batching), for
+    /// the families that can give a request the tokens `generate` gives it whenever it joins.
+    /// `None`, the default, keeps the pool on static batches of `generate`.
+    fn start_session(&self) -> Option<Box<dyn GenerationSession<Self::Prepared> + '_>> {
+        None
+    }
+}
+
+/// Names a request inside a [`GenerationSession`]; the caller picks it, unique among the
+/// session's unfinished requests, and gets it back with the request's generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey(pub u64);
+
+/// A request a session has finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedRequest {
+    /// The key it was admitted under.
+    pub key: RequestKey,
+    /// What `generate` would have returned for it.
+    pub generation: Generation,
+}
+
+/// A decoding batch that requests join and leave one at a time: a slot freed by a short answer
+/// is refilled while long generations go on, instead of waiting for the whole batch.
+///
+/// Each request's generation must be what [`VisionLanguageModel::generate`] returns for it, in
+/// any batch and whenever it was admitted: the pool relies on that to rerun a failed session's
+/// requests as static batches. After an error the session is in an unknown state and is
+/// dropped; none of its requests count as answered.
+pub trait GenerationSession<P> {
+    /// Prefills `requests` and adds them to the running batch. Their first tokens come from
+    /// the prefill, at the next [`GenerationSession::step`]. Requests whose images are the
+    /// same `Arc` share one vision encoding, within an admission and (for the families that
+    /// keep recent pages) across admissions.
+    fn admit(&mut self, requests: &[(RequestKey, &P)]) -> Result<(), ModelError>;
+
+    /// One token for every unfinished request; returns the requests that finished with it.
+    fn step(&mut self) -> Result<Vec<FinishedRequest>, ModelError>;
+
+    /// Requests admitted and not yet returned by a step.
+    fn live(&self) -> usize;
 }
 
 /// The size of a prepared request, in the units batching budgets are expressed in.

@@ -299,12 +299,12 @@ impl Idefics1Model {
                 first_logits[i] = Some(row);
             }
         }
-        let max_len = active
+        let limits: Vec<usize> = active
             .iter()
             .map(|&i| batch[i].input_ids.len() + batch[i].max_new_tokens)
-            .max()
-            .unwrap_or(0);
-        let mut cache = BatchCache::new(&kvs, max_len)?;
+            .collect();
+        let mut cache = BatchCache::default();
+        cache.extend(&kvs, &limits)?;
         drop(kvs);
         // New tokens keep the image of the last prompt token.
         let rows: Vec<Option<usize>> = active

@@ -9,8 +9,8 @@ use docpipe_idefics3::processor::ImageProcessor;
 use docpipe_idefics3::Idefics3Model;
 use docpipe_vlm::config::{Normalization, Resample};
 use docpipe_vlm::fixture_check::{
-    assert_close, chat_request, check_batch_independence, check_logits_and_tokens, max_level_diff,
-    read_json, read_jsonl, read_npy, Case, Fixtures,
+    assert_close, chat_request, check_batch_independence, check_continuous_batching,
+    check_logits_and_tokens, max_level_diff, read_json, read_jsonl, read_npy, Case, Fixtures,
 };
 use docpipe_vlm::image::{load_image, ProcessedImage};
 use docpipe_vlm::resample::resize;
@@ -282,5 +282,33 @@ fn results_do_not_depend_on_the_batch() {
     for name in MODELS {
         let model = load(name);
         check_batch_independence(&model, name, &cases(&model, name));
+    }
+}
+
+/// Requests that join a running batch mid-way, in slots freed by shorter ones, get the bits
+/// they get alone and in a static batch, and the session takes fewer steps than static
+/// batches of the same size.
+#[test]
+fn continuous_batching_gives_the_tokens_of_static_batches() {
+    for name in MODELS {
+        let model = load(name);
+        let cases = cases(&model, name);
+        let steps = check_continuous_batching(&model, name, &cases, 3);
+        let static_steps: usize = cases
+            .chunks(3)
+            .map(|batch| {
+                let refs: Vec<_> = batch.iter().map(|c| &c.prepared).collect();
+                let generations = model.generate(&refs).unwrap();
+                generations
+                    .iter()
+                    .map(|g| g.token_ids.len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert!(
+            steps < static_steps,
+            "{name}: {steps} steps, static {static_steps}"
+        );
     }
 }

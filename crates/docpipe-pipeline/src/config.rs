@@ -7,6 +7,8 @@
 use docpipe_core::{DeviceGroup, DeviceSpec, Dtype, Question};
 use serde::Deserialize;
 
+use crate::pool::Batching;
+
 /// The pipeline used by `docpipe run` without a file: the demo on the repository's fixtures.
 pub const DEMO_PIPELINE: &str = include_str!("../../../pipelines/demo.toml");
 
@@ -153,9 +155,25 @@ pub struct ModelConfig {
     /// A batch holds at most this many vision patches (summed over its requests' images).
     #[serde(default = "default_batch_patches")]
     pub batch_patches: usize,
+    /// Requests join a replica's running batch between decode steps, and leave it as they
+    /// finish, for the families that support it (Idefics2, Idefics3); `false` runs every batch
+    /// to its longest generation. Answers are the same either way.
+    #[serde(default = "default_true")]
+    pub continuous_batching: bool,
     /// Prepared requests waiting for a replica; bounds memory and applies back-pressure.
     #[serde(default = "default_queue")]
     pub queue: usize,
+}
+
+impl ModelConfig {
+    /// How the replicas batch, from `continuous_batching`.
+    pub fn batching(&self) -> Batching {
+        if self.continuous_batching {
+            Batching::Continuous
+        } else {
+            Batching::Static
+        }
+    }
 }
 
 /// One `[[task]]`: what to ask about every page.
@@ -583,6 +601,15 @@ mod tests {
             TaskConfig::Ocr { prompt, .. } => assert_eq!(prompt.as_deref(), Some("Read it.")),
             other => panic!("task 0 is {other:?}"),
         }
+    }
+
+    #[test]
+    fn continuous_batching_is_on_unless_turned_off() {
+        assert_eq!(load(&[]).unwrap().model.batching(), Batching::Continuous);
+        let off = load(&["model.continuous_batching=false"]).unwrap();
+        assert_eq!(off.model.batching(), Batching::Static);
+        let bad = load(&["model.continuous_batching=sometimes"]).unwrap_err();
+        assert_eq!(invalid_key(bad), "model.continuous_batching");
     }
 
     #[test]

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use docpipe_core::{DocumentRef, Failure, Generation, PageImage, Stage, VisionLanguageModel};
 use rayon::prelude::*;
 
-use crate::pool::{Completed, InferencePool, Job, PoolError, Replica, ReplicaStats, Submitter};
+use crate::pool::{
+    Batching, Completed, InferencePool, Job, PoolError, Replica, ReplicaStats, Submitter,
+};
 use crate::progress::Counters;
 use crate::queue::{BatchBudget, QueueClosed};
 use crate::tasks::{chat_request, Query, TaskPlan};
@@ -80,6 +82,8 @@ pub struct EngineConfig {
     pub render_threads: usize,
     /// Limits on one model batch.
     pub budget: BatchBudget,
+    /// Whether replicas batch continuously, where the model can.
+    pub batching: Batching,
     /// Prepared requests that may wait for a replica before render threads block.
     pub queue: usize,
 }
@@ -185,7 +189,13 @@ where
             .map_err(|e| EngineError::Threads(e.to_string()))?,
     );
     let (events, event_rx) = mpsc::channel::<Event>();
-    let pool = InferencePool::start(replicas, config.budget, config.queue, events.clone());
+    let pool = InferencePool::start(
+        replicas,
+        config.budget,
+        config.batching,
+        config.queue,
+        events.clone(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let sink_closed = Arc::new(AtomicBool::new(false));
 
@@ -583,6 +593,7 @@ mod tests {
                     tokens: 400,
                     patches: 300,
                 },
+                batching: Batching::Continuous,
                 queue: 3,
             },
             Arc::new(Counters::default()),

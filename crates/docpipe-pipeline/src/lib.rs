@@ -24,8 +24,8 @@ mod test_pipeline;
 
 pub use config::{ConfigError, PipelineConfig};
 pub use pool::{
-    Completed, InferError, InferencePool, Job, PoolError, Replica, ReplicaFailure, ReplicaStats,
-    Submitter,
+    Batching, Completed, InferError, InferencePool, Job, PoolError, Replica, ReplicaFailure,
+    ReplicaStats, Submitter,
 };
 pub use queue::{BatchBudget, QueueClosed};
 pub use run::{run, RunError, RunOptions, RunSummary};

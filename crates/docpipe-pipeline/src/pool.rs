@@ -11,6 +11,15 @@
 //! only when no replica is left does the pool fail. So one bad request costs its own rows, never
 //! the replicas. The model guarantees batch invariance, so answers do not depend on which
 //! replica or batch served a request.
+//!
+//! With continuous batching ([`Batching::Continuous`], for the families whose model offers a
+//! [`GenerationSession`]), a replica keeps one batch running instead: between decode steps it
+//! admits what the queue holds within the token budget its live rows leave, and answers each
+//! request as it finishes, so a slot freed by a short answer does not wait for the longest
+//! generation of its batch. Any error of the session ends it, and every request it had not
+//! answered (newcomers included) is rerun as a static batch by the path above: batch
+//! invariance makes the rerun give the tokens the session would have, and a request already
+//! answered is not in it.
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -18,12 +27,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use docpipe_core::{
-    ChatMessage, ChatRequest, ContentItem, DeviceGroup, Generation, ModelError, RequestCost,
-    VisionLanguageModel,
+    ChatMessage, ChatRequest, ContentItem, DeviceGroup, FinishedRequest, Generation,
+    GenerationSession, ModelError, RequestCost, RequestKey, VisionLanguageModel,
 };
 
 use crate::queue::{BatchBudget, Batchable, QueueClosed, WorkQueue};
+use continuous::RunningBatch;
 
+mod continuous;
 #[cfg(feature = "fault-injection")]
 mod fault;
 #[cfg(feature = "fault-injection")]
@@ -101,10 +112,22 @@ pub struct Completed<T> {
     pub tag: T,
     /// The generation, or why the job got none.
     pub result: Result<Generation, InferError>,
-    /// Wall time of the `generate` call that produced it (the whole batch).
+    /// Wall time of the `generate` call that produced it (the whole batch); under continuous
+    /// batching, from the request's admission to the step that finished it.
     pub latency: Duration,
-    /// Requests in that batch.
+    /// Requests in that batch; under continuous batching, the rows of the step that finished
+    /// it.
     pub batch_size: usize,
+}
+
+/// How a replica batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// Static batches: each batch runs to its longest generation and is answered together.
+    Static,
+    /// Continuous batching where the model offers a [`GenerationSession`] (the Idefics2 and
+    /// Idefics3 families); static batches for the others.
+    Continuous,
 }
 
 /// A replica and the devices it runs on (for messages). A replica spanning several devices is
@@ -152,12 +175,16 @@ fn list(failures: &[ReplicaFailure]) -> String {
 pub struct ReplicaStats {
     /// The replica's devices.
     pub device: DeviceGroup,
-    /// Batches that returned one generation per request.
+    /// Batches that returned one generation per request; under continuous batching, the groups
+    /// of requests admitted to a running batch.
     pub batches: usize,
     /// Requests answered by those batches.
     pub requests: usize,
     /// Tokens generated over those requests, end-of-sequence tokens included.
     pub generated_tokens: usize,
+    /// Decode steps, each one token for every unfinished row of a batch: a static batch takes
+    /// as many as its longest generation, a continuous batch one per step it runs.
+    pub decode_steps: usize,
     /// Wall time spent in `generate`, failed calls included.
     pub busy: Duration,
     /// The device error that retired this replica, if any.
@@ -172,6 +199,7 @@ impl ReplicaStats {
             batches: 0,
             requests: 0,
             generated_tokens: 0,
+            decode_steps: 0,
             busy: Duration::ZERO,
             failure: None,
         }
@@ -195,6 +223,7 @@ where
     pub fn start<E: From<Completed<T>> + Send + 'static>(
         replicas: Vec<Replica<M>>,
         budget: BatchBudget,
+        batching: Batching,
         queue_capacity: usize,
         results: Sender<E>,
     ) -> Self {
@@ -208,7 +237,7 @@ where
                 let device = replica.device.clone();
                 let thread = std::thread::Builder::new()
                     .name(format!("infer-{i}-{device}"))
-                    .spawn(move || replica_loop(replica, &queue, budget, &results))
+                    .spawn(move || replica_loop(replica, &queue, budget, batching, &results))
                     .expect("spawning an inference thread");
                 (device, thread)
             })
@@ -279,14 +308,24 @@ fn replica_loop<M: VisionLanguageModel, T, E: From<Completed<T>>>(
     replica: Replica<M>,
     queue: &WorkQueue<Job<M::Prepared, T>>,
     budget: BatchBudget,
+    batching: Batching,
     results: &Sender<E>,
 ) -> ReplicaStats {
     let mut stats = ReplicaStats::idle(replica.device.clone());
     let mut calls = Calls::new(&*replica.model);
     while let Some(batch) = queue.take_batch(budget) {
-        if let Err(DeviceFailed { error, unfinished }) =
-            run_batch(&mut calls, batch, results, &mut stats)
-        {
+        let session = match batching {
+            Batching::Continuous => replica.model.start_session(),
+            Batching::Static => None,
+        };
+        let outcome = match session {
+            Some(session) => {
+                let running = RunningBatch::new(session, queue, budget);
+                running.run(&mut calls, batch, results, &mut stats)
+            }
+            None => run_batch(&mut calls, batch, results, &mut stats),
+        };
+        if let Err(DeviceFailed { error, unfinished }) = outcome {
             tracing::error!(
                 device = %replica.device,
                 requeued = unfinished.len(),
@@ -333,10 +372,34 @@ impl<'m, M: VisionLanguageModel> Calls<'m, M> {
         self.model.generate(&refs)
     }
 
+    fn admit<T>(
+        &mut self,
+        session: &mut dyn GenerationSession<M::Prepared>,
+        joining: &[(RequestKey, Job<M::Prepared, T>)],
+    ) -> Result<(), ModelError> {
+        #[cfg(feature = "fault-injection")]
+        self.faults
+            .before_batch(joining.iter().any(|(_, job)| job.poisoned))?;
+        let requests: Vec<(RequestKey, &M::Prepared)> = joining
+            .iter()
+            .map(|(key, job)| (*key, &job.prepared))
+            .collect();
+        session.admit(&requests)
+    }
+
+    fn step(
+        &mut self,
+        session: &mut dyn GenerationSession<M::Prepared>,
+    ) -> Result<Vec<FinishedRequest>, ModelError> {
+        #[cfg(feature = "fault-injection")]
+        self.faults.before_call()?;
+        session.step()
+    }
+
     /// True when the device answers a one-token text request.
     fn device_answers(&mut self) -> bool {
         #[cfg(feature = "fault-injection")]
-        if self.faults.before_probe().is_err() {
+        if self.faults.before_call().is_err() {
             return false;
         }
         let probe = match &self.probe {
@@ -396,6 +459,11 @@ fn run_batch<M: VisionLanguageModel, T, E: From<Completed<T>>>(
             Ok(generations) if generations.len() == jobs.len() => {
                 stats.batches += 1;
                 stats.requests += jobs.len();
+                stats.decode_steps += generations
+                    .iter()
+                    .map(|g| g.token_ids.len())
+                    .max()
+                    .unwrap_or(0);
                 let batch_size = jobs.len();
                 for (job, generation) in jobs.into_iter().zip(generations) {
                     stats.generated_tokens += generation.token_ids.len();
@@ -472,18 +540,20 @@ mod tests {
     use docpipe_core::{ChatMessage, ChatRequest, ContentItem};
 
     use super::*;
-    use crate::test_model::{echo_answer, EchoModel};
+    use crate::test_model::{echo_answer, EchoModel, SessionEvent};
 
-    fn request(text: &str) -> ChatRequest {
+    fn request(text: &str, max_new_tokens: usize) -> ChatRequest {
         ChatRequest {
             messages: vec![ChatMessage {
                 role: "user".into(),
                 content: vec![ContentItem::Text { text: text.into() }],
             }],
             images: Vec::new(),
-            max_new_tokens: 32,
+            max_new_tokens,
         }
     }
+
+    const BOTH: [Batching; 2] = [Batching::Static, Batching::Continuous];
 
     type Answers = Vec<(usize, Result<Generation, InferError>)>;
 
@@ -492,6 +562,7 @@ mod tests {
         models: Vec<Arc<EchoModel>>,
         prompts: &[String],
         budget: BatchBudget,
+        batching: Batching,
     ) -> (Answers, Result<Vec<ReplicaStats>, PoolError>) {
         let (tx, rx) = std::sync::mpsc::channel::<Completed<usize>>();
         let replicas = models
@@ -501,14 +572,14 @@ mod tests {
                 model: m.clone(),
             })
             .collect();
-        let pool = InferencePool::start(replicas, budget, 4, tx);
+        let pool = InferencePool::start(replicas, budget, batching, 4, tx);
         let submitter = pool.submitter();
         let preparer = models[0].clone();
         let producer = {
             let prompts = prompts.to_vec();
             std::thread::spawn(move || {
                 for (i, prompt) in prompts.iter().enumerate() {
-                    let prepared = preparer.prepare(&request(prompt)).unwrap();
+                    let prepared = preparer.prepare(&request(prompt, 32)).unwrap();
                     let job = Job::new(&*preparer, i, prepared, i as u64);
                     if submitter.submit(job).is_err() {
                         break;
@@ -530,13 +601,8 @@ mod tests {
         patches: 1000,
     };
 
-    #[test]
-    fn a_replica_failing_mid_run_loses_and_duplicates_nothing() {
-        let flaky = Arc::new(EchoModel::failing_after(3));
-        let healthy = Arc::new(EchoModel::waiting_for_failure_of(&flaky));
-        let prompts = prompts(200);
-        let (answers, stats) = run_pool(vec![flaky.clone(), healthy.clone()], &prompts, WIDE);
-        let stats = stats.unwrap();
+    /// Asserts that every prompt got exactly one answer, the model's.
+    fn assert_each_answered_once(answers: Answers, prompts: &[String]) {
         let mut by_tag: HashMap<usize, String> = HashMap::new();
         for (tag, result) in answers {
             let previous = by_tag.insert(tag, result.unwrap().text);
@@ -546,15 +612,28 @@ mod tests {
         for (i, prompt) in prompts.iter().enumerate() {
             assert_eq!(by_tag[&i], echo_answer(prompt, &[]));
         }
-        assert_eq!(
-            stats[0].failure,
-            Some(ModelError::Device("the test device fell over".into()))
-        );
-        assert!(stats[1].failure.is_none());
-        assert_eq!(
-            stats.iter().map(|s| s.requests).sum::<usize>(),
-            prompts.len()
-        );
+    }
+
+    #[test]
+    fn a_replica_failing_mid_run_loses_and_duplicates_nothing() {
+        for batching in BOTH {
+            let flaky = Arc::new(EchoModel::failing_after(3));
+            let healthy = Arc::new(EchoModel::waiting_for_failure_of(&flaky));
+            let prompts = prompts(200);
+            let (answers, stats) = run_pool(vec![flaky, healthy], &prompts, WIDE, batching);
+            let stats = stats.unwrap();
+            assert_each_answered_once(answers, &prompts);
+            assert_eq!(
+                stats[0].failure,
+                Some(ModelError::Device("the test device fell over".into())),
+                "{batching:?}"
+            );
+            assert!(stats[1].failure.is_none());
+            assert_eq!(
+                stats.iter().map(|s| s.requests).sum::<usize>(),
+                prompts.len()
+            );
+        }
     }
 
     #[test]
@@ -564,7 +643,7 @@ mod tests {
             ..EchoModel::default()
         });
         let prompts = prompts(40);
-        let (answers, stats) = run_pool(vec![model.clone()], &prompts, WIDE);
+        let (answers, stats) = run_pool(vec![model.clone()], &prompts, WIDE, Batching::Static);
         stats.unwrap();
         assert_eq!(answers.len(), prompts.len());
         assert!(answers.iter().all(|(_, r)| r.is_ok()));
@@ -575,21 +654,23 @@ mod tests {
 
     #[test]
     fn an_invalid_request_fails_alone() {
-        let model = Arc::new(EchoModel::default());
-        let mut prompts = prompts(30);
-        prompts[17] = "an invalid one".into();
-        let (answers, stats) = run_pool(vec![model], &prompts, WIDE);
-        stats.unwrap();
-        assert_eq!(answers.len(), prompts.len());
-        for (tag, result) in answers {
-            match result {
-                Ok(g) => assert_eq!(g.text, echo_answer(&prompts[tag], &[])),
-                Err(error) => {
-                    assert_eq!(tag, 17);
-                    assert!(
-                        matches!(error, InferError::Model(ModelError::InvalidRequest(_))),
-                        "{error}"
-                    );
+        for batching in BOTH {
+            let model = Arc::new(EchoModel::default());
+            let mut prompts = prompts(30);
+            prompts[17] = "an invalid one".into();
+            let (answers, stats) = run_pool(vec![model], &prompts, WIDE, batching);
+            stats.unwrap();
+            assert_eq!(answers.len(), prompts.len());
+            for (tag, result) in answers {
+                match result {
+                    Ok(g) => assert_eq!(g.text, echo_answer(&prompts[tag], &[])),
+                    Err(error) => {
+                        assert_eq!(tag, 17);
+                        assert!(
+                            matches!(error, InferError::Model(ModelError::InvalidRequest(_))),
+                            "{error}"
+                        );
+                    }
                 }
             }
         }
@@ -597,48 +678,207 @@ mod tests {
 
     #[test]
     fn a_request_that_breaks_the_model_fails_alone_and_every_replica_stays() {
-        let models: Vec<Arc<EchoModel>> = (0..3).map(|_| Arc::new(EchoModel::default())).collect();
-        let mut prompts = prompts(60);
-        prompts[23] = "a poison pill".into();
-        let (answers, stats) = run_pool(models, &prompts, WIDE);
-        let stats = stats.unwrap();
-        assert!(stats.iter().all(|s| s.failure.is_none()), "{stats:?}");
-        assert_eq!(answers.len(), prompts.len());
-        for (tag, result) in answers {
-            match result {
-                Ok(g) => assert_eq!(g.text, echo_answer(&prompts[tag], &[])),
-                Err(error) => {
-                    assert_eq!(tag, 23);
-                    assert!(
-                        matches!(error, InferError::FailedAlone(ModelError::Device(_))),
-                        "{error}"
-                    );
+        for batching in BOTH {
+            let models: Vec<Arc<EchoModel>> =
+                (0..3).map(|_| Arc::new(EchoModel::default())).collect();
+            let mut prompts = prompts(60);
+            prompts[23] = "a poison pill".into();
+            let (answers, stats) = run_pool(models, &prompts, WIDE, batching);
+            let stats = stats.unwrap();
+            assert!(stats.iter().all(|s| s.failure.is_none()), "{stats:?}");
+            assert_eq!(answers.len(), prompts.len());
+            for (tag, result) in answers {
+                match result {
+                    Ok(g) => assert_eq!(g.text, echo_answer(&prompts[tag], &[])),
+                    Err(error) => {
+                        assert_eq!(tag, 23);
+                        assert!(
+                            matches!(error, InferError::FailedAlone(ModelError::Device(_))),
+                            "{error}"
+                        );
+                    }
                 }
             }
+            assert_eq!(
+                stats.iter().map(|s| s.requests).sum::<usize>(),
+                prompts.len() - 1
+            );
         }
-        assert_eq!(
-            stats.iter().map(|s| s.requests).sum::<usize>(),
-            prompts.len() - 1
-        );
     }
 
     #[test]
     fn the_pool_fails_when_no_replica_is_left() {
-        let models = (0..2)
-            .map(|_| Arc::new(EchoModel::failing_after(1)))
-            .collect();
-        let (answers, stats) = run_pool(models, &prompts(100), WIDE);
-        match stats {
-            Err(PoolError::NoReplicaLeft { failures, .. }) => assert_eq!(failures.len(), 2),
-            Ok(_) => panic!("the pool finished without replicas"),
+        for batching in BOTH {
+            let models = (0..2)
+                .map(|_| Arc::new(EchoModel::failing_after(1)))
+                .collect();
+            let (answers, stats) = run_pool(models, &prompts(100), WIDE, batching);
+            match stats {
+                Err(PoolError::NoReplicaLeft { failures, .. }) => assert_eq!(failures.len(), 2),
+                Ok(_) => panic!("the pool finished without replicas"),
+            }
+            assert!(answers.len() < 100);
+            // A request that failed alone on the first replica to die and then alone on the
+            // second is blamed, as a request that kills devices would be: at most that one.
+            let blamed = answers.iter().filter(|(_, r)| r.is_err()).count();
+            assert!(blamed <= 1, "{blamed} requests blamed");
+            assert!(answers
+                .iter()
+                .all(|(_, r)| matches!(r, Ok(_) | Err(InferError::FailedAlone(_)))));
         }
-        assert!(answers.len() < 100);
-        // A request that failed alone on the first replica to die and then alone on the second
-        // is blamed, as a request that kills devices would be: at most that one.
-        let blamed = answers.iter().filter(|(_, r)| r.is_err()).count();
-        assert!(blamed <= 1, "{blamed} requests blamed");
-        assert!(answers
+    }
+
+    /// Runs `jobs` (prompt, max new tokens) on one replica of `model`, from a queue filled and
+    /// closed beforehand so that what joins when does not depend on thread timing.
+    fn run_queued(
+        model: &Arc<EchoModel>,
+        jobs: &[(String, usize)],
+        budget: BatchBudget,
+        batching: Batching,
+    ) -> (Answers, ReplicaStats) {
+        let queue = WorkQueue::new(jobs.len(), 1);
+        for (i, (prompt, max_new_tokens)) in jobs.iter().enumerate() {
+            let prepared = model.prepare(&request(prompt, *max_new_tokens)).unwrap();
+            queue
+                .push(Job::new(&**model, i, prepared, i as u64))
+                .unwrap();
+        }
+        queue.close();
+        let (tx, rx) = std::sync::mpsc::channel::<Completed<usize>>();
+        let replica = Replica {
+            device: DeviceGroup::single(docpipe_core::DeviceSpec::Cpu),
+            model: model.clone(),
+        };
+        let stats = replica_loop(replica, &queue, budget, batching, &tx);
+        drop(tx);
+        (rx.iter().map(|c| (c.tag, c.result)).collect(), stats)
+    }
+
+    fn admitted(step: usize, prompts: &[&str], live_tokens: usize) -> SessionEvent {
+        SessionEvent::Admitted {
+            step,
+            prompts: prompts.iter().map(|p| p.to_string()).collect(),
+            live_tokens,
+        }
+    }
+
+    fn finished(step: usize, prompt: &str) -> SessionEvent {
+        SessionEvent::Finished {
+            step,
+            prompt: prompt.into(),
+        }
+    }
+
+    #[test]
+    fn a_slot_freed_by_a_short_answer_is_refilled_while_a_long_one_runs() {
+        // Every prompt costs 4 tokens plus its limit: the long one and one short one fill the
+        // budget (20 + 6), so each short one waits for the previous to finish.
+        let jobs: Vec<(String, usize)> = [("long", 16), ("sh-a", 2), ("sh-b", 2), ("sh-c", 2)]
             .iter()
-            .all(|(_, r)| matches!(r, Ok(_) | Err(InferError::FailedAlone(_)))));
+            .map(|(p, n)| (p.to_string(), *n))
+            .collect();
+        let budget = BatchBudget {
+            tokens: 26,
+            patches: 1000,
+        };
+        let prompts: Vec<String> = jobs.iter().map(|(p, _)| p.clone()).collect();
+        let continuous = Arc::new(EchoModel::default());
+        let (answers, stats) = run_queued(&continuous, &jobs, budget, Batching::Continuous);
+        assert_each_answered_once(answers, &prompts);
+        assert_eq!(
+            *continuous.session_log.lock().unwrap(),
+            vec![
+                admitted(0, &["long", "sh-a"], 26),
+                finished(2, "sh-a"),
+                admitted(2, &["sh-b"], 26),
+                finished(4, "sh-b"),
+                admitted(4, &["sh-c"], 26),
+                finished(6, "sh-c"),
+                finished(16, "long"),
+            ]
+        );
+        assert_eq!(
+            (stats.decode_steps, stats.batches, stats.requests),
+            (16, 3, 4)
+        );
+        // Static batches wait for the long answer before the next two start.
+        let fixed = Arc::new(EchoModel::default());
+        let (answers, stats) = run_queued(&fixed, &jobs, budget, Batching::Static);
+        assert_each_answered_once(answers, &prompts);
+        assert!(fixed.session_log.lock().unwrap().is_empty());
+        assert_eq!((stats.decode_steps, stats.batches), (16 + 2, 2));
+    }
+
+    /// Prompts of several lengths and limits, as OCR and short questions mixed.
+    fn mixed_jobs(n: usize) -> Vec<(String, usize)> {
+        (0..n)
+            .map(|i| ("q".repeat(1 + i % 7) + &i.to_string(), 1 + (i * 5) % 17))
+            .collect()
+    }
+
+    #[test]
+    fn live_rows_never_exceed_the_token_budget() {
+        let jobs = mixed_jobs(60);
+        let budget = BatchBudget {
+            tokens: 60,
+            patches: 1000,
+        };
+        let model = Arc::new(EchoModel::default());
+        let (answers, stats) = run_queued(&model, &jobs, budget, Batching::Continuous);
+        let prompts: Vec<String> = jobs.iter().map(|(p, _)| p.clone()).collect();
+        assert_each_answered_once(answers, &prompts);
+        let log = model.session_log.lock().unwrap();
+        let mut joined_running = 0;
+        for event in log.iter() {
+            if let SessionEvent::Admitted {
+                step, live_tokens, ..
+            } = event
+            {
+                assert!(*live_tokens <= budget.tokens, "{event:?}");
+                joined_running += usize::from(*step > 0);
+            }
+        }
+        assert!(joined_running > 10, "{log:?}");
+        assert_eq!(stats.requests, jobs.len());
+    }
+
+    #[test]
+    fn a_failing_session_reruns_only_its_unanswered_requests() {
+        for error in [
+            ModelError::OutOfMemory("the test step ran out".into()),
+            ModelError::Device("a transient test fault".into()),
+        ] {
+            let jobs = mixed_jobs(40);
+            let model = Arc::new(EchoModel {
+                step_fails_at: Some((7, error.clone())),
+                ..EchoModel::default()
+            });
+            let budget = BatchBudget {
+                tokens: 80,
+                patches: 1000,
+            };
+            let (answers, stats) = run_queued(&model, &jobs, budget, Batching::Continuous);
+            let prompts: Vec<String> = jobs.iter().map(|(p, _)| p.clone()).collect();
+            assert_each_answered_once(answers, &prompts);
+            assert!(stats.failure.is_none(), "{error}: {:?}", stats.failure);
+            assert_eq!(stats.requests, jobs.len());
+            // Some requests finished in the session before its step failed; the rerun answered
+            // the others, not those.
+            let log = model.session_log.lock().unwrap();
+            let failed = log
+                .iter()
+                .position(|e| matches!(e, SessionEvent::Failed { .. }))
+                .expect("the step failed");
+            let before_failure = log[..failed]
+                .iter()
+                .filter(|e| matches!(e, SessionEvent::Finished { .. }))
+                .count();
+            assert!(before_failure > 0, "{log:?}");
+            let in_sessions = log
+                .iter()
+                .filter(|e| matches!(e, SessionEvent::Finished { .. }))
+                .count();
+            assert!(in_sessions < jobs.len(), "{error}: no request was rerun");
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! The bounded queue between preparation and the inference replicas.
 //!
 //! Producers block while it is full (back-pressure reaches the renderer). Replicas take whole
-//! batches under one lock, sized by a token and a patch budget rather than a count. Work handed
-//! back by a failed replica goes to the front, past the bound, so retiring a replica can never
-//! block on the producers it is supposed to help.
+//! batches under one lock, sized by a token and a patch budget rather than a count; a replica
+//! batching continuously also tops its running batch up between decode steps without blocking
+//! ([`WorkQueue::take_more`]). Work handed back by a failed replica goes to the front, past the
+//! bound, so retiring a replica can never block on the producers it is supposed to help.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -11,6 +12,10 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use docpipe_core::RequestCost;
 
 /// Limits on one batch. A request larger than a budget on its own still forms a batch of one.
+///
+/// Under continuous batching the token budget bounds the rows live in the running batch (their
+/// keys and values grow to prompt plus max new tokens), and the patch budget each group of
+/// requests admitted together (the vision encoder only runs at admission).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchBudget {
     /// Sum of prompt tokens plus max new tokens.
@@ -42,8 +47,9 @@ struct State<J> {
     jobs: VecDeque<J>,
     closed: bool,
     replicas: usize,
-    /// Batches taken and not yet finished: while one runs, its replica may still fail and hand
-    /// its work back, so an empty closed queue is not yet drained.
+    /// Batches taken and not yet finished (a running continuous batch counts as one, however
+    /// many jobs join it): while one runs, its replica may still fail and hand its work back, so
+    /// an empty closed queue is not yet drained.
     in_flight: usize,
 }
 
@@ -117,30 +123,24 @@ impl<J: Batchable> WorkQueue<J> {
                 .wait(state)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        let mut batch: Vec<J> = Vec::new();
-        let (mut tokens, mut patches) = (0usize, 0usize);
-        while let Some(job) = state.jobs.front() {
-            let cost = job.cost();
-            let job_tokens = cost.prompt_tokens + cost.max_new_tokens;
-            let group = job.image_group();
-            let job_patches = if batch.iter().any(|b| b.image_group() == group) {
-                0
-            } else {
-                cost.image_patches
-            };
-            let fits =
-                tokens + job_tokens <= budget.tokens && patches + job_patches <= budget.patches;
-            if !batch.is_empty() && !fits {
-                break;
-            }
-            tokens += job_tokens;
-            patches += job_patches;
-            batch.extend(state.jobs.pop_front());
-        }
+        let batch = take_within(&mut state.jobs, budget, true);
         state.in_flight += 1;
         drop(state);
         self.not_full.notify_all();
         Some(batch)
+    }
+
+    /// The jobs at the front that fit in `budget` together, without blocking; none when the
+    /// first does not fit. For a replica whose batch from [`WorkQueue::take_batch`] is still
+    /// running: they join it, and its `batch_done` or `retire_replica` covers them too.
+    pub fn take_more(&self, budget: BatchBudget) -> Vec<J> {
+        let mut state = self.lock();
+        let more = take_within(&mut state.jobs, budget, false);
+        drop(state);
+        if !more.is_empty() {
+            self.not_full.notify_all();
+        }
+        more
     }
 
     /// A batch from [`WorkQueue::take_batch`] was answered.
@@ -179,6 +179,36 @@ impl<J: Batchable> WorkQueue<J> {
             0
         }
     }
+}
+
+/// Pops the jobs at the front of `jobs` while they fit in `budget` together; the first one
+/// even when it alone does not, if `first_regardless`.
+fn take_within<J: Batchable>(
+    jobs: &mut VecDeque<J>,
+    budget: BatchBudget,
+    first_regardless: bool,
+) -> Vec<J> {
+    let mut batch: Vec<J> = Vec::new();
+    let (mut tokens, mut patches) = (0usize, 0usize);
+    while let Some(job) = jobs.front() {
+        let cost = job.cost();
+        let job_tokens = cost.prompt_tokens + cost.max_new_tokens;
+        let group = job.image_group();
+        let job_patches = if batch.iter().any(|b| b.image_group() == group) {
+            0
+        } else {
+            cost.image_patches
+        };
+        let fits = tokens + job_tokens <= budget.tokens && patches + job_patches <= budget.patches;
+        let admitted_anyway = first_regardless && batch.is_empty();
+        if !(fits || admitted_anyway) {
+            break;
+        }
+        tokens += job_tokens;
+        patches += job_patches;
+        batch.extend(jobs.pop_front());
+    }
+    batch
 }
 
 #[cfg(test)]
@@ -243,6 +273,23 @@ mod tests {
             queue.batch_done();
         }
         assert_eq!(batches, vec![vec![0, 1], vec![2, 3], vec![4], vec![5]]);
+    }
+
+    #[test]
+    fn taking_more_keeps_order_within_the_budget_left_and_opens_no_batch() {
+        let queue = WorkQueue::new(10, 1);
+        for (id, tokens) in [(0, 50), (1, 30), (2, 30), (3, 10)] {
+            queue.push(job(id, tokens, 0, id as u64)).unwrap();
+        }
+        let budget = |tokens| BatchBudget { tokens, patches: 0 };
+        assert_eq!(ids(&queue.take_batch(budget(50)).unwrap()), vec![0]);
+        // Job 3 would fit, but job 1 is first and does not: none jumps the queue.
+        assert!(queue.take_more(budget(20)).is_empty());
+        assert_eq!(ids(&queue.take_more(budget(70))), vec![1, 2, 3]);
+        queue.close();
+        // One batch was taken, so one `batch_done` drains the queue.
+        queue.batch_done();
+        assert!(queue.take_batch(budget(50)).is_none());
     }
 
     #[test]

@@ -338,6 +338,7 @@ impl Job {
                     tokens: config.model.batch_tokens,
                     patches: config.model.batch_patches,
                 },
+                batching: config.model.batching(),
                 queue: config.model.queue,
             };
             let counters = counters.clone();
@@ -401,6 +402,17 @@ impl Job {
             seconds_by_stage.insert("prepare".to_owned(), stats.prepare.as_secs_f64());
             let infer: Duration = stats.replicas.iter().map(|r| r.busy).sum();
             seconds_by_stage.insert("infer".to_owned(), infer.as_secs_f64());
+            for replica in &stats.replicas {
+                tracing::info!(
+                    device = %replica.device,
+                    "replica answered {} requests: {} batches, {} decode steps, {} tokens, {:.2} s busy",
+                    replica.requests,
+                    replica.batches,
+                    replica.decode_steps,
+                    replica.generated_tokens,
+                    replica.busy.as_secs_f64()
+                );
+            }
             for (device, failure) in stats
                 .replicas
                 .iter()

@@ -6,6 +6,10 @@
 //! Tests of replica failure pair a failing model with one that holds its first batch until
 //! the other has failed: otherwise a fast healthy replica can take every batch on a loaded
 //! machine and the failure the test is about never happens.
+//!
+//! It also offers a [`GenerationSession`] (continuous batching): a request takes one step per
+//! answer token, an admission counts as a batch for the faults above, and every admission and
+//! finish is logged with its step for the pool's tests.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -14,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use docpipe_core::{
-    ChatRequest, ContentItem, FinishReason, Generation, ModelError, RequestCost,
-    VisionLanguageModel,
+    ChatRequest, ContentItem, FinishReason, FinishedRequest, Generation, GenerationSession,
+    ModelError, RequestCost, RequestKey, VisionLanguageModel,
 };
 
 #[derive(Default)]
@@ -24,8 +28,28 @@ pub struct EchoModel {
     pub device_fails_after_batches: Option<usize>,
     /// Hold the first batch until this model's device has failed (at most 10 s).
     pub waits_for_failure_of: Option<Arc<EchoModel>>,
+    /// Its sessions' steps fail with this error at the N-th step (counted over the model's
+    /// sessions, from 1), once.
+    pub step_fails_at: Option<(usize, ModelError)>,
     pub batches: AtomicUsize,
     pub batch_sizes: Mutex<Vec<usize>>,
+    pub steps: AtomicUsize,
+    pub session_log: Mutex<Vec<SessionEvent>>,
+}
+
+/// What a session of [`EchoModel`] did, at which of its steps (0 before the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// These prompts joined; the live rows then held `live_tokens` (prompt plus max new tokens).
+    Admitted {
+        step: usize,
+        prompts: Vec<String>,
+        live_tokens: usize,
+    },
+    /// This prompt's request finished.
+    Finished { step: usize, prompt: String },
+    /// The step failed with `step_fails_at`'s error.
+    Failed { step: usize },
 }
 
 impl EchoModel {
@@ -104,6 +128,22 @@ impl VisionLanguageModel for EchoModel {
     }
 
     fn generate(&self, batch: &[&EchoPrepared]) -> Result<Vec<Generation>, ModelError> {
+        self.run_batch(batch)?;
+        Ok(batch.iter().map(|p| answer(p)).collect())
+    }
+
+    fn start_session(&self) -> Option<Box<dyn GenerationSession<EchoPrepared> + '_>> {
+        Some(Box::new(EchoSession {
+            model: self,
+            rows: Vec::new(),
+            step: 0,
+        }))
+    }
+}
+
+impl EchoModel {
+    /// The checks and faults of one batch (or of the rows of a session after an admission).
+    fn run_batch(&self, batch: &[&EchoPrepared]) -> Result<(), ModelError> {
         if self.oom_above.is_some_and(|n| batch.len() > n) {
             return Err(ModelError::OutOfMemory(format!("{} requests", batch.len())));
         }
@@ -126,21 +166,103 @@ impl VisionLanguageModel for EchoModel {
             return Err(ModelError::Device("the test device fell over".into()));
         }
         self.batch_sizes.lock().unwrap().push(batch.len());
-        Ok(batch
+        Ok(())
+    }
+}
+
+/// What [`EchoModel`] generates for a request.
+fn answer(p: &EchoPrepared) -> Generation {
+    let text = echo_answer(&p.prompt, &p.image_sizes);
+    Generation {
+        token_ids: vec![1; text.len().min(p.max_new_tokens)],
+        finish_reason: if text.len() > p.max_new_tokens {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        },
+        text,
+        prompt_tokens: p.prompt.len(),
+    }
+}
+
+struct EchoSession<'m> {
+    model: &'m EchoModel,
+    /// Unfinished requests and the steps each has had.
+    rows: Vec<(RequestKey, EchoPrepared, usize)>,
+    step: usize,
+}
+
+impl GenerationSession<EchoPrepared> for EchoSession<'_> {
+    fn admit(&mut self, requests: &[(RequestKey, &EchoPrepared)]) -> Result<(), ModelError> {
+        let rows: Vec<&EchoPrepared> = self
+            .rows
             .iter()
-            .map(|p| {
-                let text = echo_answer(&p.prompt, &p.image_sizes);
-                Generation {
-                    token_ids: vec![1; text.len().min(p.max_new_tokens)],
-                    finish_reason: if text.len() > p.max_new_tokens {
-                        FinishReason::Length
-                    } else {
-                        FinishReason::Stop
-                    },
-                    text,
-                    prompt_tokens: p.prompt.len(),
-                }
-            })
-            .collect())
+            .map(|(_, p, _)| p)
+            .chain(requests.iter().map(|(_, p)| *p))
+            .collect();
+        self.model.run_batch(&rows)?;
+        self.rows
+            .extend(requests.iter().map(|(k, p)| (*k, (*p).clone(), 0)));
+        let live_tokens = self
+            .rows
+            .iter()
+            .map(|(_, p, _)| p.prompt.len() + p.max_new_tokens)
+            .sum();
+        self.model
+            .session_log
+            .lock()
+            .unwrap()
+            .push(SessionEvent::Admitted {
+                step: self.step,
+                prompts: requests.iter().map(|(_, p)| p.prompt.clone()).collect(),
+                live_tokens,
+            });
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<Vec<FinishedRequest>, ModelError> {
+        let step = self.model.steps.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some((_, error)) = self
+            .model
+            .step_fails_at
+            .as_ref()
+            .filter(|(at, _)| *at == step)
+        {
+            let failed = SessionEvent::Failed {
+                step: self.step + 1,
+            };
+            self.model.session_log.lock().unwrap().push(failed);
+            return Err(error.clone());
+        }
+        if self.model.has_failed() {
+            return Err(ModelError::Device("the test device fell over".into()));
+        }
+        self.step += 1;
+        let mut finished = Vec::new();
+        for (key, prepared, steps) in &mut self.rows {
+            *steps += 1;
+            let generation = answer(prepared);
+            if *steps == generation.token_ids.len().max(1) {
+                self.model
+                    .session_log
+                    .lock()
+                    .unwrap()
+                    .push(SessionEvent::Finished {
+                        step: self.step,
+                        prompt: prepared.prompt.clone(),
+                    });
+                finished.push(FinishedRequest {
+                    key: *key,
+                    generation,
+                });
+            }
+        }
+        self.rows
+            .retain(|(key, _, _)| finished.iter().all(|f| f.key != *key));
+        Ok(finished)
+    }
+
+    fn live(&self) -> usize {
+        self.rows.len()
     }
 }

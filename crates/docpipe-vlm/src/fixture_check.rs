@@ -1,7 +1,7 @@
 //! The comparisons both families' fixture tests make against their transformers references
 //! (`fixtures/idefics2`, `fixtures/idefics3`): reading `requests.jsonl`, `expected.jsonl` and
 //! `.npy` arrays, preparing every reference request, and checking logits and tokens with the
-//! margin rule and batch independence. One copy, so that both families are held to the same
+//! margin rule, batch independence and continuous batching. One copy, so that both families are held to the same
 //! rule.
 //!
 //! Test code only: it panics on any mismatch. It is compiled with the `fixture-testing`
@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use docpipe_core::{ChatMessage, ChatRequest, ContentItem, VisionLanguageModel};
+use docpipe_core::{
+    ChatMessage, ChatRequest, ContentItem, GenerationSession, RequestKey, VisionLanguageModel,
+};
 use image::RgbImage;
 use serde_json::Value;
 
@@ -313,4 +315,65 @@ pub fn check_batch_independence<F: Family>(model: &IdeficsModel<F>, name: &str, 
             assert_eq!(a.first_logits, t.first_logits, "{what}");
         }
     }
+}
+
+/// Runs `cases` through one session ([`IdeficsModel::session`]) of at most `slots` requests, as
+/// the pool does: the first `slots` are admitted together, and after every step the next cases
+/// fill the slots that step freed, so later requests join rows that are mid-way. Asserts that
+/// each request's tokens and first logits are the bits it gets alone and in one static batch,
+/// and that requests did join mid-way and refill freed slots. Returns the decode steps.
+pub fn check_continuous_batching<F: Family>(
+    model: &IdeficsModel<F>,
+    name: &str,
+    cases: &[Case],
+    slots: usize,
+) -> usize {
+    let all: Vec<&PreparedRequest> = cases.iter().map(|c| &c.prepared).collect();
+    let together = model.generate_detailed(&all, true).unwrap();
+    let mut session = model.session(true);
+    let mut results = vec![None; cases.len()];
+    let (mut next, mut steps, mut joined_mid_way) = (0, 0, 0);
+    while next < cases.len() || session.live() > 0 {
+        let free = slots - session.live();
+        let joining: Vec<(RequestKey, &PreparedRequest)> = (next..cases.len().min(next + free))
+            .map(|i| (RequestKey(i as u64), all[i]))
+            .collect();
+        if !joining.is_empty() {
+            if steps > 0 && session.live() > 0 {
+                joined_mid_way += joining.len();
+            }
+            next += joining.len();
+            session.admit(&joining).unwrap();
+        }
+        for (key, detailed) in session.step_detailed().unwrap() {
+            let slot = &mut results[key.0 as usize];
+            assert!(slot.is_none(), "{name}: request {} finished twice", key.0);
+            *slot = Some(detailed);
+        }
+        steps += 1;
+    }
+    eprintln!("{name}: {steps} decode steps, {joined_mid_way} requests joined mid-way");
+    assert!(
+        joined_mid_way >= cases.len() / 2,
+        "{name}: only {joined_mid_way} requests joined a running batch"
+    );
+    for (i, (case, result)) in cases.iter().zip(results).enumerate() {
+        let what = format!("{name}/{}: continuous batching", case.id);
+        let result = result.unwrap_or_else(|| panic!("{what}: never finished"));
+        let alone = model
+            .generate_detailed(&all[i..=i], true)
+            .unwrap()
+            .remove(0);
+        assert_eq!(result.generation, alone.generation, "{what} vs alone");
+        assert_eq!(result.first_logits, alone.first_logits, "{what} vs alone");
+        assert_eq!(
+            result.generation, together[i].generation,
+            "{what} vs static"
+        );
+        assert_eq!(
+            result.first_logits, together[i].first_logits,
+            "{what} vs static"
+        );
+    }
+    steps
 }

@@ -1,6 +1,8 @@
-//! Batched greedy decoding: one prefill over all prompts (image features merged into the
-//! `<image>` positions), then one token per unfinished sequence per step, with bad-words
-//! masking and stopping on any eos id or at `max_new_tokens`.
+//! Batched greedy decoding: one prefill over the prompts admitted together (image features
+//! merged into the `<image>` positions), then one token per unfinished sequence per step, with
+//! bad-words masking and stopping on any eos id or at `max_new_tokens`. A [`Decoder`] admits
+//! more prompts between steps (continuous batching); [`generate`] admits one batch and steps it
+//! to the end.
 //!
 //! A prompt with images is prefilled in two parts: its tokens up to the last image token,
 //! then the rest (the question) after them. Several questions about one page then compute
@@ -9,14 +11,15 @@
 //!
 //! Finished sequences leave the batch instead of being fed padding, and every sequence is
 //! computed independently of the others (see `text` and `kv_cache`), so a request's tokens do
-//! not depend on its batch.
+//! not depend on its batch, nor on the step it joined the batch at. Prefixes are shared only
+//! within one admission: the keys of a page are not kept once its questions are prefilled.
 
 use candle_core::{Result, Tensor};
 use docpipe_core::{FinishReason, Generation, ModelError};
 
 use crate::config::GenerationConfig;
 use crate::error::PromptError;
-use crate::kv_cache::BatchCache;
+use crate::kv_cache::{BatchCache, SequenceKv};
 use crate::request::DetailedGeneration;
 use crate::text::{Segment, TextModel};
 
@@ -151,21 +154,20 @@ struct ImagePrefix {
     len: usize,
 }
 
-/// Finds each active sequence's image prefix, shared between sequences where identical.
-/// Returns the distinct prefixes and, per sequence, the index of its own.
+/// Finds each sequence's image prefix, shared between sequences where identical. Returns the
+/// distinct prefixes and, per sequence, the index of its own.
 ///
 /// Every sequence with images is split there, alone or in a batch, shared or not: the two
 /// passes multiply matrices of other shapes than one pass over the whole prompt (another
 /// summation order in the backend), and a request must give the same bits in any batch.
 fn image_prefixes(
-    inputs: &[SequenceInput<'_>],
-    active: &[usize],
+    inputs: &[&SequenceInput<'_>],
     image_token_id: u32,
 ) -> (Vec<ImagePrefix>, Vec<Option<usize>>) {
     let mut prefixes: Vec<ImagePrefix> = Vec::new();
     let mut of_sequence = vec![None; inputs.len()];
-    for &i in active {
-        let ids = inputs[i].input_ids;
+    for (i, input) in inputs.iter().enumerate() {
+        let ids = input.input_ids;
         let Some(last_image) = ids.iter().rposition(|&id| id == image_token_id) else {
             continue;
         };
@@ -177,7 +179,7 @@ fn image_prefixes(
         let same = |p: &ImagePrefix| {
             let other = &inputs[p.source];
             p.len == len
-                && other.image_ids == inputs[i].image_ids
+                && other.image_ids == input.image_ids
                 && other.input_ids[..len] == ids[..len]
         };
         of_sequence[i] = Some(match prefixes.iter().position(same) {
@@ -191,129 +193,229 @@ fn image_prefixes(
     (prefixes, of_sequence)
 }
 
-/// Greedy generation for a batch of sequences.
-pub fn generate(
-    model: &TextModel,
-    inputs: &[SequenceInput<'_>],
-    config: &GenerationConfig,
+/// A running decoding batch. Sequences join with [`Decoder::admit`], which prefills them as one
+/// group (questions about one page of the group share its prefix), and leave at the
+/// [`Decoder::step`] that finishes them. The static [`generate`] is one admission and steps
+/// until nothing is left; continuous batching admits between steps. Since every row is
+/// computed as it would be alone, a sequence's tokens do not depend on when it joined.
+pub struct Decoder<'m, K> {
+    model: &'m TextModel,
+    config: &'m GenerationConfig,
+    bad_words: BadWords,
     image_token_id: u32,
     keep_first_logits: bool,
-) -> Result<Vec<SequenceOutput>> {
-    let vocab = model.config().vocab_size;
-    let bad_words = BadWords::new(config);
-    let mut seqs: Vec<Sequence> = inputs
-        .iter()
-        .map(|i| Sequence {
-            tokens: i.input_ids.to_vec(),
-            generated: Vec::new(),
-            max_new_tokens: i.max_new_tokens,
-            finish: (i.max_new_tokens == 0).then_some(FinishReason::Length),
-            first_logits: None,
-        })
-        .collect();
-    let mut active: Vec<usize> = (0..seqs.len())
-        .filter(|&i| seqs[i].finish.is_none())
-        .collect();
-    if active.is_empty() {
-        return Ok(finished(seqs));
-    }
-    let embeds: Vec<Tensor> = inputs
-        .iter()
-        .map(|i| prompt_embeddings(model, i, image_token_id))
-        .collect::<Result<_>>()?;
-    let (prefixes, prefix_of) = image_prefixes(inputs, &active, image_token_id);
-    let prefix_kv = if prefixes.is_empty() {
-        Vec::new()
-    } else {
-        let packed = prefixes
-            .iter()
-            .map(|p| embeds[p.source].narrow(0, 0, p.len))
-            .collect::<Result<Vec<_>>>()?;
-        let segments: Vec<Segment<'_>> = prefixes
-            .iter()
-            .map(|p| Segment {
-                tokens: p.len,
-                past: None,
-            })
-            .collect();
-        model.prefill(&Tensor::cat(&packed, 0)?, &segments)?.1
-    };
-    let mut packed = Vec::with_capacity(active.len());
-    let mut segments = Vec::with_capacity(active.len());
-    for &i in &active {
-        let past = prefix_of[i].map(|p| &prefix_kv[p]);
-        let skip = past.map_or(0, |kv| kv.len());
-        let tokens = inputs[i].input_ids.len() - skip;
-        packed.push(embeds[i].narrow(0, skip, tokens)?);
-        segments.push(Segment { tokens, past });
-    }
-    let (mut logits, kvs) = model.prefill(&Tensor::cat(&packed, 0)?, &segments)?;
-    // Free the prompts' tensors before decoding; the cache below holds what is still needed.
-    drop((prefix_kv, embeds));
-    if keep_first_logits {
-        for (row, &i) in logits.to_vec2::<f32>()?.into_iter().zip(&active) {
-            seqs[i].first_logits = Some(row);
+    /// The unfinished sequences, in the order of the cache's rows and of `logits`.
+    rows: Vec<(K, Sequence)>,
+    cache: BatchCache,
+    /// `(rows, vocab)`: what chooses each row's next token (a prefill's or the last step's).
+    logits: Option<Tensor>,
+    /// Admitted with a limit of 0 tokens: finished before any step, returned by the next.
+    finished: Vec<(K, SequenceOutput)>,
+}
+
+impl<'m, K: Copy> Decoder<'m, K> {
+    /// An empty batch over `model`, with `config`'s bans and eos ids; `keep_first_logits` keeps
+    /// the raw logits that choose each sequence's first token.
+    pub fn new(
+        model: &'m TextModel,
+        config: &'m GenerationConfig,
+        image_token_id: u32,
+        keep_first_logits: bool,
+    ) -> Self {
+        Decoder {
+            model,
+            config,
+            bad_words: BadWords::new(config),
+            image_token_id,
+            keep_first_logits,
+            rows: Vec::new(),
+            cache: BatchCache::default(),
+            logits: None,
+            finished: Vec::new(),
         }
     }
-    let max_len = active
-        .iter()
-        .map(|&i| inputs[i].input_ids.len() + inputs[i].max_new_tokens)
-        .max()
-        .unwrap_or(0);
-    let mut cache = BatchCache::new(&kvs, max_len)?;
-    drop(kvs);
-    loop {
-        let mut bans: Vec<Vec<u32>> = active
+
+    /// Sequences admitted and not yet returned by a step.
+    pub fn live(&self) -> usize {
+        self.rows.len() + self.finished.len()
+    }
+
+    /// Prefills `sequences` and adds them to the batch; the next step chooses their first
+    /// tokens from the prefill's logits.
+    pub fn admit(&mut self, sequences: &[(K, SequenceInput<'_>)]) -> Result<()> {
+        let mut keys = Vec::with_capacity(sequences.len());
+        let mut inputs = Vec::with_capacity(sequences.len());
+        for (key, input) in sequences {
+            if input.max_new_tokens == 0 {
+                let output = SequenceOutput {
+                    token_ids: Vec::new(),
+                    finish_reason: FinishReason::Length,
+                    first_logits: None,
+                };
+                self.finished.push((*key, output));
+            } else {
+                keys.push(*key);
+                inputs.push(input);
+            }
+        }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        let (logits, kvs) = self.prefill(&inputs)?;
+        let limits: Vec<usize> = inputs
             .iter()
-            .map(|&i| bad_words.banned(&seqs[i].tokens))
+            .map(|i| i.input_ids.len() + i.max_new_tokens)
+            .collect();
+        self.cache.extend(&kvs, &limits)?;
+        drop(kvs);
+        let first_logits: Vec<Option<Vec<f32>>> = if self.keep_first_logits {
+            logits.to_vec2::<f32>()?.into_iter().map(Some).collect()
+        } else {
+            vec![None; inputs.len()]
+        };
+        self.logits = Some(match self.logits.take() {
+            Some(running) => Tensor::cat(&[&running, &logits], 0)?,
+            None => logits,
+        });
+        for ((key, input), first_logits) in keys.into_iter().zip(inputs).zip(first_logits) {
+            self.rows.push((
+                key,
+                Sequence {
+                    tokens: input.input_ids.to_vec(),
+                    generated: Vec::new(),
+                    max_new_tokens: input.max_new_tokens,
+                    finish: None,
+                    first_logits,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// The last-token logits `(inputs, vocab)` and the keys and values of `inputs`' prompts,
+    /// each image prefix computed once.
+    fn prefill(&self, inputs: &[&SequenceInput<'_>]) -> Result<(Tensor, Vec<SequenceKv>)> {
+        let model = self.model;
+        let embeds: Vec<Tensor> = inputs
+            .iter()
+            .map(|i| prompt_embeddings(model, i, self.image_token_id))
+            .collect::<Result<_>>()?;
+        let (prefixes, prefix_of) = image_prefixes(inputs, self.image_token_id);
+        let prefix_kv = if prefixes.is_empty() {
+            Vec::new()
+        } else {
+            let packed = prefixes
+                .iter()
+                .map(|p| embeds[p.source].narrow(0, 0, p.len))
+                .collect::<Result<Vec<_>>>()?;
+            let segments: Vec<Segment<'_>> = prefixes
+                .iter()
+                .map(|p| Segment {
+                    tokens: p.len,
+                    past: None,
+                })
+                .collect();
+            model.prefill(&Tensor::cat(&packed, 0)?, &segments)?.1
+        };
+        let mut packed = Vec::with_capacity(inputs.len());
+        let mut segments = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            let past = prefix_of[i].map(|p| &prefix_kv[p]);
+            let skip = past.map_or(0, |kv| kv.len());
+            let tokens = input.input_ids.len() - skip;
+            packed.push(embeds[i].narrow(0, skip, tokens)?);
+            segments.push(Segment { tokens, past });
+        }
+        model.prefill(&Tensor::cat(&packed, 0)?, &segments)
+    }
+
+    /// Chooses one token for every unfinished sequence and, for those that go on, computes the
+    /// logits of the next. Returns the sequences that finished.
+    pub fn step(&mut self) -> Result<Vec<(K, SequenceOutput)>> {
+        let mut done = std::mem::take(&mut self.finished);
+        let Some(logits) = self.logits.take() else {
+            return Ok(done);
+        };
+        let vocab = self.model.config().vocab_size;
+        let mut bans: Vec<Vec<u32>> = self
+            .rows
+            .iter()
+            .map(|(_, seq)| self.bad_words.banned(&seq.tokens))
             .collect();
         bans.iter_mut()
             .for_each(|b| b.retain(|&id| (id as usize) < vocab));
         let masked = if bans.iter().all(Vec::is_empty) {
             logits
         } else {
-            let mut mask = vec![0f32; active.len() * vocab];
+            let mut mask = vec![0f32; self.rows.len() * vocab];
             for (row, banned) in bans.iter().enumerate() {
                 for &id in banned {
                     mask[row * vocab + id as usize] = f32::NEG_INFINITY;
                 }
             }
-            (&logits + Tensor::from_vec(mask, (active.len(), vocab), logits.device())?)?
+            (&logits + Tensor::from_vec(mask, (self.rows.len(), vocab), logits.device())?)?
         };
         let next = masked.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
-        for (&i, &token) in active.iter().zip(&next) {
-            let seq = &mut seqs[i];
+        for ((_, seq), &token) in self.rows.iter_mut().zip(&next) {
             seq.tokens.push(token);
             seq.generated.push(token);
-            if config.eos_token_ids.contains(&token) {
+            if self.config.eos_token_ids.contains(&token) {
                 seq.finish = Some(FinishReason::Stop);
             } else if seq.generated.len() >= seq.max_new_tokens {
                 seq.finish = Some(FinishReason::Length);
             }
         }
-        // Rows of the cache follow `active`; finished sequences leave both.
-        let rows: Vec<usize> = (0..active.len())
-            .filter(|&r| seqs[active[r]].finish.is_none())
+        // Rows of the cache follow `rows`; finished sequences leave both.
+        let going_on: Vec<usize> = (0..self.rows.len())
+            .filter(|&r| self.rows[r].1.finish.is_none())
             .collect();
-        if rows.is_empty() {
-            break;
+        self.cache.retain(&going_on)?;
+        let ids: Vec<u32> = going_on.iter().map(|&r| next[r]).collect();
+        let (running, finished): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows)
+            .into_iter()
+            .partition(|(_, seq)| seq.finish.is_none());
+        self.rows = running;
+        done.extend(
+            finished
+                .into_iter()
+                .map(|(key, seq)| (key, seq.into_output())),
+        );
+        if !ids.is_empty() {
+            let embeds = self.model.embed(&ids)?;
+            self.logits = Some(self.model.decode(&embeds, &mut self.cache)?);
         }
-        cache.retain(&rows)?;
-        let ids: Vec<u32> = rows.iter().map(|&r| next[r]).collect();
-        active = rows.iter().map(|&r| active[r]).collect();
-        logits = model.decode(&model.embed(&ids)?, &mut cache)?;
+        Ok(done)
     }
-    Ok(finished(seqs))
 }
 
-fn finished(seqs: Vec<Sequence>) -> Vec<SequenceOutput> {
-    seqs.into_iter()
-        .map(|s| SequenceOutput {
-            token_ids: s.generated,
-            finish_reason: s.finish.unwrap_or(FinishReason::Length),
-            first_logits: s.first_logits,
-        })
-        .collect()
+/// Greedy generation for a batch of sequences: all admitted at once, stepped until each is
+/// finished; outputs in input order.
+pub fn generate(
+    model: &TextModel,
+    inputs: Vec<SequenceInput<'_>>,
+    config: &GenerationConfig,
+    image_token_id: u32,
+    keep_first_logits: bool,
+) -> Result<Vec<SequenceOutput>> {
+    let mut decoder = Decoder::new(model, config, image_token_id, keep_first_logits);
+    let sequences: Vec<(usize, SequenceInput<'_>)> = inputs.into_iter().enumerate().collect();
+    decoder.admit(&sequences)?;
+    let mut outputs = Vec::with_capacity(sequences.len());
+    while decoder.live() > 0 {
+        outputs.extend(decoder.step()?);
+    }
+    outputs.sort_by_key(|(i, _)| *i);
+    Ok(outputs.into_iter().map(|(_, output)| output).collect())
+}
+
+impl Sequence {
+    fn into_output(self) -> SequenceOutput {
+        SequenceOutput {
+            token_ids: self.generated,
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+            first_logits: self.first_logits,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -340,18 +442,17 @@ mod tests {
             input(&[1, 7, IMG, IMG, 6, 20], &[100]),
             input(&[1, 5, 20, 21], &[]),
             input(&[1, 5, IMG, IMG], &[100]),
-            input(&[1, 5, IMG, IMG, 6, 40], &[100]),
         ];
-        let active: Vec<usize> = (0..inputs.len()).filter(|&i| i != 6).collect();
-        let (prefixes, of) = image_prefixes(&inputs, &active, IMG);
+        let refs: Vec<&SequenceInput<'_>> = inputs.iter().collect();
+        let (prefixes, of) = image_prefixes(&refs, IMG);
         // Same page, same tokens up to the last image token: one prefix of 4 tokens.
         assert_eq!(of[0], of[1]);
         assert_eq!(prefixes[of[0].unwrap()].len, 4);
         // Another page, or other tokens before the image: their own prefixes.
         assert!(of[2].is_some() && of[2] != of[0]);
         assert!(of[3].is_some() && of[3] != of[0]);
-        // No image, a prompt ending with its image, and inactive sequences: none.
-        assert_eq!((of[4], of[5], of[6]), (None, None, None));
+        // No image, or a prompt ending with its image: none.
+        assert_eq!((of[4], of[5]), (None, None));
         assert_eq!(prefixes.len(), 3);
     }
 }

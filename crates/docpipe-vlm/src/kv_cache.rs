@@ -39,12 +39,17 @@ impl SequenceKv {
 
 /// The keys and values of a decoding batch, one `(batch, kv_heads, capacity, head_dim)` buffer
 /// pair per layer, row `b` holding `lens[b]` tokens from position 0.
+///
+/// Rows join ([`BatchCache::extend`]) and leave ([`BatchCache::retain`]) between steps, which
+/// is what continuous batching needs: a joining row is written from position 0 like any other,
+/// so the positions, masks and sums of every row stay what they are alone.
+#[derive(Default)]
 pub struct BatchCache {
     layers: Vec<(Tensor, Tensor)>,
     lens: Vec<usize>,
+    /// The most tokens each row will need: the buffers never grow past the largest.
+    limits: Vec<usize>,
     capacity: usize,
-    /// The most tokens any row will need: the buffers never grow past it.
-    max_len: usize,
 }
 
 /// Tokens reserved past the longest prompt before the first growth; growth then adds half
@@ -53,39 +58,69 @@ pub struct BatchCache {
 const INITIAL_HEADROOM: usize = 64;
 
 impl BatchCache {
-    /// A cache holding the prefilled `sequences`, with room for rows to reach `max_len` tokens.
-    pub fn new(sequences: &[SequenceKv], max_len: usize) -> Result<Self> {
-        let longest = sequences.iter().map(SequenceKv::len).max().unwrap_or(0);
-        let capacity = (longest + INITIAL_HEADROOM).min(max_len).max(longest + 1);
-        let layers = match sequences.first() {
-            None => Vec::new(),
-            Some(first) => (0..first.layers.len())
-                .map(|li| {
-                    let (k0, _) = &first.layers[li];
-                    let (kv_heads, _, head_dim) = k0.dims3()?;
-                    let shape = (sequences.len(), kv_heads, capacity, head_dim);
-                    let keys = Tensor::zeros(shape, k0.dtype(), k0.device())?;
-                    let values = Tensor::zeros(shape, k0.dtype(), k0.device())?;
-                    for (row, seq) in sequences.iter().enumerate() {
-                        let (k, v) = &seq.layers[li];
-                        keys.narrow(0, row, 1)?
-                            .slice_set(&k.unsqueeze(0)?.contiguous()?, 2, 0)?;
-                        values.narrow(0, row, 1)?.slice_set(
-                            &v.unsqueeze(0)?.contiguous()?,
-                            2,
-                            0,
-                        )?;
-                    }
-                    Ok((keys, values))
-                })
-                .collect::<Result<_>>()?,
+    /// Adds the prefilled `sequences` as rows after the present ones; row `i` will need at most
+    /// `limits[i]` tokens. The buffers grow when a new prompt is longer than their capacity.
+    pub fn extend(&mut self, sequences: &[SequenceKv], limits: &[usize]) -> Result<()> {
+        if sequences.len() != limits.len() {
+            candle_core::bail!(
+                "{} sequences joined the cache with {} limits",
+                sequences.len(),
+                limits.len()
+            );
+        }
+        let Some(first) = sequences.first() else {
+            return Ok(());
         };
-        Ok(BatchCache {
-            layers,
-            lens: sequences.iter().map(SequenceKv::len).collect(),
-            capacity,
-            max_len: max_len.max(capacity),
-        })
+        let longest = sequences.iter().map(SequenceKv::len).max().unwrap_or(0);
+        let limit = limits
+            .iter()
+            .chain(&self.limits)
+            .copied()
+            .max()
+            .unwrap_or(0);
+        if longest >= self.capacity {
+            let capacity = (longest + INITIAL_HEADROOM)
+                .min(limit)
+                .max(longest + 1)
+                .max(self.capacity);
+            for (k, v) in &mut self.layers {
+                *k = grown(k, capacity)?;
+                *v = grown(v, capacity)?;
+            }
+            self.capacity = capacity;
+        }
+        let joining = (0..first.layers.len())
+            .map(|li| {
+                let (k0, _) = &first.layers[li];
+                let (kv_heads, _, head_dim) = k0.dims3()?;
+                let shape = (sequences.len(), kv_heads, self.capacity, head_dim);
+                let keys = Tensor::zeros(shape, k0.dtype(), k0.device())?;
+                let values = Tensor::zeros(shape, k0.dtype(), k0.device())?;
+                for (row, seq) in sequences.iter().enumerate() {
+                    let (k, v) = &seq.layers[li];
+                    keys.narrow(0, row, 1)?
+                        .slice_set(&k.unsqueeze(0)?.contiguous()?, 2, 0)?;
+                    values
+                        .narrow(0, row, 1)?
+                        .slice_set(&v.unsqueeze(0)?.contiguous()?, 2, 0)?;
+                }
+                Ok((keys, values))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.layers = if self.layers.is_empty() {
+            joining
+        } else {
+            self.layers
+                .iter()
+                .zip(joining)
+                .map(|((k, v), (jk, jv))| {
+                    Ok((Tensor::cat(&[k, &jk], 0)?, Tensor::cat(&[v, &jv], 0)?))
+                })
+                .collect::<Result<_>>()?
+        };
+        self.lens.extend(sequences.iter().map(SequenceKv::len));
+        self.limits.extend_from_slice(limits);
+        Ok(())
     }
 
     /// Tokens cached per row, i.e. the position of each row's next token.
@@ -93,9 +128,14 @@ impl BatchCache {
         &self.lens
     }
 
-    /// Keeps only the given rows (ascending), e.g. when sequences finish.
+    /// Keeps only the given rows (ascending), e.g. when sequences finish. With none left, the
+    /// buffers are freed and the next [`BatchCache::extend`] starts afresh.
     pub fn retain(&mut self, rows: &[usize]) -> Result<()> {
         if rows.len() == self.lens.len() {
+            return Ok(());
+        }
+        if rows.is_empty() {
+            *self = BatchCache::default();
             return Ok(());
         }
         let Some((first, _)) = self.layers.first() else {
@@ -113,6 +153,7 @@ impl BatchCache {
             *v = v.index_select(&index, 0)?;
         }
         self.lens = rows.iter().map(|&r| self.lens[r]).collect();
+        self.limits = rows.iter().map(|&r| self.limits[r]).collect();
         Ok(())
     }
 
@@ -122,9 +163,10 @@ impl BatchCache {
         if need <= self.capacity {
             return Ok(());
         }
+        let limit = self.limits.iter().copied().max().unwrap_or(0);
         let capacity = (self.capacity + self.capacity / 2)
             .max(need)
-            .min(self.max_len.max(need));
+            .min(limit.max(need));
         for (k, v) in &mut self.layers {
             *k = grown(k, capacity)?;
             *v = grown(v, capacity)?;
@@ -226,7 +268,8 @@ mod tests {
     #[test]
     fn rows_keep_their_positions_through_appends_growth_and_retain() {
         let seqs = [seq(2, 2, 0.0), seq(5, 2, 10_000.0), seq(1, 2, 20_000.0)];
-        let mut cache = BatchCache::new(&seqs, 200).unwrap();
+        let mut cache = BatchCache::default();
+        cache.extend(&seqs, &[200; 3]).unwrap();
         assert_eq!(cache.lens(), &[2, 5, 1]);
         let dev = Device::Cpu;
         for step in 0..70 {
@@ -274,5 +317,62 @@ mod tests {
             vec![69, 70, 71],
             "row 1: its window, up to its new token"
         );
+    }
+
+    /// Keys of `layer` for row `row`, `(kv_heads, len, head_dim)`, after an append of zeros.
+    fn row_keys(cache: &BatchCache, layer: usize, row: usize) -> Vec<Vec<Vec<f32>>> {
+        let dev = Device::Cpu;
+        let slots = cache.step_slots(2, 3, &dev).unwrap();
+        let zeros = Tensor::zeros((2, cache.lens().len(), 3), DType::F32, &dev).unwrap();
+        let (keys, _) = cache.append(layer, &zeros, &zeros, &slots).unwrap();
+        keys.i(row).unwrap().to_vec3::<f32>().unwrap()
+    }
+
+    #[test]
+    fn rows_joining_a_running_cache_start_at_position_zero_and_grow_it() {
+        let mut cache = BatchCache::default();
+        cache.extend(&[seq(3, 2, 0.0)], &[300]).unwrap();
+        let dev = Device::Cpu;
+        for _ in 0..5 {
+            cache.reserve_step().unwrap();
+            let slots = cache.step_slots(2, 3, &dev).unwrap();
+            let ones = Tensor::ones((2, 1, 3), DType::F32, &dev).unwrap();
+            for layer in 0..2 {
+                cache.append(layer, &ones, &ones, &slots).unwrap();
+            }
+            cache.advance();
+        }
+        // A prompt longer than the capacity (3 + 64) joins, then a short one.
+        let long = seq(100, 2, 10_000.0);
+        let short = seq(2, 2, 20_000.0);
+        cache.extend(std::slice::from_ref(&long), &[300]).unwrap();
+        cache.extend(std::slice::from_ref(&short), &[10]).unwrap();
+        assert_eq!(cache.lens(), &[8, 100, 2]);
+        let first = row_keys(&cache, 1, 0);
+        assert_eq!(
+            first[0][2],
+            seq(3, 2, 0.0).layers[1].0.to_vec3::<f32>().unwrap()[0][2]
+        );
+        assert_eq!(first[0][3..8], vec![vec![1.0; 3]; 5]);
+        assert_eq!(first[0][8], vec![0.0; 3], "the step's own token");
+        let joined = row_keys(&cache, 1, 1);
+        assert_eq!(
+            joined[1][..100],
+            long.layers[1].0.to_vec3::<f32>().unwrap()[1][..]
+        );
+        let last = row_keys(&cache, 0, 2);
+        assert_eq!(
+            last[1][..2],
+            short.layers[0].0.to_vec3::<f32>().unwrap()[1][..]
+        );
+        assert_eq!(last[1][2], vec![0.0; 3]);
+        // The long row leaves; the others keep their keys.
+        cache.retain(&[0, 2]).unwrap();
+        assert_eq!(cache.lens(), &[8, 2]);
+        assert_eq!(row_keys(&cache, 0, 1)[1][..2], last[1][..2]);
+        cache.retain(&[]).unwrap();
+        assert!(cache.lens().is_empty());
+        cache.extend(std::slice::from_ref(&short), &[10]).unwrap();
+        assert_eq!(row_keys(&cache, 0, 0)[1][..2], last[1][..2]);
     }
 }

@@ -11,6 +11,7 @@
 //! | [`vision`] | the SigLIP NaViT tower (spec C; G.4) |
 //! | [`rope`], [`text`] | the Mistral / Llama 3.1 decoder (spec E.3; G.4) |
 //! | [`kv_cache`], [`generation`] | batched greedy decoding with shared page prefixes |
+//! | [`session`] | continuous batching: a running batch that admits requests between steps |
 //! | [`image`], [`resample`] | decoding, RGB conversion, normalization, Pillow's resampler |
 //! | [`chat`] | chat template and tokenizer |
 //! | [`request`] | prepared requests, page cache, a batch's generation |
@@ -30,7 +31,7 @@
 //! prompts of a batch are packed end to end with attention per sequence, a prompt with images
 //! is always prefilled in two parts (up to its last image token, then the rest) so that
 //! several questions about one page share the first, the decoding cache pads rows only on the
-//! right ([`kv_cache`]), small matmuls are padded to the CPU backend's general kernel
+//! right ([`kv_cache`]) whenever a row joins, small matmuls are padded to the CPU backend's general kernel
 //! ([`nn`]), and finished sequences leave the batch. On a GPU, cuBLAS picks kernels by shape,
 //! so there a batch can move results by float rounding.
 
@@ -52,6 +53,7 @@ pub mod request;
 pub mod request_file;
 pub mod resample;
 pub mod rope;
+pub mod session;
 pub mod text;
 pub mod vision;
 pub mod weights;

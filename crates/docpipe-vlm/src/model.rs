@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
-use docpipe_core::{ChatRequest, Generation, ModelError, RequestCost, VisionLanguageModel};
+use docpipe_core::{
+    ChatRequest, Generation, GenerationSession, ModelError, RequestCost, VisionLanguageModel,
+};
 use image::RgbImage;
 
 use crate::chat::Prompt;
@@ -21,6 +23,7 @@ use crate::request::{
     check_image_tokens, check_patches, request_cost, DetailedGeneration, Generator, PreparedImage,
     PreparedRequest, RecentImages,
 };
+use crate::session::IdeficsSession;
 use crate::text::TextModel;
 use crate::vision::VisionTower;
 use crate::weights::Weights;
@@ -189,17 +192,26 @@ impl<F: Family> IdeficsModel<F> {
         batch: &[&PreparedRequest],
         keep_first_logits: bool,
     ) -> Result<Vec<DetailedGeneration>, ModelError> {
-        Generator {
-            text: &self.text,
-            config: &self.generation,
-            image_token_id: self.config.image_token_id,
-        }
-        .run(
+        self.generator().run(
             batch,
             keep_first_logits,
             |crops| self.image_features(crops),
             |ids| F::decode(&self.prompt, ids),
         )
+    }
+
+    /// An empty running batch for continuous batching; `keep_first_logits` as in
+    /// [`IdeficsModel::generate_detailed`], whose results its requests get.
+    pub fn session(&self, keep_first_logits: bool) -> IdeficsSession<'_, F> {
+        IdeficsSession::new(self, self.generator().decoder(keep_first_logits))
+    }
+
+    fn generator(&self) -> Generator<'_> {
+        Generator {
+            text: &self.text,
+            config: &self.generation,
+            image_token_id: self.config.image_token_id,
+        }
     }
 }
 
@@ -257,5 +269,9 @@ impl<F: Family> VisionLanguageModel for IdeficsModel<F> {
             .into_iter()
             .map(|d| d.generation)
             .collect())
+    }
+
+    fn start_session(&self) -> Option<Box<dyn GenerationSession<PreparedRequest> + '_>> {
+        Some(Box::new(self.session(false)))
     }
 }

@@ -11,7 +11,7 @@ use image::RgbImage;
 use crate::config::GenerationConfig;
 use crate::device::model_error;
 use crate::error::PromptError;
-use crate::generation::{generate, SequenceInput};
+use crate::generation::{generate, Decoder, SequenceInput};
 use crate::image::ProcessedImage;
 use crate::text::TextModel;
 use crate::vision::patch_grid;
@@ -137,7 +137,7 @@ pub struct Generator<'a> {
     pub image_token_id: u32,
 }
 
-impl Generator<'_> {
+impl<'a> Generator<'a> {
     /// Greedy generation for a batch. `encode` turns one page's crops into its feature rows
     /// (once per distinct page of the batch); `decode` turns ids into text.
     pub fn run(
@@ -147,47 +147,9 @@ impl Generator<'_> {
         encode: impl Fn(&[ProcessedImage]) -> candle_core::Result<Tensor>,
         decode: impl Fn(&[u32]) -> Result<String, PromptError>,
     ) -> Result<Vec<DetailedGeneration>, ModelError> {
-        let mut encoded: Vec<(Arc<RgbImage>, Tensor)> = Vec::new();
-        let mut per_request: Vec<Option<Tensor>> = Vec::with_capacity(batch.len());
-        for request in batch {
-            let mut features = Vec::with_capacity(request.images.len());
-            for image in &request.images {
-                let cached = encoded
-                    .iter()
-                    .find(|(src, _)| Arc::ptr_eq(src, &image.source));
-                let f = match cached {
-                    Some((_, f)) => f.clone(),
-                    None => {
-                        let f = encode(&image.crops).map_err(model_error)?;
-                        encoded.push((image.source.clone(), f.clone()));
-                        f
-                    }
-                };
-                features.push(f);
-            }
-            per_request.push(if features.is_empty() {
-                None
-            } else {
-                Some(Tensor::cat(&features, 0).map_err(model_error)?)
-            });
-        }
-        let inputs: Vec<SequenceInput<'_>> = batch
-            .iter()
-            .zip(per_request)
-            .map(|(r, image_features)| SequenceInput {
-                input_ids: &r.input_ids,
-                image_features,
-                image_ids: r
-                    .images
-                    .iter()
-                    .map(|i| Arc::as_ptr(&i.source) as usize)
-                    .collect(),
-                max_new_tokens: r.max_new_tokens,
-            })
-            .collect();
         let outputs = generate(
             self.text,
-            &inputs,
+            sequence_inputs(batch, &mut EncodedPages::default(), encode)?,
             self.config,
             self.image_token_id,
             keep_first_logits,
@@ -198,6 +160,88 @@ impl Generator<'_> {
             .zip(outputs)
             .map(|(request, out)| out.into_detailed(request.input_ids.len(), &decode))
             .collect()
+    }
+
+    /// An empty running batch, for continuous batching.
+    pub fn decoder<K: Copy>(&self, keep_first_logits: bool) -> Decoder<'a, K> {
+        Decoder::new(
+            self.text,
+            self.config,
+            self.image_token_id,
+            keep_first_logits,
+        )
+    }
+}
+
+/// The decoder's inputs for a batch of requests. A page already in `pages` is not encoded
+/// again; the others are encoded by `encode` and added (requests about one page share its
+/// `Arc`).
+pub fn sequence_inputs<'r>(
+    batch: &[&'r PreparedRequest],
+    pages: &mut EncodedPages,
+    encode: impl Fn(&[ProcessedImage]) -> candle_core::Result<Tensor>,
+) -> Result<Vec<SequenceInput<'r>>, ModelError> {
+    let mut inputs = Vec::with_capacity(batch.len());
+    for request in batch {
+        let features = request
+            .images
+            .iter()
+            .map(|image| pages.features(image, &encode))
+            .collect::<Result<Vec<_>, _>>()?;
+        let image_features = if features.is_empty() {
+            None
+        } else {
+            Some(Tensor::cat(&features, 0).map_err(model_error)?)
+        };
+        inputs.push(SequenceInput {
+            input_ids: &request.input_ids,
+            image_features,
+            image_ids: request
+                .images
+                .iter()
+                .map(|i| Arc::as_ptr(&i.source) as usize)
+                .collect(),
+            max_new_tokens: request.max_new_tokens,
+        });
+    }
+    Ok(inputs)
+}
+
+/// Image features of the pages encoded so far, held for as long as some request still holds
+/// the page: a static batch encodes each of its pages once, and a continuous batch, whose
+/// questions about one page may join at different steps, encodes it once for all of them.
+#[derive(Default)]
+pub struct EncodedPages {
+    pages: Vec<(Weak<RgbImage>, Tensor)>,
+}
+
+impl EncodedPages {
+    /// The features of `image`: remembered, or computed by `encode` and remembered.
+    fn features(
+        &mut self,
+        image: &PreparedImage,
+        encode: impl Fn(&[ProcessedImage]) -> candle_core::Result<Tensor>,
+    ) -> Result<Tensor, ModelError> {
+        // A live `Weak` cannot point at another page's allocation, a dead one could.
+        self.pages.retain(|(page, _)| page.strong_count() > 0);
+        let known = self.pages.iter().find(|(page, _)| {
+            page.upgrade()
+                .is_some_and(|page| Arc::ptr_eq(&page, &image.source))
+        });
+        if let Some((_, features)) = known {
+            return Ok(features.clone());
+        }
+        let features = encode(&image.crops).map_err(model_error)?;
+        self.pages
+            .push((Arc::downgrade(&image.source), features.clone()));
+        Ok(features)
+    }
+
+    /// Forgets all but the `keep` pages encoded last (a page's requests are queued together,
+    /// so older pages are rarely asked about again).
+    pub fn keep_recent(&mut self, keep: usize) {
+        let excess = self.pages.len().saturating_sub(keep);
+        self.pages.drain(..excess);
     }
 }
 
@@ -223,5 +267,44 @@ pub fn check_patches(
             }
             .to_string(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use candle_core::Device;
+
+    use super::*;
+
+    fn page(side: u32) -> PreparedImage {
+        PreparedImage {
+            source: Arc::new(RgbImage::new(side, side)),
+            crops: Arc::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn a_page_is_encoded_once_while_a_request_holds_it() {
+        let encoded = Cell::new(0);
+        let encode = |_: &[ProcessedImage]| {
+            encoded.set(encoded.get() + 1);
+            Tensor::full(encoded.get() as f32, (1, 2), &Device::Cpu)
+        };
+        let value = |t: Tensor| t.to_vec2::<f32>().unwrap()[0][0];
+        let mut pages = EncodedPages::default();
+        let (a, b) = (page(1), page(2));
+        assert_eq!(value(pages.features(&a, encode).unwrap()), 1.0);
+        assert_eq!(value(pages.features(&b, encode).unwrap()), 2.0);
+        assert_eq!(value(pages.features(&a, encode).unwrap()), 1.0);
+        assert_eq!(encoded.get(), 2);
+        pages.keep_recent(1);
+        assert_eq!(value(pages.features(&b, encode).unwrap()), 2.0);
+        assert_eq!(value(pages.features(&a, encode).unwrap()), 3.0, "forgotten");
+        drop(b);
+        let c = page(3);
+        assert_eq!(value(pages.features(&c, encode).unwrap()), 4.0);
+        assert_eq!(pages.pages.len(), 2, "the dropped page is gone");
     }
 }

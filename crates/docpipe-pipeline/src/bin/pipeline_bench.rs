@@ -186,6 +186,7 @@ fn model_alone(
             tokens: config.model.batch_tokens,
             patches: config.model.batch_patches,
         },
+        config.model.batching(),
         config.model.queue,
         tx,
     );

@@ -11,9 +11,10 @@ use std::sync::OnceLock;
 use docpipe_core::ModelError;
 
 /// `DOCPIPE_INFER_FAULT=batch:N`: the replica that starts the N-th batch (counted over all
-/// replicas, from 1) fails it and every later call, as a device that fell over would.
+/// replicas, from 1; an admission to a continuous batch counts as one) fails it and every later
+/// call, decode steps included, as a device that fell over would.
 /// `DOCPIPE_INFER_FAULT=request:N`: the N-th request submitted (from 1) fails every batch it is
-/// in, on any replica, as a request that breaks the model would.
+/// in (or is admitted with), on any replica, as a request that breaks the model would.
 pub const FAULT_ENV: &str = "DOCPIPE_INFER_FAULT";
 
 #[derive(Debug, Clone, Copy)]
@@ -56,14 +57,14 @@ pub(super) struct ReplicaFaults {
 }
 
 impl ReplicaFaults {
-    /// Called before each batch; the error to fail it with.
+    /// Called before each batch or admission; the error to fail it with.
     pub(super) fn before_batch(&mut self, poisoned: bool) -> Result<(), ModelError> {
         if let Some(Fault::Batch(at)) = fault() {
             if BATCHES.fetch_add(1, Ordering::SeqCst) + 1 == at {
                 self.broken = true;
             }
         }
-        self.before_probe()?;
+        self.before_call()?;
         if poisoned {
             return Err(ModelError::Device(format!(
                 "injected request failure ({FAULT_ENV})"
@@ -72,8 +73,8 @@ impl ReplicaFaults {
         Ok(())
     }
 
-    /// Called before a health probe: a broken replica fails it.
-    pub(super) fn before_probe(&self) -> Result<(), ModelError> {
+    /// Called before a health probe or a decode step: a broken replica fails it.
+    pub(super) fn before_call(&self) -> Result<(), ModelError> {
         if self.broken {
             return Err(ModelError::Device(format!(
                 "injected device failure ({FAULT_ENV})"
