@@ -195,10 +195,12 @@ fn a_duplicated_shard_on_s3_commits_each_row_once() {
 
 /// Case 2: a run killed with SIGKILL once it has committed something; the rerun, started at
 /// once, takes the killed run's documents over after the hold (2 s here) and finishes
-/// everything.
+/// everything. Batches of about one request, so that documents finish one after another
+/// (hundreds of ms apart) and the kill lands between the first part and the last: with
+/// continuous batching and the default budget they can all finish within one poll.
 fn killed_and_rerun_at_once(target: Target) {
     let source = corpus();
-    let hold = ["--set", "sink.hold_s=2"];
+    let hold = ["--set", "sink.hold_s=2", "--set", "model.batch_tokens=200"];
     let mut killed = start(&source, &target, &hold, &[]);
     wait_until("a first part", || {
         assert!(
