@@ -306,24 +306,7 @@ fn results_do_not_depend_on_the_batch() {
 fn continuous_batching_gives_the_tokens_of_static_batches() {
     for name in MODELS {
         let model = load(name);
-        let cases = cases(&model, name);
-        let steps = check_continuous_batching(&model, name, &cases, 3);
-        let static_steps: usize = cases
-            .chunks(3)
-            .map(|batch| {
-                let refs: Vec<_> = batch.iter().map(|c| &c.prepared).collect();
-                let generations = model.generate(&refs).unwrap();
-                generations
-                    .iter()
-                    .map(|g| g.token_ids.len())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .sum();
-        assert!(
-            steps < static_steps,
-            "{name}: {steps} steps, static {static_steps}"
-        );
+        check_continuous_batching(&model, name, &cases(&model, name), 3);
     }
 }
 

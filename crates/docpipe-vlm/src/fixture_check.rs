@@ -321,13 +321,14 @@ pub fn check_batch_independence<F: Family>(model: &IdeficsModel<F>, name: &str, 
 /// the pool does: the first `slots` are admitted together, and after every step the next cases
 /// fill the slots that step freed, so later requests join rows that are mid-way. Asserts that
 /// each request's tokens and first logits are the bits it gets alone and in one static batch,
-/// and that requests did join mid-way and refill freed slots. Returns the decode steps.
+/// that requests did join mid-way and refill freed slots, and that the session took fewer
+/// decode steps than static batches of `slots` requests.
 pub fn check_continuous_batching<F: Family>(
     model: &IdeficsModel<F>,
     name: &str,
     cases: &[Case],
     slots: usize,
-) -> usize {
+) {
     let all: Vec<&PreparedRequest> = cases.iter().map(|c| &c.prepared).collect();
     let together = model.generate_detailed(&all, true).unwrap();
     let mut session = model.session(true);
@@ -375,5 +376,20 @@ pub fn check_continuous_batching<F: Family>(
             "{what} vs static"
         );
     }
-    steps
+    let static_steps: usize = all
+        .chunks(slots)
+        .map(|batch| {
+            model
+                .generate_detailed(batch, false)
+                .unwrap()
+                .iter()
+                .map(|d| d.generation.token_ids.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        steps < static_steps,
+        "{name}: {steps} steps, static batches {static_steps}"
+    );
 }
