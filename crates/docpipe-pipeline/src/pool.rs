@@ -614,6 +614,26 @@ mod tests {
         }
     }
 
+    /// Asserts one answer per prompt: the model's, except for job `failed`, whose error is of
+    /// the kind `expected` accepts.
+    fn assert_only_failure(
+        answers: Answers,
+        prompts: &[String],
+        failed: usize,
+        expected: impl Fn(&InferError) -> bool,
+    ) {
+        assert_eq!(answers.len(), prompts.len());
+        for (tag, result) in answers {
+            match result {
+                Ok(g) => assert_eq!(g.text, echo_answer(&prompts[tag], &[])),
+                Err(error) => {
+                    assert_eq!(tag, failed);
+                    assert!(expected(&error), "{error}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_replica_failing_mid_run_loses_and_duplicates_nothing() {
         for batching in BOTH {
@@ -660,19 +680,9 @@ mod tests {
             prompts[17] = "an invalid one".into();
             let (answers, stats) = run_pool(vec![model], &prompts, WIDE, batching);
             stats.unwrap();
-            assert_eq!(answers.len(), prompts.len());
-            for (tag, result) in answers {
-                match result {
-                    Ok(g) => assert_eq!(g.text, echo_answer(&prompts[tag], &[])),
-                    Err(error) => {
-                        assert_eq!(tag, 17);
-                        assert!(
-                            matches!(error, InferError::Model(ModelError::InvalidRequest(_))),
-                            "{error}"
-                        );
-                    }
-                }
-            }
+            assert_only_failure(answers, &prompts, 17, |e| {
+                matches!(e, InferError::Model(ModelError::InvalidRequest(_)))
+            });
         }
     }
 
@@ -686,19 +696,9 @@ mod tests {
             let (answers, stats) = run_pool(models, &prompts, WIDE, batching);
             let stats = stats.unwrap();
             assert!(stats.iter().all(|s| s.failure.is_none()), "{stats:?}");
-            assert_eq!(answers.len(), prompts.len());
-            for (tag, result) in answers {
-                match result {
-                    Ok(g) => assert_eq!(g.text, echo_answer(&prompts[tag], &[])),
-                    Err(error) => {
-                        assert_eq!(tag, 23);
-                        assert!(
-                            matches!(error, InferError::FailedAlone(ModelError::Device(_))),
-                            "{error}"
-                        );
-                    }
-                }
-            }
+            assert_only_failure(answers, &prompts, 23, |e| {
+                matches!(e, InferError::FailedAlone(ModelError::Device(_)))
+            });
             assert_eq!(
                 stats.iter().map(|s| s.requests).sum::<usize>(),
                 prompts.len() - 1

@@ -366,20 +366,18 @@ impl<'m, K: Copy> Decoder<'m, K> {
             }
         }
         // Rows of the cache follow `rows`; finished sequences leave both.
-        let going_on: Vec<usize> = (0..self.rows.len())
-            .filter(|&r| self.rows[r].1.finish.is_none())
-            .collect();
-        self.cache.retain(&going_on)?;
-        let ids: Vec<u32> = going_on.iter().map(|&r| next[r]).collect();
-        let (running, finished): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows)
-            .into_iter()
-            .partition(|(_, seq)| seq.finish.is_none());
+        let (mut going_on, mut ids, mut running) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, (key, seq)) in std::mem::take(&mut self.rows).into_iter().enumerate() {
+            if seq.finish.is_none() {
+                going_on.push(r);
+                ids.push(next[r]);
+                running.push((key, seq));
+            } else {
+                done.push((key, seq.into_output()));
+            }
+        }
         self.rows = running;
-        done.extend(
-            finished
-                .into_iter()
-                .map(|(key, seq)| (key, seq.into_output())),
-        );
+        self.cache.retain(&going_on)?;
         if !ids.is_empty() {
             let embeds = self.model.embed(&ids)?;
             self.logits = Some(self.model.decode(&embeds, &mut self.cache)?);

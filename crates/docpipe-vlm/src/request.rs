@@ -50,39 +50,71 @@ pub struct DetailedGeneration {
     pub first_logits: Option<Vec<f32>>,
 }
 
-/// A page, held weakly so that it can be freed, and its crops.
-type RecentImage = (Weak<RgbImage>, Arc<Vec<ProcessedImage>>);
+/// What was computed from page images (crops, vision features), remembered while some request
+/// still holds the page, the `capacity` pages added last at most. Keyed by the page's `Arc`:
+/// a live `Weak` cannot point at another page's allocation, a dead one could, so dead entries
+/// go before every lookup.
+#[derive(Debug)]
+pub struct PageCache<V> {
+    entries: Vec<(Weak<RgbImage>, V)>,
+    capacity: usize,
+}
 
-/// Recently preprocessed pages, keyed by their `Arc`.
-#[derive(Debug, Default)]
+impl<V: Clone> PageCache<V> {
+    /// An empty cache of at most `capacity` pages.
+    pub fn new(capacity: usize) -> Self {
+        PageCache {
+            entries: Vec::new(),
+            capacity,
+        }
+    }
+
+    /// What is remembered for `page`.
+    pub fn get(&mut self, page: &Arc<RgbImage>) -> Option<V> {
+        self.entries.retain(|(weak, _)| weak.strong_count() > 0);
+        self.entries
+            .iter()
+            .find(|(weak, _)| weak.upgrade().is_some_and(|a| Arc::ptr_eq(&a, page)))
+            .map(|(_, value)| value.clone())
+    }
+
+    /// Remembers `value` for `page`, forgetting the page added first when full.
+    pub fn insert(&mut self, page: &Arc<RgbImage>, value: V) {
+        if self.entries.len() >= self.capacity {
+            self.entries.remove(0);
+        }
+        self.entries.push((Arc::downgrade(page), value));
+    }
+}
+
+/// Recently preprocessed pages and their crops, shared by the threads that prepare requests.
+#[derive(Debug)]
 pub struct RecentImages {
-    entries: Mutex<Vec<RecentImage>>,
+    pages: Mutex<PageCache<Arc<Vec<ProcessedImage>>>>,
+}
+
+impl Default for RecentImages {
+    fn default() -> Self {
+        RecentImages {
+            pages: Mutex::new(PageCache::new(RECENT_IMAGES)),
+        }
+    }
 }
 
 impl RecentImages {
-    /// The crops of `image`: remembered, or made by `preprocess` and remembered.
+    /// The crops of `image`: remembered, or made by `preprocess` and remembered. The lock is
+    /// not held while preprocessing, so other pages are prepared meanwhile.
     pub fn get_or_insert(
         &self,
         image: &Arc<RgbImage>,
         preprocess: impl FnOnce(&RgbImage) -> Result<Vec<ProcessedImage>, ModelError>,
     ) -> Result<Arc<Vec<ProcessedImage>>, ModelError> {
-        let lock = || self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let mut recent = lock();
-            recent.retain(|(weak, _)| weak.strong_count() > 0);
-            if let Some((_, crops)) = recent
-                .iter()
-                .find(|(weak, _)| weak.upgrade().is_some_and(|a| Arc::ptr_eq(&a, image)))
-            {
-                return Ok(crops.clone());
-            }
+        let lock = || self.pages.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(crops) = lock().get(image) {
+            return Ok(crops);
         }
         let crops = Arc::new(preprocess(image)?);
-        let mut recent = lock();
-        if recent.len() >= RECENT_IMAGES {
-            recent.remove(0);
-        }
-        recent.push((Arc::downgrade(image), crops.clone()));
+        lock().insert(image, crops.clone());
         Ok(crops)
     }
 }
@@ -149,7 +181,7 @@ impl<'a> Generator<'a> {
     ) -> Result<Vec<DetailedGeneration>, ModelError> {
         let outputs = generate(
             self.text,
-            sequence_inputs(batch, &mut EncodedPages::default(), encode)?,
+            sequence_inputs(batch, &mut EncodedPages::new(usize::MAX), encode)?,
             self.config,
             self.image_token_id,
             keep_first_logits,
@@ -207,13 +239,10 @@ pub fn sequence_inputs<'r>(
     Ok(inputs)
 }
 
-/// Image features of the pages encoded so far, held for as long as some request still holds
-/// the page: a static batch encodes each of its pages once, and a continuous batch, whose
-/// questions about one page may join at different steps, encodes it once for all of them.
-#[derive(Default)]
-pub struct EncodedPages {
-    pages: Vec<(Weak<RgbImage>, Tensor)>,
-}
+/// Vision features of pages, by page: a static batch encodes each of its pages once, and a
+/// continuous batch, whose questions about one page may join at different steps, encodes it
+/// once for all of them while it remembers the page.
+pub type EncodedPages = PageCache<Tensor>;
 
 impl EncodedPages {
     /// The features of `image`: remembered, or computed by `encode` and remembered.
@@ -222,26 +251,12 @@ impl EncodedPages {
         image: &PreparedImage,
         encode: impl Fn(&[ProcessedImage]) -> candle_core::Result<Tensor>,
     ) -> Result<Tensor, ModelError> {
-        // A live `Weak` cannot point at another page's allocation, a dead one could.
-        self.pages.retain(|(page, _)| page.strong_count() > 0);
-        let known = self.pages.iter().find(|(page, _)| {
-            page.upgrade()
-                .is_some_and(|page| Arc::ptr_eq(&page, &image.source))
-        });
-        if let Some((_, features)) = known {
-            return Ok(features.clone());
+        if let Some(features) = self.get(&image.source) {
+            return Ok(features);
         }
         let features = encode(&image.crops).map_err(model_error)?;
-        self.pages
-            .push((Arc::downgrade(&image.source), features.clone()));
+        self.insert(&image.source, features.clone());
         Ok(features)
-    }
-
-    /// Forgets all but the `keep` pages encoded last (a page's requests are queued together,
-    /// so older pages are rarely asked about again).
-    pub fn keep_recent(&mut self, keep: usize) {
-        let excess = self.pages.len().saturating_sub(keep);
-        self.pages.drain(..excess);
     }
 }
 
@@ -293,18 +308,19 @@ mod tests {
             Tensor::full(encoded.get() as f32, (1, 2), &Device::Cpu)
         };
         let value = |t: Tensor| t.to_vec2::<f32>().unwrap()[0][0];
-        let mut pages = EncodedPages::default();
+        let mut pages = EncodedPages::new(2);
         let (a, b) = (page(1), page(2));
         assert_eq!(value(pages.features(&a, encode).unwrap()), 1.0);
         assert_eq!(value(pages.features(&b, encode).unwrap()), 2.0);
         assert_eq!(value(pages.features(&a, encode).unwrap()), 1.0);
         assert_eq!(encoded.get(), 2);
-        pages.keep_recent(1);
-        assert_eq!(value(pages.features(&b, encode).unwrap()), 2.0);
-        assert_eq!(value(pages.features(&a, encode).unwrap()), 3.0, "forgotten");
-        drop(b);
         let c = page(3);
-        assert_eq!(value(pages.features(&c, encode).unwrap()), 4.0);
-        assert_eq!(pages.pages.len(), 2, "the dropped page is gone");
+        assert_eq!(value(pages.features(&c, encode).unwrap()), 3.0);
+        assert_eq!(value(pages.features(&b, encode).unwrap()), 2.0);
+        assert_eq!(value(pages.features(&a, encode).unwrap()), 4.0, "forgotten");
+        drop(b);
+        let d = page(4);
+        assert_eq!(value(pages.features(&d, encode).unwrap()), 5.0);
+        assert_eq!(pages.entries.len(), 2, "the dropped page is gone");
     }
 }

@@ -34,7 +34,7 @@ impl<'m, F: Family> IdeficsSession<'m, F> {
             model,
             decoder,
             prompt_tokens: HashMap::new(),
-            pages: EncodedPages::default(),
+            pages: EncodedPages::new(ENCODED_PAGES),
         }
     }
 
@@ -45,7 +45,6 @@ impl<'m, F: Family> IdeficsSession<'m, F> {
         let inputs = sequence_inputs(&batch, &mut self.pages, |crops| {
             self.model.image_features(crops)
         })?;
-        self.pages.keep_recent(ENCODED_PAGES);
         let sequences: Vec<_> = requests.iter().map(|(key, _)| *key).zip(inputs).collect();
         self.decoder.admit(&sequences).map_err(model_error)?;
         self.prompt_tokens.extend(

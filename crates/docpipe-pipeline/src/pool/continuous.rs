@@ -112,8 +112,11 @@ impl<'m, 'q, P, T> RunningBatch<'m, 'q, P, T> {
             stats.batches += 1;
         }
         for (key, job) in keyed {
-            let admitted = started;
-            self.live.insert(key, LiveJob { job, admitted });
+            let live = LiveJob {
+                job,
+                admitted: started,
+            };
+            self.live.insert(key, live);
         }
         admitted
     }
@@ -145,9 +148,7 @@ impl<'m, 'q, P, T> RunningBatch<'m, 'q, P, T> {
             ));
         }
         for FinishedRequest { key, generation } in finished {
-            let Some(LiveJob { job, admitted }) = self.live.remove(&key) else {
-                continue;
-            };
+            let LiveJob { job, admitted } = self.live.remove(&key).expect("keys checked above");
             stats.requests += 1;
             stats.generated_tokens += generation.token_ids.len();
             send(results, job.tag, Ok(generation), admitted.elapsed(), rows);
