@@ -10,8 +10,16 @@
 #   from the real libraries' exported symbols (scripts/cuda-stubs/<soname>.syms): each stub carries
 #   the real soname and symbol versions, so the binary binds to the real libraries on the GPU machine.
 #
+# - FlashAttention-2 (`flash-attn` feature, candle-flash-attn) needs CUTLASS, which its build fetches
+#   from GitHub through cudaforge. The PyPI wheel nvidia-cutlass (pinned, sha256-checked) carries the
+#   same headers; laid out as cudaforge's checkout of the pinned commit, the fetch is skipped. Only
+#   the kernels listed in crates/docpipe-vlm/flash-attn-kernels.txt are compiled (all 53 take about
+#   4 CPU-hours): the build uses a copy of the crate whose other kernel files are stubs that abort,
+#   and docpipe never calls them. The compiled kernels stay in .cache/flash-attn/build.
+#
 # Environment: CUDA_COMPUTE_CAP (default 90, the H100), PYTHON (default python3),
-# CUDAFORGE_THREADS (parallel nvcc jobs, default 2). Idempotent: a second run only re-runs cargo.
+# CUDAFORGE_THREADS (parallel nvcc jobs, default 2), FLASH_ATTN (default 1; 0 builds the plain
+# `cuda` feature without FlashAttention). Idempotent: a second run only re-runs cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -20,7 +28,9 @@ TOOLKIT=$ROOT/.cache/cuda-toolkit
 CUDA=$TOOLKIT/nvidia/cu13
 STUBS=$TOOLKIT/stubs
 GPU_DIR=$ROOT/.cache/gpu
+FLASH=$ROOT/.cache/flash-attn
 PYTHON=${PYTHON:-python3}
+FLASH_ATTN=${FLASH_ATTN:-1}
 
 # name==version sha256 (x86_64 manylinux wheels).
 WHEELS=(
@@ -30,6 +40,11 @@ WHEELS=(
   "nvidia-cuda-runtime==13.0.96 7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548"
   "nvidia-cuda-cccl==13.0.85 e0da7ad981f3a8aff08241b5bfc1af868742a63e2762f53a5171c492ef242649"
 )
+
+# CUTLASS 3.5.0 headers, and the commit candle-flash-attn 0.11.1's build.rs pins.
+CUTLASS_WHEEL="nvidia-cutlass==3.5.0.0 4ec3ab4820dd4ae3ebc2c5ddf23352b0dc90f779435284e7dce822006adc51f6"
+CUTLASS_COMMIT=7d49e6c7e2f8896c47f586706e67e1fb215529dc
+FLASH_ATTN_CRATE=candle-flash-attn-0.11.1
 
 if [ "$(uname -s)-$(uname -m)" != Linux-x86_64 ]; then
   echo "build-cuda: the pinned CUDA wheels are for Linux x86_64 only" >&2
@@ -93,8 +108,79 @@ make_stubs() {
   done
 }
 
+# cudaforge skips its clone when $CUDAFORGE_HOME/git/checkouts/cutlass-<16 hex>/ has include/ and
+# `git rev-parse HEAD` there prints the pinned commit.
+install_cutlass() {
+  local checkout=$FLASH/cudaforge/git/checkouts/cutlass-${CUTLASS_COMMIT:0:16}
+  if [ -d "$checkout/include/cutlass" ] && [ "$(git -C "$checkout" rev-parse HEAD 2>/dev/null)" = "$CUTLASS_COMMIT" ]; then
+    return
+  fi
+  local wheels=$FLASH/wheels
+  mkdir -p "$wheels"
+  printf '%s --hash=sha256:%s\n' $CUTLASS_WHEEL >"$wheels/requirements.txt"
+  "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --require-hashes -r "$wheels/requirements.txt" -d "$wheels"
+  local unpacked=$FLASH/cutlass.new
+  rm -rf "$unpacked" "$checkout"
+  "$PYTHON" -m zipfile -e "$wheels"/nvidia_cutlass-3.5.0.0-py3-none-any.whl "$unpacked"
+  mkdir -p "$(dirname "$checkout")"
+  mv "$unpacked/cutlass_library/source" "$checkout"
+  rm -rf "$unpacked"
+  git -C "$checkout" init --quiet
+  echo "$CUTLASS_COMMIT" >"$checkout/.git/HEAD"
+  echo "build-cuda: CUTLASS 3.5.0 headers from the nvidia-cutlass wheel in $checkout"
+}
+
+# A copy of candle-flash-attn whose kernel files not listed in flash-attn-kernels.txt define their
+# kernel entry point as a stub that aborts, so nvcc spends its hours only on the kernels docpipe uses.
+prepare_flash_attn() {
+  local registry list=crates/docpipe-vlm/flash-attn-kernels.txt
+  registry=$(cargo metadata --format-version 1 --features docpipe-cli/flash-attn |
+    "$PYTHON" -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "candle-flash-attn"))')
+  registry=$(dirname "$registry")
+  local crate=$FLASH/$FLASH_ATTN_CRATE
+  if [ ! -f "$crate/.docpipe-ready" ] || [ "$list" -nt "$crate/.docpipe-ready" ]; then
+    rm -rf "$crate"
+    cp -r "$registry" "$crate"
+    local kernel name
+    for kernel in "$crate"/kernels/flash_fwd_*.cu; do
+      name=$(basename "$kernel")
+      if grep -qx "$name" "$list"; then
+        continue
+      fi
+      awk -v name="$name" '
+        BEGIN {
+          print "// Not built for docpipe (scripts/build-cuda.sh builds the kernels of"
+          print "// crates/docpipe-vlm/flash-attn-kernels.txt); docpipe never dispatches here."
+          print "#include <cstdio>"
+          print "#include <cstdlib>"
+          print "#include <cutlass/numeric_types.h>"
+          print "#include \"flash.h\""
+        }
+        /^template<>/ { print; getline; sub(/\{$/, ""); print $0 "{"
+          print "    std::fprintf(stderr, \"FlashAttention kernel " name " was not built\\n\");"
+          print "    std::abort();"
+          print "}" }
+      ' "$kernel" >"$kernel.stub"
+      mv "$kernel.stub" "$kernel"
+    done
+    touch "$crate/.docpipe-ready"
+  fi
+  mkdir -p "$FLASH/build"
+  export CUDAFORGE_HOME=$FLASH/cudaforge
+  export CANDLE_FLASH_ATTN_BUILD_DIR=$FLASH/build
+  CARGO_FEATURES=flash-attn
+  CARGO_PATCH=(--config "patch.crates-io.candle-flash-attn.path='$crate'")
+}
+
 install_toolkit
 make_stubs
+CARGO_FEATURES=cuda
+CARGO_PATCH=()
+if [ "$FLASH_ATTN" = 1 ]; then
+  install_cutlass
+  prepare_flash_attn
+fi
 
 export CUDA_ROOT=$CUDA
 export PATH=$CUDA/bin:$PATH
@@ -117,7 +203,10 @@ nvcc --version | tail -n 2
 
 bash scripts/fetch-pdfium.sh
 
-cargo build --release -p docpipe-cli --features cuda
+# The patch makes cargo record the local copy in Cargo.lock; the committed lock file is put back.
+cp Cargo.lock "$probe/Cargo.lock"
+trap 'cp "$probe/Cargo.lock" Cargo.lock; rm -rf "$probe"' EXIT
+cargo build --release -p docpipe-cli --features "$CARGO_FEATURES" "${CARGO_PATCH[@]}"
 
 mkdir -p "$GPU_DIR"
 cp "$CARGO_TARGET_DIR/release/docpipe" "$GPU_DIR/docpipe"
@@ -125,7 +214,7 @@ cp "$CUDA/lib/libcudart.so.13" "$GPU_DIR/"
 cp .cache/pdfium/libpdfium.so "$GPU_DIR/"
 needed=$(readelf -d "$GPU_DIR/docpipe" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')
 cat <<EOF
-build-cuda: built $GPU_DIR/docpipe (CUDA 13.0, sm_$CUDA_COMPUTE_CAP), with libcudart.so.13 and libpdfium.so beside it.
+build-cuda: built $GPU_DIR/docpipe (CUDA 13.0, sm_$CUDA_COMPUTE_CAP, features: $CARGO_FEATURES), with libcudart.so.13 and libpdfium.so beside it.
 It needs: $needed
 Carry that folder to the GPU machine (driver >= 580, the CUDA 13.0 libraries above on the loader
 path, glibc >= 2.34) and check there, e.g.:

@@ -437,6 +437,46 @@ def page_flops(params, rows, n_crops, patches_per_crop, pages, questions):
         text += 4 * 32 * 4096 * (t * t / 2 + g * (t + g / 2))
     return {"docpipe": image * pages + text, "hf": image * len(rows) + text}
 
+def flash_check(args):
+    """FlashAttention against the per-sequence attention it replaces (DOCPIPE_FLASH_ATTN=off), on the
+    real-dimension checkpoint in bf16: the first-step logits of each request, compared relative to
+    their scale, and the share of requests whose tokens agree (random weights leave near-ties, so
+    some may flip after a few steps). Fails when the logits differ by more than bf16 rounding
+    explains (relative 5e-2) or when first tokens disagree for more than a quarter of requests."""
+    import subprocess
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Beside the original: image paths are relative to the request file.
+    requests = Path(args.requests).with_name("flash_requests.jsonl")
+    requests.write_text("".join(Path(args.requests).read_text().splitlines(True)[: args.requests_count]))
+    runs = {}
+    for mode in ("fused", "off"):
+        path = out / f"flash_{mode}"
+        cmd = [args.bin, "generate", "--model", args.model, "--requests", str(requests),
+               "--out", f"{path}.jsonl", "--logits-out", f"{path}.npy",
+               "--device", os.environ.get("GPU_BENCH_DOCPIPE_DEVICE", "cuda:0"), "--dtype", "bf16",
+               "--batch-size", str(args.batch)]
+        env = dict(os.environ)
+        if mode == "off":
+            env["DOCPIPE_FLASH_ATTN"] = "off"
+        print("+", "DOCPIPE_FLASH_ATTN=off" if mode == "off" else "", " ".join(cmd), flush=True)
+        t0 = time.time()
+        subprocess.run(cmd, check=True, env=env)
+        runs[mode] = {"wall_s": time.time() - t0, "logits": np.load(f"{path}.npy"),
+                      "tokens": [r["token_ids"] for r in load_requests(Path(f"{path}.jsonl"))]}
+    fused, off = runs["fused"], runs["off"]
+    scale = np.abs(off["logits"]).max(axis=1)
+    relative = float((np.abs(fused["logits"] - off["logits"]).max(axis=1) / scale).max())
+    first = np.mean(fused["logits"].argmax(axis=1) == off["logits"].argmax(axis=1))
+    same = np.mean([a == b for a, b in zip(fused["tokens"], off["tokens"])])
+    report = {"requests": len(off["tokens"]), "max_relative_logit_difference": relative,
+              "same_first_token": float(first), "same_tokens": float(same),
+              "wall_s_fused": fused["wall_s"], "wall_s_off": off["wall_s"]}
+    (out / "flash_check.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"flash check: {json.dumps(report)}", flush=True)
+    sys.exit(0 if relative < 5e-2 and first >= 0.75 else 1)
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
@@ -462,10 +502,17 @@ if __name__ == "__main__":
     c.add_argument("bin")
     c.add_argument("fixtures")
     c.add_argument("out")
+    f = sub.add_parser("flashcheck")
+    f.add_argument("bin")
+    f.add_argument("model")
+    f.add_argument("requests")
+    f.add_argument("out")
+    f.add_argument("--requests-count", type=int, default=8)
+    f.add_argument("--batch", type=int, default=8)
     m = sub.add_parser("summary")
     m.add_argument("bench")
     m.add_argument("model_root")
     m.add_argument("results")
     a = ap.parse_args()
     {"setup": setup, "transformers": transformers_bench, "docpipe": docpipe_bench, "summary": summary,
-     "check": check}[a.cmd](a)
+     "check": check, "flashcheck": flash_check}[a.cmd](a)

@@ -4,7 +4,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use docpipe_vlm::nn::{
-    attention, per_segment, split_heads, token_range, AttentionProjections, GatedMlp, RmsNorm,
+    per_segment, unmasked_attention, AttentionProjections, GatedMlp, Heads, RmsNorm,
 };
 use docpipe_vlm::weights::Weights;
 use docpipe_vlm::LoadError;
@@ -80,6 +80,12 @@ impl Connector {
         let scale = (pc.head_dim as f64).powf(-0.5);
         let mut latents = self.latents.repeat((lens.len(), 1))?;
         let kv_lens: Vec<usize> = lens.iter().map(|len| len + n).collect();
+        let q_lens = vec![n; lens.len()];
+        let heads = Heads {
+            heads: pc.n_heads,
+            kv_heads: pc.num_key_value_heads,
+            head_dim: pc.head_dim,
+        };
         for layer in &self.layers {
             let ln = layer.latents_norm.forward(&latents)?;
             let cn = layer.context_norm.forward(&context)?;
@@ -88,19 +94,9 @@ impl Connector {
             let kv_in = per_segment(lens, |i, offset, len| {
                 Tensor::cat(&[cn.narrow(0, offset, len)?, ln.narrow(0, i * n, n)?], 0)
             })?;
-            let q = split_heads(&layer.attn.q(&ln)?, pc.n_heads, pc.head_dim)?;
+            let q = layer.attn.q(&ln)?;
             let (k, v) = layer.attn.kv(&kv_in)?;
-            let k = split_heads(&k, pc.num_key_value_heads, pc.head_dim)?;
-            let v = split_heads(&v, pc.num_key_value_heads, pc.head_dim)?;
-            let a = per_segment(&kv_lens, |i, offset, len| {
-                attention(
-                    &token_range(&q, i * n, n)?,
-                    &token_range(&k, offset, len)?,
-                    &token_range(&v, offset, len)?,
-                    scale,
-                    None,
-                )
-            })?;
+            let a = unmasked_attention(&q, &k, &v, heads, &q_lens, &kv_lens, scale)?;
             latents = (latents + layer.attn.o.forward(&a)?)?;
             latents = (&latents + layer.mlp.forward(&layer.post_norm.forward(&latents)?)?)?;
         }

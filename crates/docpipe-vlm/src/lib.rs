@@ -8,6 +8,7 @@
 //! | [`config`] | SigLIP and decoder settings, generation and normalization settings, the defaults mechanism |
 //! | [`weights`] | memory-mapped safetensors through prefixed views; errors name tensor and file |
 //! | [`nn`] | linear, norms, SwiGLU, grouped-query attention, batch-independent matmuls |
+//! | [`flash`] | FlashAttention-2 over packed sequences on CUDA (feature `flash-attn`) |
 //! | [`vision`] | the SigLIP NaViT tower (spec C; G.4) |
 //! | [`rope`], [`text`] | the Mistral / Llama 3.1 decoder (spec E.3; G.4) |
 //! | [`kv_cache`], [`generation`] | batched greedy decoding with shared page prefixes |
@@ -43,6 +44,7 @@ pub mod device;
 pub mod error;
 #[cfg(feature = "fixture-testing")]
 pub mod fixture_check;
+pub mod flash;
 pub mod generation;
 pub mod image;
 pub mod kv_cache;

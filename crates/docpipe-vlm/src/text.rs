@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 
 use crate::config::TextConfig;
 use crate::error::LoadError;
+use crate::flash::{FlashAttention, Masking, PackedSequences};
 use crate::kv_cache::{BatchCache, SequenceKv};
 use crate::nn::{
     attention, batched_attention, per_segment, split_heads, token_range, AttentionProjections,
@@ -223,21 +224,30 @@ impl TextModel {
             .flat_map(|s| s.past_len()..s.past_len() + s.tokens)
             .collect();
         let (cos, sin) = rotary_tables(&self.inv_freq, &positions, self.device(), self.dtype())?;
-        let mut masks = segments
-            .iter()
-            .map(|s| {
-                causal_mask(
-                    s.tokens,
-                    s.past_len(),
-                    self.config.sliding_window,
-                    self.device(),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let masking = Masking::Causal {
+            window: self.config.sliding_window,
+        };
+        let flash = FlashAttention::new(self.device(), self.dtype(), self.config.head_dim, masking);
+        // The fused kernel masks by itself.
+        let mut masks = match flash {
+            Some(_) => Vec::new(),
+            None => segments
+                .iter()
+                .map(|s| {
+                    causal_mask(
+                        s.tokens,
+                        s.past_len(),
+                        self.config.sliding_window,
+                        self.device(),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
         let mut kvs: Vec<SequenceKv> = segments
             .iter()
             .map(|_| SequenceKv { layers: Vec::new() })
             .collect();
+        let key_lens: Vec<usize> = segments.iter().map(|s| s.past_len() + s.tokens).collect();
         let (mut cos, mut sin, mut hidden) = (cos, sin, embeds.clone());
         for (li, layer) in self.layers.iter().enumerate() {
             if li > 0 && layer.stage != self.layers[li - 1].stage {
@@ -245,19 +255,44 @@ impl TextModel {
                 moved.and_then(|()| follow(&layer.device, masks.iter_mut().flatten()))?;
             }
             hidden = layer.block.forward(&hidden, (&cos, &sin), |q, k, v| {
-                per_segment(&tokens, |i, offset, t| {
-                    let qs = token_range(&q, offset, t)?;
-                    let mut ks = token_range(&k, offset, t)?;
-                    let mut vs = token_range(&v, offset, t)?;
-                    if let Some(past) = segments[i].past {
+                let mut offset = 0;
+                for (segment, kv) in segments.iter().zip(kvs.iter_mut()) {
+                    let mut ks = token_range(&k, offset, segment.tokens)?;
+                    let mut vs = token_range(&v, offset, segment.tokens)?;
+                    if let Some(past) = segment.past {
                         let (pk, pv) = &past.layers[li];
                         ks = Tensor::cat(&[pk, &ks], 1)?;
                         vs = Tensor::cat(&[pv, &vs], 1)?;
                     }
-                    let out = attention(&qs, &ks, &vs, self.scale(), masks[i].as_ref())?;
-                    kvs[i].layers.push((ks, vs));
-                    Ok(out)
-                })
+                    kv.layers.push((ks, vs));
+                    offset += segment.tokens;
+                }
+                match flash {
+                    Some(flash) => {
+                        let layer_kv = kvs.iter().map(|kv| &kv.layers[li]);
+                        // (heads, tokens, d) → (tokens, heads, d), keys with their past.
+                        let tokens_first = |t: &Tensor| t.transpose(0, 1);
+                        let keys = layer_kv.clone().map(|(k, _)| tokens_first(k));
+                        let values = layer_kv.map(|(_, v)| tokens_first(v));
+                        let sequences = PackedSequences {
+                            queries: &tokens,
+                            keys: &key_lens,
+                            masking,
+                        };
+                        flash.attention(
+                            &tokens_first(&q)?,
+                            &Tensor::cat(&keys.collect::<Result<Vec<_>>>()?, 0)?,
+                            &Tensor::cat(&values.collect::<Result<Vec<_>>>()?, 0)?,
+                            &sequences,
+                            self.scale(),
+                        )
+                    }
+                    None => per_segment(&tokens, |i, offset, t| {
+                        let (ks, vs) = &kvs[i].layers[li];
+                        let qs = token_range(&q, offset, t)?;
+                        attention(&qs, ks, vs, self.scale(), masks[i].as_ref())
+                    }),
+                }
             })?;
         }
         Ok((self.logits(&last_rows(&hidden, &tokens)?)?, kvs))

@@ -15,9 +15,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use crate::config::VisionConfig;
 use crate::error::LoadError;
 use crate::image::ProcessedImage;
-use crate::nn::{
-    attention, per_segment, split_heads, token_range, AttentionProjections, LayerNorm, Linear,
-};
+use crate::nn::{unmasked_attention, AttentionProjections, Heads, LayerNorm, Linear};
 use crate::weights::Weights;
 
 /// Bucket index along one side for each of `n` valid patches, on a `side`-bucket table
@@ -106,13 +104,12 @@ impl EncoderLayer {
         let scale = (head_dim as f64).powf(-0.5);
         let x = self.norm1.forward(hidden)?;
         let (q, k, v) = self.attn.qkv(&x)?;
-        let q = split_heads(&q, heads, head_dim)?;
-        let k = split_heads(&k, heads, head_dim)?;
-        let v = split_heads(&v, heads, head_dim)?;
-        let a = per_segment(lens, |_, offset, len| {
-            let part = |t: &Tensor| token_range(t, offset, len);
-            attention(&part(&q)?, &part(&k)?, &part(&v)?, scale, None)
-        })?;
+        let heads = Heads {
+            heads,
+            kv_heads: heads,
+            head_dim,
+        };
+        let a = unmasked_attention(&q, &k, &v, heads, lens, lens, scale)?;
         let hidden = (hidden + self.attn.o.forward(&a)?)?;
         let x = self.norm2.forward(&hidden)?;
         let x = self
