@@ -212,9 +212,17 @@ mkdir -p "$GPU_DIR"
 cp "$CARGO_TARGET_DIR/release/docpipe" "$GPU_DIR/docpipe"
 cp "$CUDA/lib/libcudart.so.13" "$GPU_DIR/"
 cp .cache/pdfium/libpdfium.so "$GPU_DIR/"
+# What scripts/gpu-bench.sh unpacks on the GPU machine: the folder with the binary's debug info
+# stripped (about 100 MB instead of 390), xz-packed (about 20 MB).
+rm -rf "$probe/pack" && mkdir -p "$probe/pack/gpu"
+cp "$GPU_DIR"/lib*.so* "$probe/pack/gpu/"
+objcopy --strip-debug "$GPU_DIR/docpipe" "$probe/pack/gpu/docpipe"
+tar -C "$probe/pack" -cJf "$ROOT/.cache/gpu-stripped.tar.xz.tmp" gpu
+mv "$ROOT/.cache/gpu-stripped.tar.xz.tmp" "$ROOT/.cache/gpu-stripped.tar.xz"
 needed=$(readelf -d "$GPU_DIR/docpipe" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')
 cat <<EOF
-build-cuda: built $GPU_DIR/docpipe (CUDA 13.0, sm_$CUDA_COMPUTE_CAP, features: $CARGO_FEATURES), with libcudart.so.13 and libpdfium.so beside it.
+build-cuda: built $GPU_DIR/docpipe (CUDA 13.0, sm_$CUDA_COMPUTE_CAP, features: $CARGO_FEATURES), with libcudart.so.13 and libpdfium.so beside it,
+and .cache/gpu-stripped.tar.xz (the same, debug info stripped) for scripts/gpu-bench.sh.
 It needs: $needed
 Carry that folder to the GPU machine (driver >= 580, the CUDA 13.0 libraries above on the loader
 path, glibc >= 2.34) and check there, e.g.:
