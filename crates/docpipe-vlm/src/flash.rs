@@ -29,21 +29,12 @@ pub enum Masking {
     },
 }
 
-/// The packed sequences of one attention call: query and key lengths per sequence, in order.
-#[derive(Debug, Clone, Copy)]
-pub struct PackedSequences<'a> {
-    /// Query rows of each sequence.
-    pub queries: &'a [usize],
-    /// Key (and value) rows of each sequence.
-    pub keys: &'a [usize],
-    /// Masking within each sequence.
-    pub masking: Masking,
-}
-
 /// A FlashAttention-2 kernel this build has, for one head size and masking; `None` from
 /// [`FlashAttention::new`] means "use the per-sequence path".
 #[derive(Debug, Clone, Copy)]
 pub struct FlashAttention {
+    #[cfg(feature = "flash-attn")]
+    masking: Masking,
     /// Without the feature there is no kernel, so no handle can exist.
     #[cfg(not(feature = "flash-attn"))]
     never: std::convert::Infallible,
@@ -61,7 +52,7 @@ impl FlashAttention {
                 && built::kernels().iter().any(|kernel| {
                     kernel.serves(dtype, head_dim, matches!(masking, Masking::Causal { .. }))
                 });
-            fits.then_some(FlashAttention {})
+            fits.then_some(FlashAttention { masking })
         }
         #[cfg(not(feature = "flash-attn"))]
         {
@@ -70,15 +61,16 @@ impl FlashAttention {
         }
     }
 
-    /// Attention of packed sequences: `q` is `(Σ queries, heads, d)`, `k` and `v` are
-    /// `(Σ keys, kv_heads, d)` with grouped key/value heads as in `nn::attention`. Returns
-    /// `(Σ queries, heads·d)`, the layout the output projection takes.
+    /// Attention of packed sequences, sequence `i` having `queries[i]` query rows and `keys[i]`
+    /// key rows: `q` is `(Σ queries, heads, d)`, `k` and `v` are `(Σ keys, kv_heads, d)` with
+    /// grouped key/value heads as in `nn::attention`. Returns `(Σ queries, heads·d)`, the
+    /// layout the output projection takes.
     pub fn attention(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        sequences: &PackedSequences<'_>,
+        (queries, keys): (&[usize], &[usize]),
         scale: f64,
     ) -> Result<Tensor> {
         #[cfg(feature = "flash-attn")]
@@ -93,20 +85,20 @@ impl FlashAttention {
                 Tensor::new(sums, q.device())
             };
             let longest = |lens: &[usize]| lens.iter().copied().max().unwrap_or(0);
-            let (left, right) = match sequences.masking {
+            let (left, right) = match self.masking {
                 Masking::Full => (None, None),
-                // The kernel's window counts the keys before the query's own; the mask's
-                // counts it too.
+                // `text::causal_mask` lets a query see `window` keys, its own included; the
+                // kernel's left window counts the keys before its own.
                 Masking::Causal { window } => (window.map(|w| w.saturating_sub(1)), Some(0)),
             };
             candle_flash_attn::flash_attn_varlen_windowed(
                 &q.contiguous()?,
                 &k.contiguous()?,
                 &v.contiguous()?,
-                &cumulative(sequences.queries)?,
-                &cumulative(sequences.keys)?,
-                longest(sequences.queries),
-                longest(sequences.keys),
+                &cumulative(queries)?,
+                &cumulative(keys)?,
+                longest(queries),
+                longest(keys),
                 scale as f32,
                 left,
                 right,
@@ -115,7 +107,7 @@ impl FlashAttention {
         }
         #[cfg(not(feature = "flash-attn"))]
         {
-            let _ = (q, k, v, sequences, scale);
+            let _ = (q, k, v, queries, keys, scale);
             match self.never {}
         }
     }

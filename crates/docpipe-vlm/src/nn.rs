@@ -10,7 +10,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 
 use crate::config::Activation;
 use crate::error::LoadError;
-use crate::flash::{heads_last, FlashAttention, Masking, PackedSequences};
+use crate::flash::{heads_last, FlashAttention, Masking};
 use crate::weights::Weights;
 
 /// `x · Wᵀ (+ b)`, through [`matmul_rows`].
@@ -445,17 +445,12 @@ pub fn unmasked_attention(
         head_dim,
     } = shape;
     if let Some(flash) = FlashAttention::new(q.device(), q.dtype(), head_dim, Masking::Full) {
-        let sequences = PackedSequences {
-            queries,
-            keys,
-            masking: Masking::Full,
-        };
         let (q, k, v) = (
             heads_last(q, heads, head_dim)?,
             heads_last(k, kv_heads, head_dim)?,
             heads_last(v, kv_heads, head_dim)?,
         );
-        return flash.attention(&q, &k, &v, &sequences, scale);
+        return flash.attention(&q, &k, &v, (queries, keys), scale);
     }
     let q = split_heads(q, heads, head_dim)?;
     let k = split_heads(k, kv_heads, head_dim)?;

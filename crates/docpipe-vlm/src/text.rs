@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 
 use crate::config::TextConfig;
 use crate::error::LoadError;
-use crate::flash::{FlashAttention, Masking, PackedSequences};
+use crate::flash::{FlashAttention, Masking};
 use crate::kv_cache::{BatchCache, SequenceKv};
 use crate::nn::{
     attention, batched_attention, per_segment, split_heads, token_range, AttentionProjections,
@@ -224,10 +224,10 @@ impl TextModel {
             .flat_map(|s| s.past_len()..s.past_len() + s.tokens)
             .collect();
         let (cos, sin) = rotary_tables(&self.inv_freq, &positions, self.device(), self.dtype())?;
-        let masking = Masking::Causal {
+        let causal = Masking::Causal {
             window: self.config.sliding_window,
         };
-        let flash = FlashAttention::new(self.device(), self.dtype(), self.config.head_dim, masking);
+        let flash = FlashAttention::new(self.device(), self.dtype(), self.config.head_dim, causal);
         // The fused kernel masks by itself.
         let mut masks = match flash {
             Some(_) => Vec::new(),
@@ -274,16 +274,11 @@ impl TextModel {
                         let tokens_first = |t: &Tensor| t.transpose(0, 1);
                         let keys = layer_kv.clone().map(|(k, _)| tokens_first(k));
                         let values = layer_kv.map(|(_, v)| tokens_first(v));
-                        let sequences = PackedSequences {
-                            queries: &tokens,
-                            keys: &key_lens,
-                            masking,
-                        };
                         flash.attention(
                             &tokens_first(&q)?,
                             &Tensor::cat(&keys.collect::<Result<Vec<_>>>()?, 0)?,
                             &Tensor::cat(&values.collect::<Result<Vec<_>>>()?, 0)?,
-                            &sequences,
+                            (&tokens, &key_lens),
                             self.scale(),
                         )
                     }
