@@ -58,7 +58,7 @@ main() {
   # JIT-compile candle's PTX (cached under CUDA_CACHE_PATH for the next runs).
   phase check 120 python3 scripts/gpu_bench.py check "$BIN" fixtures/idefics2 "$RES"
   # FlashAttention (a `flash-attn` build) against the per-sequence attention it replaces, in bf16.
-  phase flash 90 python3 scripts/gpu_bench.py flashcheck "$BIN" "$WORK/models/split" \
+  phase flash 60 python3 scripts/gpu_bench.py flashcheck "$BIN" "$WORK/models/split" \
     "$WORK/bench/docvqa.jsonl" "$RES"
   if [[ ${1:-} == breakdown ]]; then
     breakdown

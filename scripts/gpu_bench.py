@@ -507,7 +507,7 @@ if __name__ == "__main__":
     f.add_argument("model")
     f.add_argument("requests")
     f.add_argument("out")
-    f.add_argument("--requests-count", type=int, default=8)
+    f.add_argument("--requests-count", type=int, default=4)
     f.add_argument("--batch", type=int, default=8)
     m = sub.add_parser("summary")
     m.add_argument("bench")
