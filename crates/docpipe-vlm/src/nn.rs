@@ -330,11 +330,15 @@ const GENERAL_KERNEL_MIN_OUTPUTS: usize = 16 * 16 + 1;
 const SMALL_PRODUCT_SIDE: usize = 64;
 const SMALL_PRODUCT_BLOCK: usize = 512;
 
-/// `a · b` over the last two dimensions, with `a` padded with zero rows (then dropped) until
-/// `gemm` picks the kernel and blocking it uses for any number of rows: a request decoding
-/// alone, a short question after a shared prefix, or one crop of a page must give the same
-/// bits as in a big batch.
+/// `a · b` over the last two dimensions, on the CPU with `a` padded with zero rows (then
+/// dropped) until `gemm` picks the kernel and blocking it uses for any number of rows: a
+/// request decoding alone, a short question after a shared prefix, or one crop of a page must
+/// give the same bits as in a big batch. cuBLAS picks kernels by shape whatever the padding, so
+/// other devices multiply as they are (padding there would only add a copy per product).
 fn matmul_rows(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !a.device().is_cpu() {
+        return a.matmul(b);
+    }
     let rows_dim = a.rank() - 2;
     let rows = a.dim(rows_dim)?;
     let cols = b.dim(D::Minus1)?;
