@@ -321,7 +321,8 @@ def docpipe_bench(args):
     time.sleep(0.3)
     smi.terminate()
     meta = {"rc": rc, "wall_s": end - t0, "load_s": (loaded or end) - t0, "generate_s": end - (loaded or t0),
-            "peak_gpu_mib": peak[0], "batch": args.batch}
+            "peak_gpu_mib": peak[0], "batch": args.batch,
+            "flash_attn": os.environ.get("DOCPIPE_FLASH_ATTN") != "off"}
     Path(args.out + ".json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"docpipe {Path(args.out).name}: {json.dumps(meta)}", flush=True)
     if rc != 0:
