@@ -8,6 +8,7 @@
 //! | [`config`] | SigLIP and decoder settings, generation and normalization settings, the defaults mechanism |
 //! | [`weights`] | memory-mapped safetensors through prefixed views; errors name tensor and file |
 //! | [`nn`] | linear, norms, SwiGLU, grouped-query attention, batch-independent matmuls |
+//! | [`decode_product`] | a decoding step's rows times a weight matrix on the CPU, read once per step |
 //! | [`vision`] | the SigLIP NaViT tower (spec C; G.4) |
 //! | [`rope`], [`text`] | the Mistral / Llama 3.1 decoder (spec E.3; G.4) |
 //! | [`kv_cache`], [`generation`] | batched greedy decoding with shared page prefixes |
@@ -39,6 +40,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod decode_product;
 pub mod device;
 pub mod error;
 #[cfg(feature = "fixture-testing")]

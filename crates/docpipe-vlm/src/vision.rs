@@ -16,7 +16,7 @@ use crate::config::VisionConfig;
 use crate::error::LoadError;
 use crate::image::ProcessedImage;
 use crate::nn::{
-    attention, per_segment, split_heads, token_range, AttentionProjections, LayerNorm, Linear,
+    attention, per_segment, split_heads, token_range, AttentionProjections, LayerNorm, Linear, Rows,
 };
 use crate::weights::Weights;
 
@@ -105,7 +105,7 @@ impl EncoderLayer {
         let (heads, head_dim) = (config.num_attention_heads, config.head_dim());
         let scale = (head_dim as f64).powf(-0.5);
         let x = self.norm1.forward(hidden)?;
-        let (q, k, v) = self.attn.qkv(&x)?;
+        let (q, k, v) = self.attn.qkv(&x, Rows::Packed)?;
         let q = split_heads(&q, heads, head_dim)?;
         let k = split_heads(&k, heads, head_dim)?;
         let v = split_heads(&v, heads, head_dim)?;
