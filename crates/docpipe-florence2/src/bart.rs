@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use docpipe_vlm::config::Activation;
 use docpipe_vlm::nn::{
-    attention, batched_attention, split_heads, AttentionProjections, LayerNorm, Linear,
+    attention, batched_attention, split_heads, AttentionProjections, LayerNorm, Linear, Rows,
 };
 use docpipe_vlm::weights::Weights;
 use docpipe_vlm::LoadError;
@@ -56,7 +56,7 @@ impl Attention {
 
     /// Bidirectional self-attention over one sequence.
     fn self_attention(&self, xs: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = self.proj.qkv(xs)?;
+        let (q, k, v) = self.proj.qkv(xs, Rows::Packed)?;
         let (q, k, v) = (self.split(&q)?, self.split(&k)?, self.split(&v)?);
         self.proj
             .o
@@ -296,7 +296,7 @@ impl Bart {
         let first = cache.layers.is_empty();
         for (i, layer) in self.decoder_layers.iter().enumerate() {
             let attn = &layer.self_attn;
-            let (q, k, v) = attn.proj.qkv(&xs)?;
+            let (q, k, v) = attn.proj.qkv(&xs, Rows::Packed)?;
             let q = attn.split(&q)?;
             let (hd, heads) = (attn.head_dim, attn.heads);
             let k = k.reshape((rows, heads, 1, hd))?;

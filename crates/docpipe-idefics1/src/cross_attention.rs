@@ -17,6 +17,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use docpipe_vlm::nn::{
     attention, batched_attention, per_segment, split_heads, token_range, GatedMlp, Linear, RmsNorm,
+    Rows,
 };
 use docpipe_vlm::weights::Weights;
 use docpipe_vlm::LoadError;
@@ -159,7 +160,7 @@ impl GatedCrossAttention {
                 hidden.device(),
             ),
         })?;
-        self.gated_residuals(hidden, &attended)
+        self.gated_residuals(hidden, &attended, Rows::Packed)
     }
 
     /// The block for one new token per row, `(rows, hidden)`, each row attending to its own
@@ -168,17 +169,24 @@ impl GatedCrossAttention {
     pub fn forward_step(&self, hidden: &Tensor, rows: &StackedKv) -> Result<Tensor> {
         let x = self.input_norm.forward(hidden)?;
         let q = self.norm(
-            split_heads(&self.q.forward(&x)?, self.heads, self.head_dim)?,
+            split_heads(
+                &self.q.forward_rows(&x, Rows::Decode)?,
+                self.heads,
+                self.head_dim,
+            )?,
             0,
         )?;
         let attended = batched_attention(&q, &rows.keys, &rows.values, self.scale(), &rows.mask)?;
-        self.gated_residuals(hidden, &attended)
+        self.gated_residuals(hidden, &attended, Rows::Decode)
     }
 
-    fn gated_residuals(&self, hidden: &Tensor, attended: &Tensor) -> Result<Tensor> {
-        let out = self.o.forward(attended)?;
+    /// The output projection and MLP, with their gates, over rows of the kind `rows`.
+    fn gated_residuals(&self, hidden: &Tensor, attended: &Tensor, rows: Rows) -> Result<Tensor> {
+        let out = self.o.forward_rows(attended, rows)?;
         let hidden = (hidden + out.broadcast_mul(&self.gate_attn)?)?;
-        let dense = self.mlp.forward(&self.post_norm.forward(&hidden)?)?;
+        let dense = self
+            .mlp
+            .forward_rows(&self.post_norm.forward(&hidden)?, rows)?;
         hidden + dense.broadcast_mul(&self.gate_dense)?
     }
 }

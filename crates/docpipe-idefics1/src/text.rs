@@ -20,7 +20,9 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use docpipe_vlm::config::{Rope, RopeScaling};
 use docpipe_vlm::kv_cache::{BatchCache, SequenceKv};
-use docpipe_vlm::nn::{attention, batched_attention, per_segment, token_range, Linear, RmsNorm};
+use docpipe_vlm::nn::{
+    attention, batched_attention, per_segment, token_range, Linear, RmsNorm, Rows,
+};
 use docpipe_vlm::placement::Placement;
 use docpipe_vlm::rope::inv_freq;
 use docpipe_vlm::text::{causal_mask, follow, last_rows, rotary_tables, DecoderBlock};
@@ -243,23 +245,26 @@ impl TextModel {
                 let runs = runs(sequences, &keys.blocks[b]);
                 hidden = self.cross[b].forward(&hidden, &runs)?;
             }
-            hidden = layer.block.forward(&hidden, (&cos, &sin), |q, k, v| {
-                per_segment(&tokens, |i, offset, t| {
-                    let ks = token_range(&k, offset, t)?;
-                    let vs = token_range(&v, offset, t)?;
-                    let out = attention(
-                        &token_range(&q, offset, t)?,
-                        &ks,
-                        &vs,
-                        self.scale(),
-                        masks[i].as_ref(),
-                    )?;
-                    kvs[i].layers.push((ks, vs));
-                    Ok(out)
-                })
-            })?;
+            hidden = layer
+                .block
+                .forward(&hidden, (&cos, &sin), Rows::Packed, |q, k, v| {
+                    per_segment(&tokens, |i, offset, t| {
+                        let ks = token_range(&k, offset, t)?;
+                        let vs = token_range(&v, offset, t)?;
+                        let out = attention(
+                            &token_range(&q, offset, t)?,
+                            &ks,
+                            &vs,
+                            self.scale(),
+                            masks[i].as_ref(),
+                        )?;
+                        kvs[i].layers.push((ks, vs));
+                        Ok(out)
+                    })
+                })?;
         }
-        Ok((self.logits(&last_rows(&hidden, &tokens)?)?, kvs))
+        let last = last_rows(&hidden, &tokens)?;
+        Ok((self.logits(&last, Rows::Packed)?, kvs))
     }
 
     /// One decoding step: the embeddings `(rows, hidden)` of one new token per cache row, whose
@@ -289,24 +294,27 @@ impl TextModel {
             if let Some(b) = layer.cross {
                 hidden = self.cross[b].forward_step(&hidden, &cross[b])?;
             }
-            hidden = layer.block.forward(&hidden, (&cos, &sin), |q, k, v| {
-                let (keys, values) = cache.append(li, &k, &v, &slots)?;
-                batched_attention(&q, &keys, &values, self.scale(), &mask)
-            })?;
+            hidden = layer
+                .block
+                .forward(&hidden, (&cos, &sin), Rows::Decode, |q, k, v| {
+                    let (keys, values) = cache.append(li, &k, &v, &slots)?;
+                    batched_attention(&q, &keys, &values, self.scale(), &mask)
+                })?;
         }
         cache.advance();
-        self.logits(&hidden)
+        self.logits(&hidden, Rows::Decode)
     }
 
     fn scale(&self) -> f64 {
         (self.config.head_dim() as f64).powf(-0.5)
     }
 
-    /// Final norm and the decoupled head in f32, on the last device.
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+    /// Final norm and the decoupled head in f32, on the last device, over rows of the kind
+    /// `rows`.
+    fn logits(&self, hidden: &Tensor, rows: Rows) -> Result<Tensor> {
         let hidden = hidden.to_device(self.lm_head.device())?;
         self.lm_head
-            .forward(&self.norm.forward(&hidden)?)?
+            .forward_rows(&self.norm.forward(&hidden)?, rows)?
             .to_dtype(DType::F32)
     }
 }

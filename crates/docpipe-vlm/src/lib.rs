@@ -9,6 +9,7 @@
 //! | [`weights`] | memory-mapped safetensors through prefixed views; errors name tensor and file |
 //! | [`nn`] | linear, norms, SwiGLU, grouped-query attention, batch-independent matmuls |
 //! | [`flash`] | FlashAttention-2 over packed sequences on CUDA (feature `flash-attn`) |
+//! | [`decode_product`] | a decoding step's rows times a weight matrix on the CPU, read once per step |
 //! | [`vision`] | the SigLIP NaViT tower (spec C; G.4) |
 //! | [`rope`], [`text`] | the Mistral / Llama 3.1 decoder (spec E.3; G.4) |
 //! | [`kv_cache`], [`generation`] | batched greedy decoding with shared page prefixes |
@@ -29,17 +30,19 @@
 //! sections ("spec A.4").
 //!
 //! A request's tokens do not depend on the other requests of its batch (bit for bit on CPU):
-//! prompts of a batch are packed end to end with attention per sequence, a prompt with images
-//! is always prefilled in two parts (up to its last image token, then the rest) so that
-//! several questions about one page share the first, the decoding cache pads rows only on the
-//! right ([`kv_cache`]) whenever a row joins, small matmuls are padded to the CPU backend's general kernel
-//! ([`nn`]), and finished sequences leave the batch. On a GPU, cuBLAS picks kernels by shape,
-//! so there a batch can move results by float rounding.
+//! prompts of a batch are packed end to end with attention per sequence, a prompt with images is
+//! always prefilled in two parts (up to its last image token, then the rest) so that several
+//! questions about one page share the first, the decoding cache pads rows only on the right
+//! ([`kv_cache`]) whenever a row joins, small matmuls are padded to the CPU backend's general
+//! kernel ([`nn`]), a decoding step's rows go through a product whose sums do not depend on the row
+//! count ([`decode_product`]), and finished sequences leave the batch. On a GPU, cuBLAS picks
+//! kernels by shape, so there a batch can move results by float rounding.
 
 #![warn(missing_docs)]
 
 pub mod chat;
 pub mod config;
+pub mod decode_product;
 pub mod device;
 pub mod error;
 #[cfg(feature = "fixture-testing")]

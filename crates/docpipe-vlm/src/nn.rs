@@ -9,11 +9,27 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 
 use crate::config::Activation;
+use crate::decode_product::{self, decode_product};
 use crate::error::LoadError;
 use crate::flash::{heads_last, FlashAttention, Masking};
 use crate::weights::Weights;
 
-/// `x · Wᵀ (+ b)`, through [`matmul_rows`].
+/// What the rows a layer multiplies are, which picks the CPU product they go through. Each
+/// kind keeps every row's bits independent of the rows computed with it, and a request's rows
+/// are always of the same kind at the same point of its generation, so its tokens do not
+/// depend on its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Tokens packed end to end (prompts, image patches, latents), often hundreds: `gemm`
+    /// through [`matmul_rows`].
+    Packed,
+    /// One new token per sequence of a decoding step, a few rows by every weight matrix of
+    /// the decoder: on the CPU in f32 [`decode_product`], which streams each weight once
+    /// instead of repacking it per call; elsewhere as [`Rows::Packed`].
+    Decode,
+}
+
+/// `x · Wᵀ (+ b)`, through [`matmul_rows`] or, for decoding rows, [`decode_product`].
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -86,13 +102,24 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let out = matmul_rows(xs, &self.weight.t()?)?;
+impl Linear {
+    /// The layer over `xs` `(…, in)`, rows of the kind `rows`.
+    pub fn forward_rows(&self, xs: &Tensor, rows: Rows) -> Result<Tensor> {
+        let out = if rows == Rows::Decode && decode_product::applies(xs, &self.weight) {
+            decode_product(xs, &self.weight)?
+        } else {
+            matmul_rows(xs, &self.weight.t()?)?
+        };
         match &self.bias {
             Some(b) => out.broadcast_add(b),
             None => Ok(out),
         }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_rows(xs, Rows::Packed)
     }
 }
 
@@ -219,12 +246,20 @@ impl GatedMlp {
     }
 }
 
-impl Module for GatedMlp {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate_up = self.gate_up.forward(xs)?;
+impl GatedMlp {
+    /// The MLP over `xs`, rows of the kind `rows`.
+    pub fn forward_rows(&self, xs: &Tensor, rows: Rows) -> Result<Tensor> {
+        let gate_up = self.gate_up.forward_rows(xs, rows)?;
         let gate = gate_up.narrow(D::Minus1, 0, self.hidden)?;
         let up = gate_up.narrow(D::Minus1, self.hidden, self.hidden)?;
-        self.down.forward(&(self.act.apply(&gate)? * up)?)
+        self.down
+            .forward_rows(&(self.act.apply(&gate)? * up)?, rows)
+    }
+}
+
+impl Module for GatedMlp {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_rows(xs, Rows::Packed)
     }
 }
 
@@ -286,8 +321,8 @@ impl AttentionProjections {
     }
 
     /// Queries, keys and values `(tokens, dim)` of `x` `(tokens, hidden)`, in one matmul.
-    pub fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let qkv = self.qkv.forward(x)?;
+    pub fn qkv(&self, x: &Tensor, rows: Rows) -> Result<(Tensor, Tensor, Tensor)> {
+        let qkv = self.qkv.forward_rows(x, rows)?;
         let (q, kv) = (qkv.dim(D::Minus1)? - 2 * self.kv_dim, self.kv_dim);
         Ok((
             qkv.narrow(D::Minus1, 0, q)?,
@@ -518,6 +553,50 @@ mod tests {
             for m in 1..100 {
                 let some = linear.forward(&x.narrow(0, 0, m).unwrap()).unwrap();
                 assert_eq!(some.to_vec2::<f32>().unwrap(), all[..m], "{m} of {k}x{n}");
+            }
+        }
+    }
+
+    /// The decoding product at the input widths the decoders multiply (the fixtures' 32 to
+    /// 160, the Idefics1 benchmark's 2048 and 5504, idefics-9b's 4096 and 11008, odd ones for
+    /// the tail of the sums), with output counts that split into one task or several: a row's
+    /// bits are the same alone, and first, last or anywhere in a batch of up to 11 rows
+    /// (beyond two tiles of rows that share weight loads); and they are the product's.
+    #[test]
+    fn a_decoding_rows_result_does_not_depend_on_the_rows_computed_with_it() {
+        let rows = 11;
+        for (k, n) in [
+            (32, 96),
+            (48, 32),
+            (64, 643),
+            (160, 64),
+            (37, 70),
+            (2048, 48),
+            (4096, 24),
+            (5504, 20),
+            (11008, 12),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let linear = Linear::new(w, None);
+            let decode = |x: &Tensor| {
+                let out = linear.forward_rows(x, Rows::Decode).unwrap();
+                out.to_vec2::<f32>().unwrap()
+            };
+            let all = decode(&x);
+            for m in 1..rows {
+                let first = decode(&x.narrow(0, 0, m).unwrap());
+                assert_eq!(first, all[..m], "first {m} of {k}x{n}");
+                let last = decode(&x.narrow(0, rows - m, m).unwrap());
+                assert_eq!(last, all[rows - m..], "last {m} of {k}x{n}");
+            }
+            let packed = linear.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+            for (got, want) in all.iter().flatten().zip(packed.iter().flatten()) {
+                let scale = (k as f32).sqrt();
+                assert!(
+                    (got - want).abs() <= 1e-5 * scale,
+                    "{got} vs {want}, {k}x{n}"
+                );
             }
         }
     }

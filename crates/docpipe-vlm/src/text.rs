@@ -23,7 +23,7 @@ use crate::flash::{FlashAttention, Masking};
 use crate::kv_cache::{BatchCache, SequenceKv};
 use crate::nn::{
     attention, batched_attention, per_segment, split_heads, token_range, AttentionProjections,
-    GatedMlp, Linear, RmsNorm,
+    GatedMlp, Linear, RmsNorm, Rows,
 };
 use crate::placement::Placement;
 use crate::rope::inv_freq;
@@ -86,26 +86,28 @@ impl DecoderBlock {
         })
     }
 
-    /// The block over packed tokens. `attend` gets q `(heads, tokens, d)` and k, v
+    /// The block over `hidden` `(tokens, hidden)`: packed prompt tokens or a decoding step's
+    /// rows, as `rows` says. `attend` gets q `(heads, tokens, d)` and k, v
     /// `(kv_heads, tokens, d)` after RoPE and returns the attention output `(tokens, heads·d)`.
     pub fn forward(
         &self,
         hidden: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
+        rows: Rows,
         attend: impl FnOnce(Tensor, Tensor, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let d = &self.dims;
         let x = self.input_norm.forward(hidden)?;
-        let (q, k, v) = self.attn.qkv(&x)?;
+        let (q, k, v) = self.attn.qkv(&x, rows)?;
         let heads = |t: &Tensor, n| split_heads(t, n, d.head_dim);
         // rope works on (batch, heads, tokens, dim) with one position per token.
         let rope = |t: Tensor| candle_nn::rotary_emb::rope(&t.unsqueeze(0)?, cos, sin)?.squeeze(0);
         let q = rope(heads(&q, d.heads)?)?;
         let k = rope(heads(&k, d.kv_heads)?)?;
         let v = heads(&v, d.kv_heads)?;
-        let hidden = (hidden + self.attn.o.forward(&attend(q, k, v)?)?)?;
+        let hidden = (hidden + self.attn.o.forward_rows(&attend(q, k, v)?, rows)?)?;
         let x = self.post_norm.forward(&hidden)?;
-        &hidden + self.mlp.forward(&x)?
+        &hidden + self.mlp.forward_rows(&x, rows)?
     }
 }
 
@@ -254,43 +256,46 @@ impl TextModel {
                 let moved = follow(&layer.device, [&mut hidden, &mut cos, &mut sin]);
                 moved.and_then(|()| follow(&layer.device, masks.iter_mut().flatten()))?;
             }
-            hidden = layer.block.forward(&hidden, (&cos, &sin), |q, k, v| {
-                let mut offset = 0;
-                for (segment, kv) in segments.iter().zip(kvs.iter_mut()) {
-                    let mut ks = token_range(&k, offset, segment.tokens)?;
-                    let mut vs = token_range(&v, offset, segment.tokens)?;
-                    if let Some(past) = segment.past {
-                        let (pk, pv) = &past.layers[li];
-                        ks = Tensor::cat(&[pk, &ks], 1)?;
-                        vs = Tensor::cat(&[pv, &vs], 1)?;
+            hidden = layer
+                .block
+                .forward(&hidden, (&cos, &sin), Rows::Packed, |q, k, v| {
+                    let mut offset = 0;
+                    for (segment, kv) in segments.iter().zip(kvs.iter_mut()) {
+                        let mut ks = token_range(&k, offset, segment.tokens)?;
+                        let mut vs = token_range(&v, offset, segment.tokens)?;
+                        if let Some(past) = segment.past {
+                            let (pk, pv) = &past.layers[li];
+                            ks = Tensor::cat(&[pk, &ks], 1)?;
+                            vs = Tensor::cat(&[pv, &vs], 1)?;
+                        }
+                        kv.layers.push((ks, vs));
+                        offset += segment.tokens;
                     }
-                    kv.layers.push((ks, vs));
-                    offset += segment.tokens;
-                }
-                match flash {
-                    Some(flash) => {
-                        let layer_kv = kvs.iter().map(|kv| &kv.layers[li]);
-                        // (heads, tokens, d) → (tokens, heads, d), keys with their past.
-                        let tokens_first = |t: &Tensor| t.transpose(0, 1);
-                        let keys = layer_kv.clone().map(|(k, _)| tokens_first(k));
-                        let values = layer_kv.map(|(_, v)| tokens_first(v));
-                        flash.attention(
-                            &tokens_first(&q)?,
-                            &Tensor::cat(&keys.collect::<Result<Vec<_>>>()?, 0)?,
-                            &Tensor::cat(&values.collect::<Result<Vec<_>>>()?, 0)?,
-                            (&tokens, &key_lens),
-                            self.scale(),
-                        )
+                    match flash {
+                        Some(flash) => {
+                            let layer_kv = kvs.iter().map(|kv| &kv.layers[li]);
+                            // (heads, tokens, d) → (tokens, heads, d), keys with their past.
+                            let tokens_first = |t: &Tensor| t.transpose(0, 1);
+                            let keys = layer_kv.clone().map(|(k, _)| tokens_first(k));
+                            let values = layer_kv.map(|(_, v)| tokens_first(v));
+                            flash.attention(
+                                &tokens_first(&q)?,
+                                &Tensor::cat(&keys.collect::<Result<Vec<_>>>()?, 0)?,
+                                &Tensor::cat(&values.collect::<Result<Vec<_>>>()?, 0)?,
+                                (&tokens, &key_lens),
+                                self.scale(),
+                            )
+                        }
+                        None => per_segment(&tokens, |i, offset, t| {
+                            let (ks, vs) = &kvs[i].layers[li];
+                            let qs = token_range(&q, offset, t)?;
+                            attention(&qs, ks, vs, self.scale(), masks[i].as_ref())
+                        }),
                     }
-                    None => per_segment(&tokens, |i, offset, t| {
-                        let (ks, vs) = &kvs[i].layers[li];
-                        let qs = token_range(&q, offset, t)?;
-                        attention(&qs, ks, vs, self.scale(), masks[i].as_ref())
-                    }),
-                }
-            })?;
+                })?;
         }
-        Ok((self.logits(&last_rows(&hidden, &tokens)?)?, kvs))
+        let last = last_rows(&hidden, &tokens)?;
+        Ok((self.logits(&last, Rows::Packed)?, kvs))
     }
 
     /// One decoding step: the embeddings `(rows, hidden)` of one new token per cache row.
@@ -307,24 +312,26 @@ impl TextModel {
                 let inputs = [&mut hidden, &mut cos, &mut sin, &mut slots, &mut mask];
                 follow(&layer.device, inputs)?;
             }
-            hidden = layer.block.forward(&hidden, (&cos, &sin), |q, k, v| {
-                let (keys, values) = cache.append(li, &k, &v, &slots)?;
-                batched_attention(&q, &keys, &values, self.scale(), &mask)
-            })?;
+            hidden = layer
+                .block
+                .forward(&hidden, (&cos, &sin), Rows::Decode, |q, k, v| {
+                    let (keys, values) = cache.append(li, &k, &v, &slots)?;
+                    batched_attention(&q, &keys, &values, self.scale(), &mask)
+                })?;
         }
         cache.advance();
-        self.logits(&hidden)
+        self.logits(&hidden, Rows::Decode)
     }
 
     fn scale(&self) -> f64 {
         (self.config.head_dim as f64).powf(-0.5)
     }
 
-    /// Final norm and `lm_head` in f32.
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+    /// Final norm and `lm_head` in f32, over rows of the kind `rows`.
+    fn logits(&self, hidden: &Tensor, rows: Rows) -> Result<Tensor> {
         let hidden = hidden.to_device(self.lm_head.device())?;
         self.lm_head
-            .forward(&self.norm.forward(&hidden)?)?
+            .forward_rows(&self.norm.forward(&hidden)?, rows)?
             .to_dtype(DType::F32)
     }
 }

@@ -15,7 +15,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use crate::config::VisionConfig;
 use crate::error::LoadError;
 use crate::image::ProcessedImage;
-use crate::nn::{unmasked_attention, AttentionProjections, Heads, LayerNorm, Linear};
+use crate::nn::{unmasked_attention, AttentionProjections, Heads, LayerNorm, Linear, Rows};
 use crate::weights::Weights;
 
 /// Bucket index along one side for each of `n` valid patches, on a `side`-bucket table
@@ -103,7 +103,7 @@ impl EncoderLayer {
         let (heads, head_dim) = (config.num_attention_heads, config.head_dim());
         let scale = (head_dim as f64).powf(-0.5);
         let x = self.norm1.forward(hidden)?;
-        let (q, k, v) = self.attn.qkv(&x)?;
+        let (q, k, v) = self.attn.qkv(&x, Rows::Packed)?;
         let heads = Heads {
             heads,
             kv_heads: heads,

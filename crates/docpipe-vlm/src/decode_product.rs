@@ -1,0 +1,166 @@
+//! The product of a decoding step's rows with a weight matrix, on the CPU.
+//!
+//! A decoding step multiplies a few rows (one new token per sequence) by every weight matrix of
+//! the decoder. Through `gemm`, as `x · Wᵀ`, each call first repacks the transposed weight,
+//! reading and rewriting all of it to multiply a handful of rows: that packing was 64% of a
+//! one-request Idefics1 run (docs/benchmarks.md, "Idefics1 on CPU"). Here each output is the dot
+//! product of an input row with a weight row as stored; each weight row is read once per call,
+//! for all the rows, while it is in cache.
+//!
+//! Every `(row, output)` pair is summed the same way whatever the other rows are: the same
+//! [`LANES`] running sums over the input in order, the same pairwise reduction, the same tail.
+//! Rows that share a weight row's loads ([`ROW_TILE`]) or not, outputs split among threads one
+//! way or another: none of it changes what is added to what, or in which order (Rust never
+//! fuses a multiply and an add on its own). So a request decoding alone and the same request
+//! in a batch of any size get the same bits, as `nn`'s padded `gemm` products do for packed
+//! rows (prompts, image patches), which keep `gemm`: with hundreds of rows it is the faster.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Running sums of one dot product: two AVX registers, four SSE ones.
+const LANES: usize = 16;
+
+/// Input rows that share each load of a weight row.
+const ROW_TILE: usize = 4;
+
+/// Multiply-adds below which a share of the outputs is not worth a task of its own.
+const MIN_TASK_WORK: usize = 1 << 16;
+
+/// Whether [`decode_product`] takes `x · weightᵀ`: both f32 and on the CPU. Other dtypes and
+/// devices keep the general product (cuBLAS handles few rows well).
+pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    f32_cpu(x) && f32_cpu(weight)
+}
+
+/// `x · weightᵀ` for `x` `(…, in)` and `weight` `(out, in)`, both f32 on the CPU ([`applies`]):
+/// `(…, out)`.
+pub fn decode_product(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &DecodeProduct)
+}
+
+struct DecodeProduct;
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => candle_core::bail!("decode product: contiguous f32 inputs expected"),
+    }
+}
+
+impl CustomOp2 for DecodeProduct {
+    fn name(&self) -> &'static str {
+        "decode-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, k) = w_layout.shape().dims2()?;
+        let mut dims = x_layout.shape().dims().to_vec();
+        if dims.last() != Some(&k) {
+            candle_core::bail!(
+                "decode product: {:?} times the transpose of {:?}",
+                x_layout.shape(),
+                w_layout.shape()
+            );
+        }
+        let (x, w) = (contiguous_f32(x, x_layout)?, contiguous_f32(w, w_layout)?);
+        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        // Outputs by weight row, `(n, rows)`, then transposed.
+        let mut by_output = vec![0f32; n * rows];
+        // Tasks of equal shares of the outputs, a few per thread, none too small.
+        let threads = rayon::current_num_threads();
+        let per_task = n
+            .div_ceil(8 * threads)
+            .max(MIN_TASK_WORK.div_ceil((k * rows).max(1)))
+            .max(1);
+        if rows > 0 && k > 0 {
+            let xs: Vec<&[f32]> = x.chunks_exact(k).collect();
+            by_output
+                .par_chunks_mut(per_task * rows)
+                .enumerate()
+                .for_each(|(task, out)| {
+                    let w = &w[task * per_task * k..];
+                    products(&xs, w, k, out);
+                });
+        }
+        let out = match rows {
+            1 => by_output,
+            _ => (0..rows * n)
+                .map(|i| by_output[(i % n) * rows + i / n])
+                .collect(),
+        };
+        *dims.last_mut().unwrap() = n;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// `out[j · rows + r] = xs[r] · w[j · k..(j + 1) · k]` for the `out.len() / rows` weight rows
+/// at the start of `w`, with AVX when the CPU has it (the same sums either way).
+fn products(xs: &[&[f32]], w: &[f32], k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX, checked above.
+        return unsafe { products_avx(xs, w, k, out) };
+    }
+    products_any(xs, w, k, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn products_avx(xs: &[&[f32]], w: &[f32], k: usize, out: &mut [f32]) {
+    products_any(xs, w, k, out)
+}
+
+#[inline(always)]
+fn products_any(xs: &[&[f32]], w: &[f32], k: usize, out: &mut [f32]) {
+    let rows = xs.len();
+    for (w_row, out) in w.chunks_exact(k).zip(out.chunks_exact_mut(rows)) {
+        let mut tiles = xs.chunks_exact(ROW_TILE);
+        let mut outs = out.chunks_exact_mut(ROW_TILE);
+        for (tile, out) in (&mut tiles).zip(&mut outs) {
+            out.copy_from_slice(&dots::<ROW_TILE>(tile.try_into().unwrap(), w_row));
+        }
+        for (x, out) in tiles.remainder().iter().zip(outs.into_remainder()) {
+            *out = dots::<1>([x], w_row)[0];
+        }
+    }
+}
+
+/// The dot products of `R` rows with one weight row: for each row, [`LANES`] running sums
+/// over the input in order, summed pairwise, plus the remainder's products in order.
+#[inline(always)]
+fn dots<const R: usize>(xs: [&[f32]; R], w: &[f32]) -> [f32; R] {
+    let (w_chunks, w_tail) = w.as_chunks::<LANES>();
+    let chunks = w_chunks.len();
+    let x_chunks = xs.map(|x| &x.as_chunks::<LANES>().0[..chunks]);
+    let mut acc = [[0f32; LANES]; R];
+    for (c, w) in w_chunks.iter().enumerate() {
+        for (acc, x) in acc.iter_mut().zip(&x_chunks) {
+            let x = &x[c];
+            for l in 0..LANES {
+                acc[l] += x[l] * w[l];
+            }
+        }
+    }
+    let mut out = [0f32; R];
+    for ((out, mut acc), x) in out.iter_mut().zip(acc).zip(xs) {
+        let mut width = LANES;
+        while width > 1 {
+            width /= 2;
+            for l in 0..width {
+                acc[l] += acc[l + width];
+            }
+        }
+        let tail = x[chunks * LANES..].iter().zip(w_tail);
+        *out = tail.fold(acc[0], |sum, (x, w)| sum + x * w);
+    }
+    out
+}
