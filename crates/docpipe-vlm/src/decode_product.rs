@@ -9,9 +9,9 @@
 //!
 //! Every `(row, output)` pair is summed the same way whatever the other rows are: the same
 //! [`LANES`] running sums over the input in order, the same pairwise reduction, the same tail.
-//! Rows that share a weight row's loads ([`ROW_TILE`]) or not, outputs split among threads one
-//! way or another: none of it changes what is added to what, or in which order (Rust never
-//! fuses a multiply and an add on its own). So a request decoding alone and the same request
+//! Rows and weight rows sharing loads in register tiles ([`ROW_TILE`], [`W_TILE`]) or not,
+//! outputs split among threads one way or another: none of it changes what is added to what,
+//! or in which order (Rust never fuses a multiply and an add on its own). So a request decoding alone and the same request
 //! in a batch of any size get the same bits, as `nn`'s padded `gemm` products do for packed
 //! rows (prompts, image patches), which keep `gemm`: with hundreds of rows it is the faster.
 
@@ -21,9 +21,12 @@ use rayon::prelude::*;
 /// Running sums of one dot product: one AVX register, two SSE ones.
 const LANES: usize = 8;
 
-/// Input rows that share each load of a weight row (tiles of them times two weight rows: 8
-/// running sums of [`LANES`], half the AVX registers), and weight rows taken together.
+/// Input rows that share each load of a weight row: a tile of them times two weight rows is 8
+/// running sums of [`LANES`], half the AVX registers.
 const ROW_TILE: usize = 4;
+
+/// Weight rows taken together: the input rows left over from the tiles go against this many at
+/// once, so that even a single row keeps several sums in flight.
 const W_TILE: usize = 4;
 
 /// Multiply-adds below which a share of the outputs is not worth a task of its own.
