@@ -9,20 +9,25 @@
 //!
 //! Every `(row, output)` pair is summed the same way whatever the other rows are: the same
 //! [`LANES`] running sums over the input in order, the same pairwise reduction, the same tail.
-//! Rows that share a weight row's loads ([`ROW_TILE`]) or not, outputs split among threads one
-//! way or another: none of it changes what is added to what, or in which order (Rust never
-//! fuses a multiply and an add on its own). So a request decoding alone and the same request
+//! Rows and weight rows sharing loads in register tiles ([`ROW_TILE`], [`W_TILE`]) or not,
+//! outputs split among threads one way or another: none of it changes what is added to what,
+//! or in which order (Rust never fuses a multiply and an add on its own). So a request decoding alone and the same request
 //! in a batch of any size get the same bits, as `nn`'s padded `gemm` products do for packed
 //! rows (prompts, image patches), which keep `gemm`: with hundreds of rows it is the faster.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Running sums of one dot product: two AVX registers, four SSE ones.
-const LANES: usize = 16;
+/// Running sums of one dot product: one AVX register, two SSE ones.
+const LANES: usize = 8;
 
-/// Input rows that share each load of a weight row.
+/// Input rows that share each load of a weight row: a tile of them times two weight rows is 8
+/// running sums of [`LANES`], half the AVX registers.
 const ROW_TILE: usize = 4;
+
+/// Weight rows taken together: the input rows left over from the tiles go against this many at
+/// once, so that even a single row keeps several sums in flight.
+const W_TILE: usize = 4;
 
 /// Multiply-adds below which a share of the outputs is not worth a task of its own.
 const MIN_TASK_WORK: usize = 1 << 16;
@@ -122,45 +127,82 @@ fn products_avx(xs: &[&[f32]], w: &[f32], k: usize, out: &mut [f32]) {
 #[inline(always)]
 fn products_any(xs: &[&[f32]], w: &[f32], k: usize, out: &mut [f32]) {
     let rows = xs.len();
-    for (w_row, out) in w.chunks_exact(k).zip(out.chunks_exact_mut(rows)) {
-        let mut tiles = xs.chunks_exact(ROW_TILE);
-        let mut outs = out.chunks_exact_mut(ROW_TILE);
-        for (tile, out) in (&mut tiles).zip(&mut outs) {
-            out.copy_from_slice(&dots::<ROW_TILE>(tile.try_into().unwrap(), w_row));
+    for (w, out) in w.chunks(W_TILE * k).zip(out.chunks_mut(W_TILE * rows)) {
+        let ws: Vec<&[f32]> = w.chunks_exact(k).take(out.len() / rows).collect();
+        tile_products(xs, &ws, out);
+    }
+}
+
+/// `out[f · rows + r] = xs[r] · ws[f]` for up to [`W_TILE`] weight rows: [`ROW_TILE`] input
+/// rows times two weight rows at a time, and the input rows left over times all of them, so
+/// that even one input row has several sums in flight.
+#[inline(always)]
+fn tile_products(xs: &[&[f32]], ws: &[&[f32]], out: &mut [f32]) {
+    let rows = xs.len();
+    let mut put = |f0: usize, r0: usize, sums: &[&[f32]]| {
+        for (f, sums) in sums.iter().enumerate() {
+            out[(f0 + f) * rows + r0..][..sums.len()].copy_from_slice(sums);
         }
-        for (x, out) in tiles.remainder().iter().zip(outs.into_remainder()) {
-            *out = dots::<1>([x], w_row)[0];
+    };
+    let mut tiles = xs.chunks_exact(ROW_TILE);
+    for (t, tile) in (&mut tiles).enumerate() {
+        let tile: [&[f32]; ROW_TILE] = tile.try_into().unwrap();
+        for (p, pair) in ws.chunks(2).enumerate() {
+            match pair {
+                [a, b] => put(
+                    2 * p,
+                    t * ROW_TILE,
+                    &dots(tile, [*a, *b]).each_ref().map(|s| &s[..]),
+                ),
+                _ => put(2 * p, t * ROW_TILE, &[&dots(tile, [pair[0]])[0]]),
+            }
+        }
+    }
+    let done = rows - tiles.remainder().len();
+    for (i, x) in tiles.remainder().iter().enumerate() {
+        match <[&[f32]; W_TILE]>::try_from(ws) {
+            Ok(ws) => put(0, done + i, &dots([*x], ws).each_ref().map(|s| &s[..])),
+            Err(_) => {
+                for (f, w) in ws.iter().enumerate() {
+                    put(f, done + i, &[&dots([*x], [*w])[0]]);
+                }
+            }
         }
     }
 }
 
-/// The dot products of `R` rows with one weight row: for each row, [`LANES`] running sums
+/// The dot products of `R` rows with `F` weight rows: for each pair, [`LANES`] running sums
 /// over the input in order, summed pairwise, plus the remainder's products in order.
 #[inline(always)]
-fn dots<const R: usize>(xs: [&[f32]; R], w: &[f32]) -> [f32; R] {
-    let (w_chunks, w_tail) = w.as_chunks::<LANES>();
-    let chunks = w_chunks.len();
+fn dots<const F: usize, const R: usize>(xs: [&[f32]; R], ws: [&[f32]; F]) -> [[f32; R]; F] {
+    let chunks = ws[0].len() / LANES;
     let x_chunks = xs.map(|x| &x.as_chunks::<LANES>().0[..chunks]);
-    let mut acc = [[0f32; LANES]; R];
-    for (c, w) in w_chunks.iter().enumerate() {
-        for (acc, x) in acc.iter_mut().zip(&x_chunks) {
-            let x = &x[c];
-            for l in 0..LANES {
-                acc[l] += x[l] * w[l];
+    let w_chunks = ws.map(|w| &w.as_chunks::<LANES>().0[..chunks]);
+    let mut acc = [[[0f32; LANES]; R]; F];
+    for c in 0..chunks {
+        for (acc, w) in acc.iter_mut().zip(&w_chunks) {
+            let w = &w[c];
+            for (acc, x) in acc.iter_mut().zip(&x_chunks) {
+                let x = &x[c];
+                for l in 0..LANES {
+                    acc[l] += x[l] * w[l];
+                }
             }
         }
     }
-    let mut out = [0f32; R];
-    for ((out, mut acc), x) in out.iter_mut().zip(acc).zip(xs) {
-        let mut width = LANES;
-        while width > 1 {
-            width /= 2;
-            for l in 0..width {
-                acc[l] += acc[l + width];
+    let mut out = [[0f32; R]; F];
+    for ((out, acc), w) in out.iter_mut().zip(acc).zip(ws) {
+        for ((out, mut acc), x) in out.iter_mut().zip(acc).zip(xs) {
+            let mut width = LANES;
+            while width > 1 {
+                width /= 2;
+                for l in 0..width {
+                    acc[l] += acc[l + width];
+                }
             }
+            let tail = x[chunks * LANES..].iter().zip(&w[chunks * LANES..]);
+            *out = tail.fold(acc[0], |sum, (x, w)| sum + x * w);
         }
-        let tail = x[chunks * LANES..].iter().zip(w_tail);
-        *out = tail.fold(acc[0], |sum, (x, w)| sum + x * w);
     }
     out
 }
