@@ -11,9 +11,10 @@
 //! [`LANES`] running sums over the input in order, the same pairwise reduction, the same tail.
 //! Rows and weight rows sharing loads in register tiles ([`ROW_TILE`], [`W_TILE`]) or not,
 //! outputs split among threads one way or another: none of it changes what is added to what,
-//! or in which order (Rust never fuses a multiply and an add on its own). So a request decoding alone and the same request
-//! in a batch of any size get the same bits, as `nn`'s padded `gemm` products do for packed
-//! rows (prompts, image patches), which keep `gemm`: with hundreds of rows it is the faster.
+//! or in which order (Rust never fuses a multiply and an add on its own). So a request
+//! decoding alone and the same request in a batch of any size get the same bits, as `nn`'s
+//! padded `gemm` products do for packed rows (prompts, image patches), which keep `gemm`: with
+//! hundreds of rows it is the faster.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
