@@ -11,6 +11,7 @@
 
 use candle_core::cpu::kernels::VecOps;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use docpipe_vlm::nn::cpu_f32;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -39,13 +40,6 @@ struct ProblemsSideBySide {
     scale: f32,
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
-        _ => candle_core::bail!("attention: contiguous f32 inputs expected"),
-    }
-}
-
 impl CustomOp3 for ProblemsSideBySide {
     fn name(&self) -> &'static str {
         "attention-problems-side-by-side"
@@ -71,9 +65,9 @@ impl CustomOp3 for ProblemsSideBySide {
             );
         }
         let (q, k, v) = (
-            contiguous_f32(q, q_layout)?,
-            contiguous_f32(k, k_layout)?,
-            contiguous_f32(v, v_layout)?,
+            cpu_f32(q, q_layout, self.name())?,
+            cpu_f32(k, k_layout, self.name())?,
+            cpu_f32(v, v_layout, self.name())?,
         );
         let mut out = vec![0f32; b * tq * dv];
         out.par_chunks_mut(tq * dv).enumerate().for_each_init(

@@ -13,7 +13,7 @@ use candle_core::{
     CpuStorage, CustomOp1, DType, Layout as TensorLayout, Module, Result, Shape, Tensor,
 };
 use docpipe_vlm::config::Activation;
-use docpipe_vlm::nn::{LayerNorm, Linear};
+use docpipe_vlm::nn::{cpu_f32, LayerNorm, Linear};
 use docpipe_vlm::weights::Weights;
 use docpipe_vlm::LoadError;
 use rayon::prelude::*;
@@ -215,11 +215,7 @@ impl CustomOp1 for ResidualDepthwiseCpu<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &TensorLayout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("{}: contiguous f32 input expected", self.name());
-        };
-        let input = &data[start..end];
+        let input = cpu_f32(storage, layout, self.name())?;
         let (h, w) = (self.height, self.width);
         let c = self.conv.host_bias.len();
         if input.len() != h * w * c {

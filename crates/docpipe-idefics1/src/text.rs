@@ -20,12 +20,12 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use docpipe_vlm::config::{Rope, RopeScaling};
 use docpipe_vlm::kv_cache::{BatchCache, SequenceKv};
-use docpipe_vlm::nn::{
-    attention, batched_attention, per_segment, token_range, Linear, RmsNorm, Rows,
-};
+use docpipe_vlm::nn::{attention, per_segment, token_range, Linear, RmsNorm, Rows};
 use docpipe_vlm::placement::Placement;
 use docpipe_vlm::rope::inv_freq;
-use docpipe_vlm::text::{causal_mask, follow, last_rows, rotary_tables, DecoderBlock};
+use docpipe_vlm::text::{
+    causal_mask, follow, last_rows, rotary_tables, DecoderBlock, StepAttention,
+};
 use docpipe_vlm::weights::Weights;
 use docpipe_vlm::LoadError;
 
@@ -294,12 +294,8 @@ impl TextModel {
             if let Some(b) = layer.cross {
                 hidden = self.cross[b].forward_step(&hidden, &cross[b])?;
             }
-            hidden = layer
-                .block
-                .forward(&hidden, (&cos, &sin), Rows::Decode, |q, k, v| {
-                    let (keys, values) = cache.append(li, &k, &v, &slots)?;
-                    batched_attention(&q, &keys, &values, self.scale(), &mask)
-                })?;
+            let step = StepAttention::new(cache, &slots, &mask, self.scale());
+            hidden = layer.block.decode_step(&hidden, (&cos, &sin), li, &step)?;
         }
         cache.advance();
         self.logits(&hidden, Rows::Decode)

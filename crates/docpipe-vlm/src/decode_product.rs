@@ -19,6 +19,8 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::nn::cpu_f32;
+
 /// Running sums of one dot product: one AVX register, two SSE ones.
 const LANES: usize = 8;
 
@@ -49,13 +51,6 @@ pub fn decode_product(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 
 struct DecodeProduct;
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
-        _ => candle_core::bail!("decode product: contiguous f32 inputs expected"),
-    }
-}
-
 impl CustomOp2 for DecodeProduct {
     fn name(&self) -> &'static str {
         "decode-product"
@@ -77,7 +72,10 @@ impl CustomOp2 for DecodeProduct {
                 w_layout.shape()
             );
         }
-        let (x, w) = (contiguous_f32(x, x_layout)?, contiguous_f32(w, w_layout)?);
+        let (x, w) = (
+            cpu_f32(x, x_layout, self.name())?,
+            cpu_f32(w, w_layout, self.name())?,
+        );
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
         // Outputs by weight row, `(n, rows)`, then transposed.
         let mut by_output = vec![0f32; n * rows];

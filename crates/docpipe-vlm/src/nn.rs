@@ -6,13 +6,22 @@
 //! sequences packed end to end, never on padded batches: a row's result then depends only on
 //! that row, which is what makes generation independent of the batch a request lands in.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{CpuStorage, DType, Layout, Module, Result, Tensor, D};
 
 use crate::config::Activation;
 use crate::decode_product::{self, decode_product};
 use crate::error::LoadError;
 use crate::flash::{heads_last, FlashAttention, Masking};
 use crate::weights::Weights;
+
+/// The values of a CPU custom op's input (`op` names it in the error): the op's kernels take
+/// contiguous f32 slices.
+pub fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => candle_core::bail!("{op}: contiguous f32 inputs expected"),
+    }
+}
 
 /// What the rows a layer multiplies are, which picks the CPU product they go through. Each
 /// kind keeps every row's bits independent of the rows computed with it, and a request's rows

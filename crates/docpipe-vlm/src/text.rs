@@ -111,6 +111,45 @@ impl DecoderBlock {
     }
 }
 
+/// What a decoding step's attention needs in every layer: the batch cache, where the step's
+/// keys and values go in it, and the rows' mask over it ([`BatchCache::step_slots`],
+/// [`BatchCache::step_mask`]), on the layer's device.
+pub struct StepAttention<'a> {
+    cache: &'a BatchCache,
+    slots: &'a Tensor,
+    mask: &'a Tensor,
+    scale: f64,
+}
+
+impl<'a> StepAttention<'a> {
+    /// The step's `slots` and `mask` in `cache`, attention scaled by `scale`.
+    pub fn new(cache: &'a BatchCache, slots: &'a Tensor, mask: &'a Tensor, scale: f64) -> Self {
+        StepAttention {
+            cache,
+            slots,
+            mask,
+            scale,
+        }
+    }
+}
+
+impl DecoderBlock {
+    /// The block for one decoding step of layer `layer`: the step's keys and values go into
+    /// the cache and each row attends over its own cached tokens.
+    pub fn decode_step(
+        &self,
+        hidden: &Tensor,
+        rope: (&Tensor, &Tensor),
+        layer: usize,
+        step: &StepAttention<'_>,
+    ) -> Result<Tensor> {
+        self.forward(hidden, rope, Rows::Decode, |q, k, v| {
+            let (keys, values) = step.cache.append(layer, &k, &v, step.slots)?;
+            batched_attention(&q, &keys, &values, step.scale, step.mask)
+        })
+    }
+}
+
 /// One decoder layer and where it runs.
 struct DecoderLayer {
     /// Which device of the placement it runs on: its weights, inputs, keys and values live
@@ -312,12 +351,8 @@ impl TextModel {
                 let inputs = [&mut hidden, &mut cos, &mut sin, &mut slots, &mut mask];
                 follow(&layer.device, inputs)?;
             }
-            hidden = layer
-                .block
-                .forward(&hidden, (&cos, &sin), Rows::Decode, |q, k, v| {
-                    let (keys, values) = cache.append(li, &k, &v, &slots)?;
-                    batched_attention(&q, &keys, &values, self.scale(), &mask)
-                })?;
+            let step = StepAttention::new(cache, &slots, &mask, self.scale());
+            hidden = layer.block.decode_step(&hidden, (&cos, &sin), li, &step)?;
         }
         cache.advance();
         self.logits(&hidden, Rows::Decode)
