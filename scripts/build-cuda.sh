@@ -135,11 +135,11 @@ install_cutlass() {
 # kernel entry point as a stub that aborts, so nvcc spends its hours only on the kernels docpipe uses.
 prepare_flash_attn() {
   local registry list=crates/docpipe-vlm/flash-attn-kernels.txt
-  registry=$(cargo metadata --format-version 1 --features docpipe-cli/flash-attn |
-    "$PYTHON" -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "candle-flash-attn"))')
-  registry=$(dirname "$registry")
   local crate=$FLASH/$FLASH_ATTN_CRATE
   if [ ! -f "$crate/.docpipe-ready" ] || [ "$list" -nt "$crate/.docpipe-ready" ]; then
+    registry=$(cargo metadata --format-version 1 --features docpipe-cli/flash-attn |
+      "$PYTHON" -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "candle-flash-attn"))')
+    registry=$(dirname "$registry")
     rm -rf "$crate"
     cp -r "$registry" "$crate"
     local kernel name

@@ -127,8 +127,14 @@ fn products_avx(xs: &[&[f32]], w: &[f32], k: usize, out: &mut [f32]) {
 fn products_any(xs: &[&[f32]], w: &[f32], k: usize, out: &mut [f32]) {
     let rows = xs.len();
     for (w, out) in w.chunks(W_TILE * k).zip(out.chunks_mut(W_TILE * rows)) {
-        let ws: Vec<&[f32]> = w.chunks_exact(k).take(out.len() / rows).collect();
-        tile_products(xs, &ws, out);
+        // The tile's weight rows on the stack: this loop runs once per 4 outputs of every
+        // product of every step.
+        let mut ws: [&[f32]; W_TILE] = [&[]; W_TILE];
+        let count = out.len() / rows;
+        for (slot, row) in ws.iter_mut().zip(w.chunks_exact(k).take(count)) {
+            *slot = row;
+        }
+        tile_products(xs, &ws[..count], out);
     }
 }
 

@@ -177,28 +177,22 @@ impl Module for RmsNorm {
 /// the fixture references were compared with.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
-    /// Weight and bias in the model's dtype, for the fused kernel.
+    /// Weight and bias: in f32 on the CPU (the op-by-op form), in the model's dtype elsewhere
+    /// (the fused kernel takes them in the input's dtype).
     weight: Tensor,
     bias: Tensor,
-    /// The same in f32, for the op-by-op form.
-    weight32: Tensor,
-    bias32: Tensor,
     eps: f64,
 }
 
 impl LayerNorm {
     /// `weight` and `bias` `(dim)` of the view `w`.
     pub fn load(w: &Weights, dim: usize, eps: f64) -> std::result::Result<Self, LoadError> {
-        let weight = w.get("weight", dim)?;
-        let bias = w.get("bias", dim)?;
-        let f32 = |t: &Tensor| t.to_dtype(DType::F32).map_err(LoadError::Device);
-        Ok(LayerNorm {
-            weight32: f32(&weight)?,
-            bias32: f32(&bias)?,
-            weight,
-            bias,
-            eps,
-        })
+        let (mut weight, mut bias) = (w.get("weight", dim)?, w.get("bias", dim)?);
+        if weight.device().is_cpu() {
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).map_err(LoadError::Device);
+            (weight, bias) = (f32(&weight)?, f32(&bias)?);
+        }
+        Ok(LayerNorm { weight, bias, eps })
     }
 }
 
@@ -214,8 +208,8 @@ impl Module for LayerNorm {
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         centered
             .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight32)?
-            .broadcast_add(&self.bias32)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?
             .to_dtype(dtype)
     }
 }
